@@ -1,0 +1,454 @@
+"""Checkpoint I/O: find, read, check and write ViLT weights in the reference's layout.
+
+Reads a local directory or a Hugging Face hub id (through ``huggingface_hub``, which respects
+``HF_HUB_OFFLINE`` and the cache) holding ``config.json`` plus ``model.safetensors``,
+``pytorch_model.bin`` or a sharded ``*.index.json``. ``.bin`` files are read with
+``torch.load(weights_only=True)``, so a pickle that would run code is refused, never executed.
+
+Writes ``config.json`` + ``model.safetensors`` (sharded above ``max_shard_size``), which
+``transformers`` loads unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .configuration import ViltConfig
+
+logger = logging.getLogger(__name__)
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+WEIGHTS_NAME = "pytorch_model.bin"
+WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+# checked in this order: safetensors first
+WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+
+# keys some checkpoints carry that are buffers (not weights) here
+_IGNORED_KEYS = re.compile(r"(^|\.)embeddings\.text_embeddings\.(position_ids|token_type_ids)$")
+_HUB_ID = re.compile(r"^[\w.\-]+(/[\w.\-]+)?$")
+
+
+# ----------------------------------------------------------------------------- locating files
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def resolve_file(
+    path_or_repo_id: str | os.PathLike[str],
+    filename: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    required: bool = True,
+    **_: Any,
+) -> str | None:
+    """Local path of ``filename`` in a directory or a hub repository (downloaded and cached).
+
+    Args:
+        path_or_repo_id: a local directory, or a hub id such as ``dandelin/vilt-b32-finetuned-vqa``.
+        filename: the file inside it.
+        revision, cache_dir, local_files_only, token: passed to ``huggingface_hub``.
+        required: raise when the file is absent (otherwise return None).
+
+    Raises:
+        FileNotFoundError: the directory or file does not exist (when required).
+        OSError: the hub cannot be reached; the message says how to work offline.
+    """
+    path = Path(path_or_repo_id)
+    if path.is_dir():
+        candidate = path / filename
+        if candidate.is_file():
+            return str(candidate)
+        if required:
+            present = sorted(p.name for p in path.iterdir())
+            raise FileNotFoundError(f"{candidate} does not exist (the directory holds: {', '.join(present) or 'nothing'})")
+        return None
+    repo_id = str(path_or_repo_id)
+    if path.exists() or not _HUB_ID.match(repo_id) or repo_id.startswith((".", "/")):
+        raise FileNotFoundError(
+            f"{repo_id!r} is neither a local directory nor a Hugging Face hub id (like 'dandelin/vilt-b32-mlm')"
+        )
+    return _hub_download(repo_id, filename, revision, cache_dir, local_files_only, token, required)
+
+
+def _hub_download(
+    repo_id: str,
+    filename: str,
+    revision: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+    local_files_only: bool,
+    token: str | bool | None,
+    required: bool,
+) -> str | None:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    offline = local_files_only or _offline()
+    try:
+        return hf_hub_download(
+            repo_id, filename, revision=revision, cache_dir=cache_dir, local_files_only=offline, token=token
+        )
+    except EntryNotFoundError:
+        if required:
+            raise FileNotFoundError(f"the hub repository {repo_id!r} has no file {filename!r}") from None
+        return None
+    except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as err:
+        raise FileNotFoundError(
+            f"the hub repository {repo_id!r} (revision {revision or 'main'}) was not found or is not accessible: "
+            f"{type(err).__name__}"
+        ) from None
+    except LocalEntryNotFoundError:
+        if not required and offline:
+            return None
+        how = (
+            "HF_HUB_OFFLINE is set or local_files_only=True, and the file is not in the cache"
+            if offline
+            else "the Hugging Face Hub could not be reached and the file is not in the cache"
+        )
+        raise OSError(
+            f"cannot load {filename!r} of {repo_id!r}: {how}. To work offline, download the repository on a "
+            f"machine with internet (`huggingface-cli download {repo_id} --local-dir DIR`), copy DIR here and "
+            "pass the directory instead of the hub id, or point HF_HOME / cache_dir at a cache that has it"
+        ) from None
+
+
+def find_weight_files(path_or_repo_id: str | os.PathLike[str], **hub: Any) -> list[str]:
+    """The weight files of a checkpoint: one file, or every shard named in an index."""
+    for name in WEIGHT_FILES:
+        found = resolve_file(path_or_repo_id, name, required=False, **hub)
+        if found is None:
+            continue
+        if not name.endswith(".index.json"):
+            return [found]
+        with open(found, encoding="utf-8") as fh:
+            index = json.load(fh)
+        shards = sorted(set(index.get("weight_map", {}).values()))
+        if not shards:
+            raise ValueError(f"{found} names no shard in its weight_map")
+        return [resolve_file(path_or_repo_id, shard, **hub) for shard in shards]  # type: ignore[misc]
+    raise FileNotFoundError(
+        f"no weights found at {path_or_repo_id}: expected one of {', '.join(WEIGHT_FILES)}"
+    )
+
+
+# ----------------------------------------------------------------------------- reading tensors
+
+
+def load_state_dict(file: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read one ``.safetensors`` or ``.bin`` file safely; errors name the file."""
+    file = str(file)
+    if file.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(file)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise ValueError(
+                f"{file} is not a readable safetensors file ({err}); it may be truncated or corrupt: download it again"
+            ) from None
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"refusing to load {file}: its pickle holds more than tensors ({str(err).splitlines()[0]}), and "
+            "loading it would run code. Only load checkpoints you trust, converted to safetensors."
+        ) from None
+    except (EOFError, RuntimeError, OSError) as err:
+        raise ValueError(f"{file} is not a readable PyTorch checkpoint ({err}); it may be truncated") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{file} does not hold a state dict of tensors")
+    return state
+
+
+def load_weights(files: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Merge the state dicts of all shards."""
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_state_dict(file))
+    return state
+
+
+# ----------------------------------------------------------------------------- matching keys
+
+
+@dataclass
+class LoadingInfo:
+    """What happened to each key when a state dict was loaded."""
+
+    missing_keys: list[str] = field(default_factory=list)  # in the model, not in the checkpoint
+    unexpected_keys: list[str] = field(default_factory=list)  # in the checkpoint, not in the model
+    mismatched_keys: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)  # key, ckpt, model
+
+
+def adapt_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename checkpoint keys to this model's names.
+
+    * drops the text embedding buffers some checkpoints carry (``position_ids``);
+    * maps the v4 MLM bias ``mlm_score.bias`` to ``mlm_score.decoder.bias`` (hf-vilt.md §2.4);
+    * adds or strips the ``vilt.`` prefix between base-model and head-model checkpoints.
+    """
+    state = {k: v for k, v in state.items() if not _IGNORED_KEYS.search(k)}
+    if "mlm_score.bias" in state:
+        bias = state.pop("mlm_score.bias")
+        state.setdefault("mlm_score.decoder.bias", bias)
+    prefix = getattr(model, "base_model_prefix", "vilt") + "."
+    model_keys = model.state_dict().keys()
+    model_is_head = any(k.startswith(prefix) for k in model_keys)
+    ckpt_is_head = any(k.startswith(prefix) for k in state)
+    if model_is_head and not ckpt_is_head:  # base checkpoint into a head model
+        state = {prefix + k: v for k, v in state.items()}
+    elif ckpt_is_head and not model_is_head:  # head checkpoint into the base model: keep the base
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def load_into(
+    model: nn.Module, state: dict[str, torch.Tensor], ignore_mismatched_sizes: bool = False, source: str = "checkpoint"
+) -> LoadingInfo:
+    """Copy ``state`` into ``model``; report missing, unexpected and wrong-shaped keys.
+
+    Raises:
+        ValueError: a tensor has the wrong shape and ``ignore_mismatched_sizes`` is False.
+    """
+    state = adapt_keys(state, model)
+    expected = model.state_dict()
+    info = LoadingInfo()
+    usable: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if key not in expected:
+            info.unexpected_keys.append(key)
+        elif tuple(tensor.shape) != tuple(expected[key].shape):
+            info.mismatched_keys.append((key, tuple(tensor.shape), tuple(expected[key].shape)))
+        else:
+            usable[key] = tensor
+    if info.mismatched_keys and not ignore_mismatched_sizes:
+        key, got, want = info.mismatched_keys[0]
+        raise ValueError(
+            f"{source}: tensor {key!r} has shape {got} but the model expects {want}. If you are re-heading the "
+            "model (for example a new answer vocabulary), pass ignore_mismatched_sizes=True and the new num_labels"
+        )
+    info.missing_keys = [k for k in expected if k not in usable]
+    tied = _tied_keys(model)
+    info.missing_keys = [k for k in info.missing_keys if k not in tied]
+    model.load_state_dict(usable, strict=False)
+    return info
+
+
+def _tied_keys(model: nn.Module) -> set[str]:
+    """Keys that share storage with an earlier key (saved once, restored by tying)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            tied.add(name)
+        else:
+            seen[id(param)] = name
+    return tied
+
+
+def _untie_if_checkpoint_differs(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Keep a checkpoint's own MLM decoder: never tie it to the word embeddings when they differ."""
+    decoder = state.get("mlm_score.decoder.weight")
+    words = state.get("vilt.embeddings.text_embeddings.word_embeddings.weight")
+    head = getattr(model, "mlm_score", None)
+    if decoder is None or words is None or head is None or not model.config.tie_word_embeddings:
+        return
+    if not torch.equal(decoder, words):
+        head.decoder.weight = nn.Parameter(head.decoder.weight.detach().clone())
+        model.config.tie_word_embeddings = False
+        logger.info("the checkpoint's MLM decoder differs from its word embeddings: keeping them untied")
+
+
+def _report(info: LoadingInfo, cls_name: str, source: str) -> None:
+    if info.missing_keys:
+        logger.warning(
+            "Some weights of %s were not initialized from %s and are newly initialized: %s. "
+            "Train the model on a downstream task before using it for predictions.",
+            cls_name,
+            source,
+            info.missing_keys,
+        )
+    if info.unexpected_keys:
+        logger.warning("Some weights of %s were not used by %s: %s", source, cls_name, info.unexpected_keys)
+    for key, got, want in info.mismatched_keys:
+        logger.warning("%s: %s has shape %s in the checkpoint, %s in the model: newly initialized", source, key, got, want)
+
+
+def _as_dtype(torch_dtype: str | torch.dtype | None, config: ViltConfig) -> torch.dtype | None:
+    if torch_dtype is None or isinstance(torch_dtype, torch.dtype):
+        return torch_dtype
+    if torch_dtype == "auto":
+        name = config.extra.get("torch_dtype") or config.extra.get("dtype") or "float32"
+        return getattr(torch, str(name))
+    dtype = getattr(torch, str(torch_dtype), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown torch_dtype {torch_dtype!r}; use e.g. 'float32', 'bfloat16' or 'float16'")
+    return dtype
+
+
+def load_pretrained(
+    cls: type[Any],
+    pretrained_model_name_or_path: str | os.PathLike[str],
+    *,
+    config: ViltConfig | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    torch_dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    ignore_mismatched_sizes: bool = False,
+    output_loading_info: bool = False,
+    **config_overrides: Any,
+) -> Any:
+    """Build ``cls`` from a checkpoint directory or hub id (the body of ``from_pretrained``).
+
+    Args:
+        config: use this config instead of the checkpoint's ``config.json``.
+        revision, cache_dir, local_files_only, token: hub download options.
+        torch_dtype: dtype of the returned weights ("auto" uses the config's ``torch_dtype``).
+        device: device to move the model to.
+        ignore_mismatched_sizes: re-initialise tensors whose shape differs (e.g. a new answer head).
+        output_loading_info: also return a dict of missing/unexpected/mismatched keys.
+        **config_overrides: config fields to change, e.g. ``num_labels=13`` or ``id2label={...}``.
+    """
+    hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
+    source = str(pretrained_model_name_or_path)
+    if config is None:
+        config = ViltConfig.from_json_file(resolve_file(pretrained_model_name_or_path, "config.json", **hub))  # type: ignore[arg-type]
+    if config_overrides:
+        config = config.replace(**config_overrides)
+    files = find_weight_files(pretrained_model_name_or_path, **hub)
+    state = load_weights(files)
+    model = cls(config)
+    _untie_if_checkpoint_differs(model, adapt_keys(state, model))
+    info = load_into(model, state, ignore_mismatched_sizes, source=files[0] if len(files) == 1 else source)
+    _report(info, cls.__name__, source)
+    dtype = _as_dtype(torch_dtype, config)
+    if dtype is not None:
+        model.to(dtype=dtype)
+    if device is not None:
+        model.to(device=device)
+    model.eval()
+    if output_loading_info:
+        return model, {
+            "missing_keys": info.missing_keys,
+            "unexpected_keys": info.unexpected_keys,
+            "mismatched_keys": info.mismatched_keys,
+        }
+    return model
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _parse_size(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)?\s*", size, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"max_shard_size must be bytes or a size like '5GB' or '200MB', got {size!r}")
+    number, unit = float(match.group(1)), (match.group(2) or "B").upper()
+    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
+    return int(number * scale)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same directory, then rename: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _shards(state: dict[str, torch.Tensor], limit: int) -> list[dict[str, torch.Tensor]]:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    return shards
+
+
+def save_pretrained(
+    model: nn.Module,
+    save_directory: str | os.PathLike[str],
+    *,
+    max_shard_size: int | str = "5GB",
+    safe_serialization: bool = True,
+) -> None:
+    """Write ``config.json`` and the weights in the reference layout (tied weights saved once).
+
+    Args:
+        max_shard_size: split the weights into ``model-0000i-of-0000n.safetensors`` files plus an
+            index when they are larger than this.
+        safe_serialization: safetensors (default) or a ``pytorch_model.bin``.
+    """
+    directory = Path(save_directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config: ViltConfig = model.config  # type: ignore[assignment]
+    config.architectures = [type(model).__name__]
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    config.extra["torch_dtype"] = dtype
+    _atomic_write(directory / "config.json", lambda tmp: config.to_json_file(tmp))
+    tied = _tied_keys(model)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in tied}
+    for stale in directory.glob("model-*-of-*.safetensors"):
+        stale.unlink()
+    if not safe_serialization:
+        _atomic_write(directory / WEIGHTS_NAME, lambda tmp: torch.save(state, tmp))
+        return
+    from safetensors.torch import save_file
+
+    shards = _shards(state, _parse_size(max_shard_size))
+    metadata = {"format": "pt"}
+    if len(shards) == 1:
+        _atomic_write(directory / SAFE_WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata))
+        (directory / SAFE_WEIGHTS_INDEX_NAME).unlink(missing_ok=True)
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        _atomic_write(directory / name, lambda tmp, shard=shard: save_file(shard, tmp, metadata=metadata))
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    _atomic_write(
+        directory / SAFE_WEIGHTS_INDEX_NAME,
+        lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8"),
+    )
+    (directory / SAFE_WEIGHTS_NAME).unlink(missing_ok=True)
