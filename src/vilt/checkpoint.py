@@ -3,7 +3,9 @@
 Reads a local directory or a Hugging Face hub id (through ``huggingface_hub``, which respects
 ``HF_HUB_OFFLINE`` and the cache) holding ``config.json`` plus ``model.safetensors``,
 ``pytorch_model.bin`` or a sharded ``*.index.json``. ``.bin`` files are read with
-``torch.load(weights_only=True)``, so a pickle that would run code is refused, never executed.
+``torch.load(weights_only=True)``, so a pickle that would run code is refused, never executed
+(:func:`read_torch_file`). Keys are adapted between layouts (v4/v5 MLM bias, base/head prefixes) and
+every missing, unexpected or wrong-shaped tensor is reported (:func:`load_into`).
 
 Writes ``config.json`` + ``model.safetensors`` (sharded above ``max_shard_size``), which
 ``transformers`` loads unchanged.
@@ -16,7 +18,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,9 @@ def resolve_file(
             return str(candidate)
         if required:
             present = sorted(p.name for p in path.iterdir())
-            raise FileNotFoundError(f"{candidate} does not exist (the directory holds: {', '.join(present) or 'nothing'})")
+            raise FileNotFoundError(
+                f"{candidate} does not exist (the directory holds: {', '.join(present) or 'nothing'})"
+            )
         return None
     repo_id = str(path_or_repo_id)
     if path.exists() or not _HUB_ID.match(repo_id) or repo_id.startswith((".", "/")):
@@ -109,18 +112,14 @@ def _hub_download(
     offline = local_files_only or _offline()
     try:
         return hf_hub_download(
-            repo_id, filename, revision=revision, cache_dir=cache_dir, local_files_only=offline, token=token
+            repo_id,
+            filename,
+            revision=revision,
+            cache_dir=None if cache_dir is None else str(cache_dir),
+            local_files_only=offline,
+            token=token,
         )
-    except EntryNotFoundError:
-        if required:
-            raise FileNotFoundError(f"the hub repository {repo_id!r} has no file {filename!r}") from None
-        return None
-    except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as err:
-        raise FileNotFoundError(
-            f"the hub repository {repo_id!r} (revision {revision or 'main'}) was not found or is not accessible: "
-            f"{type(err).__name__}"
-        ) from None
-    except LocalEntryNotFoundError:
+    except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError: test it first)
         if not required and offline:
             return None
         how = (
@@ -130,8 +129,18 @@ def _hub_download(
         )
         raise OSError(
             f"cannot load {filename!r} of {repo_id!r}: {how}. To work offline, download the repository on a "
-            f"machine with internet (`huggingface-cli download {repo_id} --local-dir DIR`), copy DIR here and "
-            "pass the directory instead of the hub id, or point HF_HOME / cache_dir at a cache that has it"
+            f"machine with internet (`hf download {repo_id} --local-dir DIR`), copy DIR here and pass the "
+            "directory instead of the hub id, or point HF_HOME / cache_dir at a cache that has it and set "
+            "HF_HUB_OFFLINE=1"
+        ) from None
+    except EntryNotFoundError:
+        if required:
+            raise FileNotFoundError(f"the hub repository {repo_id!r} has no file {filename!r}") from None
+        return None
+    except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as err:
+        raise FileNotFoundError(
+            f"the hub repository {repo_id!r} (revision {revision or 'main'}) was not found or is not accessible: "
+            f"{type(err).__name__}"
         ) from None
 
 
@@ -149,16 +158,110 @@ def find_weight_files(path_or_repo_id: str | os.PathLike[str], **hub: Any) -> li
         if not shards:
             raise ValueError(f"{found} names no shard in its weight_map")
         return [resolve_file(path_or_repo_id, shard, **hub) for shard in shards]  # type: ignore[misc]
+    offline = not Path(path_or_repo_id).is_dir() and (hub.get("local_files_only") or _offline())
+    where = " in the local cache (HF_HUB_OFFLINE or local_files_only is set)" if offline else ""
     raise FileNotFoundError(
-        f"no weights found at {path_or_repo_id}: expected one of {', '.join(WEIGHT_FILES)}"
+        f"no weights found at {path_or_repo_id}{where}: expected one of {', '.join(WEIGHT_FILES)}"
     )
 
 
 # ----------------------------------------------------------------------------- reading tensors
 
 
+# modules whose classes a training checkpoint may pickle next to its weights (hyper-parameters,
+# callback states); they are replaced by inert stand-ins, never imported or called
+_BOOKKEEPING_GLOBALS = (
+    "pytorch_lightning.",
+    "lightning.",
+    "lightning_fabric.",
+    "omegaconf.",
+    "sacred.",
+    "argparse.Namespace",
+)
+
+
+class _Inert:
+    """Stands in for a bookkeeping class named in a checkpoint's pickle: keeps what it is given, runs nothing."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Inert:
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _refusal(file: str, reason: str) -> ValueError:
+    return ValueError(
+        f"refusing to load {file}: its pickle refers to {reason}, which is code, not tensors; vilt reads "
+        "tensors only (torch.load(weights_only=True)) so that no file can run code. If you trust the file, "
+        "re-save its tensors in a trusted environment (torch.save(torch.load(FILE, weights_only=False)"
+        "['state_dict'], 'clean.bin'), or as safetensors) and load that instead"
+    )
+
+
+def _reason(err: pickle.UnpicklingError) -> str:
+    """The line of torch's long weights_only message that says what was refused."""
+    lines = [line for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    return next((line for line in lines if "GLOBAL" in line or "global" in line), lines[0])
+
+
+def _stand_ins(file: str, err: pickle.UnpicklingError) -> list[Any]:
+    """Inert replacements for the non-tensor globals of a ``torch.save`` file that ``err`` refused.
+
+    Raises:
+        ValueError: the file names a global that is not training bookkeeping (e.g. ``os.system``).
+    """
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(file)
+    except (ValueError, RuntimeError):  # not a zip checkpoint: nothing to inspect statically
+        names = []
+    foreign = [name for name in names if not name.startswith(_BOOKKEEPING_GLOBALS)]
+    if foreign or not names:
+        raise _refusal(file, ", ".join(foreign) or _reason(err))
+    return [
+        (dict if name.endswith("Dict") else type(name.rsplit(".", 1)[-1], (_Inert,), {}), name)
+        for name in names
+    ]
+
+
+def _torch_load(file: str, stand_ins: list[Any]) -> Any:
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except (EOFError, RuntimeError, OSError) as err:
+        raise ValueError(
+            f"{file} is not a readable PyTorch checkpoint ({err}); it may be truncated"
+        ) from None
+
+
+def read_torch_file(file: str | os.PathLike[str]) -> Any:
+    """Unpickle a ``torch.save`` file with ``weights_only=True``: tensors and plain containers only.
+
+    Training bookkeeping that Lightning checkpoints carry (hyper-parameter dicts, callback states) is
+    read into inert stand-ins; any other code reference makes the load fail, unexecuted.
+
+    Raises:
+        ValueError: the pickle refers to code, or the file is truncated or not a PyTorch file.
+    """
+    file = str(file)
+    try:
+        return _torch_load(file, [])
+    except pickle.UnpicklingError as err:
+        stand_ins = _stand_ins(file, err)
+    try:
+        return _torch_load(file, stand_ins)
+    except pickle.UnpicklingError as err:  # the pickle builds a stand-in in a way it cannot be
+        raise _refusal(file, _reason(err)) from None
+
+
 def load_state_dict(file: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read one ``.safetensors`` or ``.bin`` file safely; errors name the file."""
+    """Read the tensors of one ``.safetensors`` or ``.bin`` file safely; errors name the file.
+
+    A ``.bin`` may also be a training checkpoint with the weights under ``"state_dict"``.
+    """
     file = str(file)
     if file.endswith(".safetensors"):
         from safetensors import SafetensorError
@@ -170,16 +273,8 @@ def load_state_dict(file: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             raise ValueError(
                 f"{file} is not a readable safetensors file ({err}); it may be truncated or corrupt: download it again"
             ) from None
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"refusing to load {file}: its pickle holds more than tensors ({str(err).splitlines()[0]}), and "
-            "loading it would run code. Only load checkpoints you trust, converted to safetensors."
-        ) from None
-    except (EOFError, RuntimeError, OSError) as err:
-        raise ValueError(f"{file} is not a readable PyTorch checkpoint ({err}); it may be truncated") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+    state = read_torch_file(file)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{file} does not hold a state dict of tensors")
@@ -203,7 +298,8 @@ class LoadingInfo:
 
     missing_keys: list[str] = field(default_factory=list)  # in the model, not in the checkpoint
     unexpected_keys: list[str] = field(default_factory=list)  # in the checkpoint, not in the model
-    mismatched_keys: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)  # key, ckpt, model
+    # (key, shape in the checkpoint, shape in the model)
+    mismatched_keys: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
 
 
 def adapt_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -211,7 +307,8 @@ def adapt_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, to
 
     * drops the text embedding buffers some checkpoints carry (``position_ids``);
     * maps the v4 MLM bias ``mlm_score.bias`` to ``mlm_score.decoder.bias`` (hf-vilt.md §2.4);
-    * adds or strips the ``vilt.`` prefix between base-model and head-model checkpoints.
+    * adds or strips the ``vilt.`` prefix between base-model and head-model checkpoints (a head
+      checkpoint's head keys stay as they are, so loading it into the base model reports them unused).
     """
     state = {k: v for k, v in state.items() if not _IGNORED_KEYS.search(k)}
     if "mlm_score.bias" in state:
@@ -223,20 +320,30 @@ def adapt_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, to
     ckpt_is_head = any(k.startswith(prefix) for k in state)
     if model_is_head and not ckpt_is_head:  # base checkpoint into a head model
         state = {prefix + k: v for k, v in state.items()}
-    elif ckpt_is_head and not model_is_head:  # head checkpoint into the base model: keep the base
-        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    elif ckpt_is_head and not model_is_head:  # head checkpoint into the base model: the head is unused
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
     return state
 
 
 def load_into(
-    model: nn.Module, state: dict[str, torch.Tensor], ignore_mismatched_sizes: bool = False, source: str = "checkpoint"
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    ignore_mismatched_sizes: bool = False,
+    source: str = "checkpoint",
 ) -> LoadingInfo:
     """Copy ``state`` into ``model``; report missing, unexpected and wrong-shaped keys.
+
+    Args:
+        model: the freshly built model to fill.
+        state: the checkpoint's tensors, in any layout :func:`adapt_keys` understands.
+        ignore_mismatched_sizes: leave wrong-shaped tensors freshly initialised instead of raising.
+        source: the file the tensors come from, named in errors.
 
     Raises:
         ValueError: a tensor has the wrong shape and ``ignore_mismatched_sizes`` is False.
     """
     state = adapt_keys(state, model)
+    _untie_if_checkpoint_differs(model, state)
     expected = model.state_dict()
     info = LoadingInfo()
     usable: dict[str, torch.Tensor] = {}
@@ -248,27 +355,27 @@ def load_into(
         else:
             usable[key] = tensor
     if info.mismatched_keys and not ignore_mismatched_sizes:
-        key, got, want = info.mismatched_keys[0]
-        raise ValueError(
-            f"{source}: tensor {key!r} has shape {got} but the model expects {want}. If you are re-heading the "
-            "model (for example a new answer vocabulary), pass ignore_mismatched_sizes=True and the new num_labels"
+        shapes = "; ".join(
+            f"tensor {key!r} has shape {got}, the model {want}" for key, got, want in info.mismatched_keys
         )
-    info.missing_keys = [k for k in expected if k not in usable]
+        raise ValueError(
+            f"{source}: {shapes}. If you are re-heading the model (for example a new answer vocabulary), pass "
+            "ignore_mismatched_sizes=True and the new num_labels"
+        )
     tied = _tied_keys(model)
-    info.missing_keys = [k for k in info.missing_keys if k not in tied]
+    info.missing_keys = [k for k in expected if k not in usable and k not in tied]
     model.load_state_dict(usable, strict=False)
     return info
 
 
 def _tied_keys(model: nn.Module) -> set[str]:
     """Keys that share storage with an earlier key (saved once, restored by tying)."""
-    seen: dict[int, str] = {}
+    seen: set[int] = set()
     tied = set()
     for name, param in model.named_parameters(remove_duplicate=False):
         if id(param) in seen:
             tied.add(name)
-        else:
-            seen[id(param)] = name
+        seen.add(id(param))
     return tied
 
 
@@ -276,28 +383,46 @@ def _untie_if_checkpoint_differs(model: nn.Module, state: dict[str, torch.Tensor
     """Keep a checkpoint's own MLM decoder: never tie it to the word embeddings when they differ."""
     decoder = state.get("mlm_score.decoder.weight")
     words = state.get("vilt.embeddings.text_embeddings.word_embeddings.weight")
-    head = getattr(model, "mlm_score", None)
-    if decoder is None or words is None or head is None or not model.config.tie_word_embeddings:
+    head: Any = getattr(model, "mlm_score", None)
+    config: Any = getattr(model, "config", None)
+    if decoder is None or words is None or head is None or not config.tie_word_embeddings:
         return
-    if not torch.equal(decoder, words):
+    if decoder.shape != words.shape or not torch.equal(decoder, words):
         head.decoder.weight = nn.Parameter(head.decoder.weight.detach().clone())
-        model.config.tie_word_embeddings = False
+        config.tie_word_embeddings = False
         logger.info("the checkpoint's MLM decoder differs from its word embeddings: keeping them untied")
 
 
-def _report(info: LoadingInfo, cls_name: str, source: str) -> None:
+def _foreign_head(key: str, model: nn.Module) -> bool:
+    """Whether ``key`` belongs to a module this model does not have at all (another task's head)."""
+    return key.split(".", 1)[0] not in dict(model.named_children())
+
+
+def _report(info: LoadingInfo, model: nn.Module, source: str) -> None:
+    """Log what did not load: new weights and unusable tensors warn; other tasks' heads are expected."""
+    name = type(model).__name__
     if info.missing_keys:
         logger.warning(
             "Some weights of %s were not initialized from %s and are newly initialized: %s. "
             "Train the model on a downstream task before using it for predictions.",
-            cls_name,
+            name,
             source,
             info.missing_keys,
         )
-    if info.unexpected_keys:
-        logger.warning("Some weights of %s were not used by %s: %s", source, cls_name, info.unexpected_keys)
+    dropped = [k for k in info.unexpected_keys if _foreign_head(k, model)]
+    unused = [k for k in info.unexpected_keys if k not in dropped]
+    if dropped:
+        logger.info("%s has heads that %s does not use, dropped: %s", source, name, dropped)
+    if unused:
+        logger.warning("Some weights of %s were not used by %s: %s", source, name, unused)
     for key, got, want in info.mismatched_keys:
-        logger.warning("%s: %s has shape %s in the checkpoint, %s in the model: newly initialized", source, key, got, want)
+        logger.warning(
+            "%s: %s has shape %s in the checkpoint, %s in the model: newly initialized",
+            source,
+            key,
+            got,
+            want,
+        )
 
 
 def _as_dtype(torch_dtype: str | torch.dtype | None, config: ViltConfig) -> torch.dtype | None:
@@ -312,6 +437,16 @@ def _as_dtype(torch_dtype: str | torch.dtype | None, config: ViltConfig) -> torc
     return dtype
 
 
+def read_config(file: str | os.PathLike[str]) -> ViltConfig:
+    """Read a ``config.json``; errors name the file."""
+    try:
+        return ViltConfig.from_json_file(file)
+    except ValueError as err:
+        if str(file) in str(err):
+            raise
+        raise ValueError(f"{file}: {err}") from None
+
+
 def load_pretrained(
     cls: type[Any],
     pretrained_model_name_or_path: str | os.PathLike[str],
@@ -322,6 +457,7 @@ def load_pretrained(
     local_files_only: bool = False,
     token: str | bool | None = None,
     torch_dtype: str | torch.dtype | None = None,
+    dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     ignore_mismatched_sizes: bool = False,
     output_loading_info: bool = False,
@@ -330,29 +466,31 @@ def load_pretrained(
     """Build ``cls`` from a checkpoint directory or hub id (the body of ``from_pretrained``).
 
     Args:
+        cls: the model class to build.
+        pretrained_model_name_or_path: a local directory or a hub id.
         config: use this config instead of the checkpoint's ``config.json``.
         revision, cache_dir, local_files_only, token: hub download options.
-        torch_dtype: dtype of the returned weights ("auto" uses the config's ``torch_dtype``).
+        torch_dtype: dtype of the returned weights ("auto" uses the config's ``torch_dtype``);
+            ``dtype`` is the transformers v5 name of the same option.
         device: device to move the model to.
         ignore_mismatched_sizes: re-initialise tensors whose shape differs (e.g. a new answer head).
         output_loading_info: also return a dict of missing/unexpected/mismatched keys.
         **config_overrides: config fields to change, e.g. ``num_labels=13`` or ``id2label={...}``.
     """
     hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
-    source = str(pretrained_model_name_or_path)
     if config is None:
-        config = ViltConfig.from_json_file(resolve_file(pretrained_model_name_or_path, "config.json", **hub))  # type: ignore[arg-type]
+        config = read_config(resolve_file(pretrained_model_name_or_path, "config.json", **hub))  # type: ignore[arg-type]
     if config_overrides:
         config = config.replace(**config_overrides)
     files = find_weight_files(pretrained_model_name_or_path, **hub)
+    source = files[0] if len(files) == 1 else f"{Path(files[0]).parent} ({len(files)} shards)"
     state = load_weights(files)
     model = cls(config)
-    _untie_if_checkpoint_differs(model, adapt_keys(state, model))
-    info = load_into(model, state, ignore_mismatched_sizes, source=files[0] if len(files) == 1 else source)
-    _report(info, cls.__name__, source)
-    dtype = _as_dtype(torch_dtype, config)
-    if dtype is not None:
-        model.to(dtype=dtype)
+    info = load_into(model, state, ignore_mismatched_sizes, source=source)
+    _report(info, model, source)
+    target = _as_dtype(dtype if torch_dtype is None else torch_dtype, config)
+    if target is not None:
+        model.to(dtype=target)
     if device is not None:
         model.to(device=device)
     model.eval()
@@ -381,17 +519,16 @@ def _parse_size(size: int | str) -> int:
 
 def _atomic_write(path: Path, write: Any) -> None:
     """Write through a temporary file in the same directory, then rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write(tmp)
+        write(str(tmp))
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def _shards(state: dict[str, torch.Tensor], limit: int) -> list[dict[str, torch.Tensor]]:
+    """Split ``state`` in key order into groups of at most ``limit`` bytes (a bigger tensor gets its own)."""
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for key, tensor in state.items():
@@ -404,42 +541,15 @@ def _shards(state: dict[str, torch.Tensor], limit: int) -> list[dict[str, torch.
     return shards
 
 
-def save_pretrained(
-    model: nn.Module,
-    save_directory: str | os.PathLike[str],
-    *,
-    max_shard_size: int | str = "5GB",
-    safe_serialization: bool = True,
-) -> None:
-    """Write ``config.json`` and the weights in the reference layout (tied weights saved once).
-
-    Args:
-        max_shard_size: split the weights into ``model-0000i-of-0000n.safetensors`` files plus an
-            index when they are larger than this.
-        safe_serialization: safetensors (default) or a ``pytorch_model.bin``.
-    """
-    directory = Path(save_directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config: ViltConfig = model.config  # type: ignore[assignment]
-    config.architectures = [type(model).__name__]
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    config.extra["torch_dtype"] = dtype
-    _atomic_write(directory / "config.json", lambda tmp: config.to_json_file(tmp))
-    tied = _tied_keys(model)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in tied}
-    for stale in directory.glob("model-*-of-*.safetensors"):
-        stale.unlink()
-    if not safe_serialization:
-        _atomic_write(directory / WEIGHTS_NAME, lambda tmp: torch.save(state, tmp))
-        return
+def _write_safetensors(state: dict[str, torch.Tensor], directory: Path, limit: int) -> list[str]:
+    """``model.safetensors``, or numbered shards plus an index above ``limit`` bytes; the names written."""
     from safetensors.torch import save_file
 
-    shards = _shards(state, _parse_size(max_shard_size))
+    shards = _shards(state, limit)
     metadata = {"format": "pt"}
     if len(shards) == 1:
         _atomic_write(directory / SAFE_WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata))
-        (directory / SAFE_WEIGHTS_INDEX_NAME).unlink(missing_ok=True)
-        return
+        return [SAFE_WEIGHTS_NAME]
     weight_map = {}
     for i, shard in enumerate(shards, start=1):
         name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
@@ -449,6 +559,72 @@ def save_pretrained(
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     _atomic_write(
         directory / SAFE_WEIGHTS_INDEX_NAME,
-        lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8"),
+        lambda tmp: Path(tmp).write_text(
+            json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        ),
     )
-    (directory / SAFE_WEIGHTS_NAME).unlink(missing_ok=True)
+    return [SAFE_WEIGHTS_INDEX_NAME, *sorted(set(weight_map.values()))]
+
+
+def _remove_other_weights(directory: Path, keep: list[str]) -> None:
+    """Delete weight files of an earlier save that the new one does not overwrite (they would shadow it)."""
+    earlier = [*WEIGHT_FILES, *(p.name for p in directory.glob("model-*-of-*.safetensors"))]
+    for name in earlier:
+        if name not in keep:
+            (directory / name).unlink(missing_ok=True)
+
+
+def save_state_dict(
+    state: dict[str, torch.Tensor],
+    config: ViltConfig,
+    save_directory: str | os.PathLike[str],
+    *,
+    max_shard_size: int | str = "5GB",
+    safe_serialization: bool = True,
+) -> None:
+    """Write ``config.json`` and ``state`` in the reference layout.
+
+    Args:
+        state: the tensors to write, under their final names (tied copies already removed).
+        config: written as ``config.json`` with the weights' ``torch_dtype``.
+        save_directory: created if needed; weight files of an earlier save there are replaced.
+        max_shard_size: split the weights into ``model-0000i-of-0000n.safetensors`` files plus an
+            index when they are larger than this (bytes, or a size like ``"200MB"``).
+        safe_serialization: safetensors (default) or a ``pytorch_model.bin``.
+    """
+    directory = Path(save_directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    floating = [t.dtype for t in state.values() if t.is_floating_point()]
+    config.extra.pop("dtype", None)  # the v5 name; torch_dtype is read by both versions
+    config.extra["torch_dtype"] = str(floating[0] if floating else torch.float32).removeprefix("torch.")
+    _atomic_write(directory / "config.json", lambda tmp: config.to_json_file(tmp))
+    if safe_serialization:
+        written = _write_safetensors(state, directory, _parse_size(max_shard_size))
+    else:
+        _atomic_write(directory / WEIGHTS_NAME, lambda tmp: torch.save(state, tmp))
+        written = [WEIGHTS_NAME]
+    _remove_other_weights(directory, written)
+
+
+def save_pretrained(
+    model: nn.Module,
+    save_directory: str | os.PathLike[str],
+    *,
+    max_shard_size: int | str = "5GB",
+    safe_serialization: bool = True,
+) -> None:
+    """Write ``model``'s ``config.json`` and weights in the reference layout (tied weights saved once).
+
+    Args:
+        model: a ViLT model (anything with a ``config``).
+        save_directory: created if needed.
+        max_shard_size, safe_serialization: see :func:`save_state_dict`.
+    """
+    config: ViltConfig = model.config  # type: ignore[assignment]
+    config.architectures = [type(model).__name__]
+    tied = _tied_keys(model)
+    state = {k: v for k, v in model.state_dict().items() if k not in tied}
+    save_state_dict(
+        state, config, save_directory, max_shard_size=max_shard_size, safe_serialization=safe_serialization
+    )

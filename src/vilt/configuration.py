@@ -146,7 +146,7 @@ class ViltConfig:
         model_type = merged.pop("model_type", "vilt")
         if model_type != "vilt":
             raise ValueError(
-                f"this config.json describes a {model_type!r} model, not a ViLT model ('vilt'); "
+                f"this config.json has model_type={model_type!r}, not 'vilt': it describes another model; "
                 "point vilt at a ViLT checkpoint"
             )
         known = {f.name for f in fields(cls)} - {"extra"}

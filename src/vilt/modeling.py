@@ -316,7 +316,10 @@ class ViltEmbeddings(nn.Module):
             width = patch_mask[:, 0, :].sum(dim=1)  # (B,) valid columns, counted along row 0
             valid = patch_mask.flatten(1)  # (B, N)
             counts = valid.sum(dim=1)  # (B,)
-            most, least = torch.stack([counts.max(), counts.min()]).tolist()  # the one host sync
+            if torch.compiler.is_exporting():  # an exported graph keeps every patch; padding stays masked
+                most = least = n
+            else:
+                most, least = torch.stack([counts.max(), counts.min()]).tolist()  # the one host sync
             if least == 0:
                 empty = (counts == 0).nonzero().flatten().tolist()
                 raise ValueError(
@@ -493,6 +496,7 @@ class ViltEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(ViltLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False
+        self.packed: Any = None  # a vilt.optimize.PackedEncoder, set by optimize_for_inference()
 
     def forward(
         self,
@@ -502,6 +506,9 @@ class ViltEncoder(nn.Module):
         output_attentions: bool,
         output_hidden_states: bool,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        if self.packed is not None and self.packed.applies(head_mask, output_attentions):
+            x, packed_hidden_states = self.packed(x, mask, output_hidden_states)
+            return x, packed_hidden_states, None
         hidden_states: list[torch.Tensor] = []
         attentions: list[torch.Tensor] = []
         for layer, layer_head_mask in zip(self.layer, head_mask):
@@ -597,6 +604,19 @@ class ViltPreTrainedModel(nn.Module):
 
     def gradient_checkpointing_disable(self) -> None:
         self.set_grad_checkpointing(False)
+
+    def optimize_for_inference(self) -> ViltPreTrainedModel:
+        """Eval mode plus the encoder fast path of :mod:`vilt.optimize`; returns the model.
+
+        The encoder's weights are prepacked (oneDNN on CPU) with fused QKV, bias, activation and
+        residual adds. Parameters, names and saving are unchanged; the packed copy is rebuilt when a
+        weight changes, and only no-gradient eval calls use it. Cast the dtype first (e.g. bfloat16).
+        """
+        from .optimize import PackedEncoder
+
+        base = self if isinstance(self, ViltModel) else getattr(self, self.base_model_prefix)
+        base.encoder.packed = PackedEncoder(base.encoder, self.config.hidden_act)
+        return self.eval()
 
     def get_input_embeddings(self) -> nn.Embedding:
         base = self if isinstance(self, ViltModel) else getattr(self, self.base_model_prefix)
@@ -803,7 +823,7 @@ class ViltModel(ViltPreTrainedModel):
             generator,
         )
         eager = output_attentions or self.attn_implementation == "eager"
-        any_padding = (
+        any_padding = torch.compiler.is_exporting() or (  # an exported graph must serve padded batches
             bool((mask == 0).any()) if (attention_mask is not None or pixel_mask is not None) else False
         )
         attention = AttentionMask.from_padding(mask, embeddings.dtype, any_padding)

@@ -1,0 +1,116 @@
+"""Benchmark 1: the VQA model forward, ours against transformers, side by side.
+
+ViLT-B/32 (default config, random weights, 3129 answers), 40 text tokens, batch 1, 8 and 32, images
+384x384 and 384x576, float32 and bfloat16 (the reference's best: its weights cast to bfloat16).
+Contestants, alternating within every repetition:
+
+* ``reference``: ``transformers.ViltForQuestionAnswering``;
+* ``ours``: ``vilt.ViltForQuestionAnswering`` as loaded (eval);
+* ``ours optimized``: the same after ``model.optimize_for_inference()`` (what ``vilt.pipeline`` runs).
+
+All run under ``torch.inference_mode()``. FLOPs per example are counted on the reference forward;
+"% peak" divides the achieved FLOP/s by the measured ``torch.mm`` peak for the dtype.
+
+Run: ``python benchmarks/bench_forward.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from common import (
+    alternate,
+    count_flops,
+    forward_inputs,
+    load_models,
+    machine_info,
+    matmul_peak,
+    model_dir,
+    set_threads,
+    table,
+)
+
+BATCHES = (1, 8, 32)
+IMAGE_SIZES = ((384, 384), (384, 576))
+DTYPES = (torch.float32, torch.bfloat16)
+
+
+def repetitions_for(batch: int, quick: bool) -> int:
+    """Fewer repetitions for the long calls: about the same wall time per configuration."""
+    full = {1: 15, 8: 7, 32: 5}[batch]
+    return max(3, full // 2) if quick else full
+
+
+def forward_call(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> Callable[[], Any]:
+    def call() -> Any:
+        with torch.inference_mode():
+            return model(**inputs).logits
+
+    return call
+
+
+def run(quick: bool = False) -> str:
+    """Run every configuration; return the Markdown section (also printed as it goes)."""
+    set_threads()
+    directory = model_dir()
+    peaks = {dtype: matmul_peak(dtype) for dtype in DTYPES}
+    lines = ["## 1. Model forward (VQA head, ViLT-B/32, 40 tokens)", ""]
+    for dtype, (peak, shape) in peaks.items():
+        lines.append(f"- measured `torch.mm` peak, {dtype}: **{peak / 1e12:.2f} TFLOP/s** (at {shape})")
+    lines.append("")
+    header = [
+        "dtype", "batch", "image", "GFLOP/example", "reference ms", "ours ms", "ours optimized ms",
+        "ours / ref", "optimized / ref", "optimized TFLOP/s", "% of peak", "max |logit diff| vs ref",
+    ]  # fmt: skip
+    rows = []
+    for dtype in DTYPES:
+        ours, reference = load_models(directory, dtype)
+        optimized, _ = load_models(directory, dtype)
+        optimized.optimize_for_inference()
+        for height, width in IMAGE_SIZES:
+            flops = count_flops(reference, forward_inputs(1, height, width, dtype))
+            for batch in BATCHES:
+                inputs = forward_inputs(batch, height, width, dtype)
+                calls = {
+                    "reference": forward_call(reference, inputs),
+                    "ours": forward_call(ours, inputs),
+                    "ours optimized": forward_call(optimized, inputs),
+                }
+                expected = calls["reference"]().float()
+                diff = max((calls[name]().float() - expected).abs().max().item() for name in ("ours", "ours optimized"))
+                timings = alternate(calls, repetitions_for(batch, quick))
+                ref_s, ours_s, opt_s = (timings.median(n) for n in ("reference", "ours", "ours optimized"))
+                achieved = flops * batch / opt_s
+                row = [
+                    str(dtype).removeprefix("torch."), str(batch), f"{height}x{width}", f"{flops / 1e9:.1f}",
+                    f"{1e3 * ref_s:.1f}", f"{1e3 * ours_s:.1f}", f"{1e3 * opt_s:.1f}",
+                    f"{ref_s / ours_s:.2f}x", f"{ref_s / opt_s:.2f}x", f"{achieved / 1e12:.2f}",
+                    f"{100 * achieved / peaks[dtype][0]:.0f}%", f"{diff:.1e}",
+                ]  # fmt: skip
+                print(" | ".join(row), flush=True)
+                rows.append(row)
+        del ours, reference, optimized
+    lines.append(table(header, rows))
+    lines += [
+        "",
+        "Medians over alternating repetitions (batch 1, 8, 32: "
+        + ", ".join(str(repetitions_for(b, quick)) for b in BATCHES)
+        + "; one warm-up).",
+        "The logit difference is the largest of ours and ours optimized against the reference, same dtype.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="half the repetitions")
+    args = parser.parse_args()
+    print(machine_info())
+    print(run(args.quick))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Shared pieces of the benchmarks: the model directory, inputs, alternating timing, FLOPs and peaks.
+
+Every benchmark compares ours and ``transformers`` (the reference) in one process, on the same weights
+and inputs: a random-weight ViLT-B/32 VQA model (3129 answers) saved once by ``transformers`` and loaded
+by both. Timings alternate between the contestants inside each repetition (the order rotates), so a
+shared machine's load falls on both alike; we report medians.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+NUM_LABELS = 3129
+TEXT_LENGTH = 40
+DEFAULT_MODEL_DIR = Path(os.environ.get("VILT_BENCH_DIR", "/tmp/vilt-bench")) / "vqa-random-3129"
+BUNDLED_VOCAB = Path(__file__).resolve().parent.parent / "src" / "vilt" / "data" / "vocab.txt"
+
+
+def set_threads() -> int:
+    """Use one intra-op thread per core (the default on Linux too; made explicit for the record)."""
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads
+
+
+def model_dir(path: Path = DEFAULT_MODEL_DIR) -> Path:
+    """A random-weight ``ViltForQuestionAnswering`` (default config, 3129 labels) saved by transformers,
+    with a reference processor (``ViltImageProcessorPil`` + BERT tokenizer on the bundled vocabulary)."""
+    if (path / "model.safetensors").exists() and (path / "tokenizer.json").exists():
+        return path
+    from transformers import BertTokenizerFast, ViltConfig, ViltForQuestionAnswering, ViltImageProcessorPil
+    from transformers import ViltProcessor as ReferenceProcessor
+
+    torch.manual_seed(0)
+    labels = {i: f"answer {i}" for i in range(NUM_LABELS)}
+    config = ViltConfig(num_labels=NUM_LABELS, id2label=labels, label2id={v: k for k, v in labels.items()})
+    ViltForQuestionAnswering(config).save_pretrained(path)
+    tokenizer = BertTokenizerFast(vocab_file=str(BUNDLED_VOCAB), do_lower_case=True, model_max_length=TEXT_LENGTH)
+    ReferenceProcessor(image_processor=ViltImageProcessorPil(), tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
+def load_models(path: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(ours, reference) ViltForQuestionAnswering from the same directory, in ``dtype``, eval mode."""
+    from transformers import ViltForQuestionAnswering as ReferenceVQA
+
+    from vilt import ViltForQuestionAnswering
+
+    ours = ViltForQuestionAnswering.from_pretrained(path, torch_dtype=dtype).eval()
+    reference = ReferenceVQA.from_pretrained(path, dtype=dtype).eval()
+    return ours, reference
+
+
+def forward_inputs(batch: int, height: int, width: int, dtype: torch.dtype, seed: int = 0) -> dict[str, torch.Tensor]:
+    """What the processor hands the model: 40 token ids, pixel values and all-ones masks."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": torch.randint(1000, 30000, (batch, TEXT_LENGTH), generator=generator),
+        "attention_mask": torch.ones(batch, TEXT_LENGTH, dtype=torch.long),
+        "token_type_ids": torch.zeros(batch, TEXT_LENGTH, dtype=torch.long),
+        "pixel_values": torch.randn(batch, 3, height, width, generator=generator).to(dtype),
+        "pixel_mask": torch.ones(batch, height, width, dtype=torch.long),
+    }
+
+
+@dataclass
+class Timings:
+    """Seconds per call of each contestant, one entry per repetition."""
+
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.seconds[name])
+
+    def spread(self, name: str) -> str:
+        values = self.seconds[name]
+        return f"min {1e3 * min(values):.1f} max {1e3 * max(values):.1f}"
+
+
+def alternate(contestants: dict[str, Callable[[], Any]], repetitions: int, warmup: int = 1) -> Timings:
+    """Time each callable ``repetitions`` times, interleaved; the order rotates every repetition.
+
+    Args:
+        contestants: name -> zero-argument callable running one measured unit of work.
+        repetitions: timed rounds (after ``warmup`` untimed rounds).
+    """
+    names = list(contestants)
+    timings = Timings({name: [] for name in names})
+    for round_index in range(warmup + repetitions):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            contestants[name]()
+            elapsed = time.perf_counter() - start
+            if round_index >= warmup:
+                timings.seconds[name].append(elapsed)
+    return timings
+
+
+def count_flops(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> int:
+    """Floating-point operations of one forward (matrix products, convolution, attention), counted by
+    ``torch.utils.flop_counter`` (a multiply-add is 2)."""
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(**inputs)
+    return counter.get_total_flops()
+
+
+# (M, K, N): two large squares and the model's own widest products (B=8 x 185 tokens)
+PEAK_SHAPES = ((2048, 2048, 2048), (4096, 4096, 4096), (1480, 768, 3072), (1480, 3072, 768))
+
+
+def matmul_peak(dtype: torch.dtype, repetitions: int = 7) -> tuple[float, str]:
+    """The machine's measured matmul peak for ``dtype``: the best median FLOP/s of ``torch.mm`` over
+    PEAK_SHAPES. Returns (FLOP/s, the shape that reached it)."""
+    best, best_shape = 0.0, ""
+    for m, k, n in PEAK_SHAPES:
+        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+        timings = alternate({"mm": lambda a=a, b=b: torch.mm(a, b)}, repetitions, warmup=2)
+        rate = 2 * m * k * n / timings.median("mm")
+        if rate > best:
+            best, best_shape = rate, f"{m}x{k}x{n}"
+    return best, best_shape
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def machine_info() -> dict[str, str]:
+    """The facts a reader needs to reproduce a number."""
+    import transformers
+
+    import vilt
+
+    flags = ""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            line = next((line for line in fh if line.startswith("flags")), "")
+        flags = " ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in line.split())
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return {
+        "cpu": f"{cpu_name()}, {os.cpu_count()} cores ({flags})",
+        "threads": str(torch.get_num_threads()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "vilt": vilt.__version__,
+        "load average (1, 5, 15 min)": load,
+    }
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,744 @@
+"""Image preprocessing for ViLT: resize, rescale, normalise and pad, exactly as the reference does.
+
+``ViltImageProcessor`` reproduces the PIL path of ``transformers`` (``ViltImageProcessorPil`` in v5,
+``ViltImageProcessor`` in v4.37) to within 1e-6, and runs a batch in parallel threads:
+
+1. **Load.** Every input becomes an RGB PIL image (rules below); grayscale stays one channel, which
+   gives the same values at a third of the resizing cost, and is written to all three channels.
+2. **Resize** (``do_resize``). The shorter side goes to ``size["shortest_edge"]`` (384), the longer side
+   is capped at ``int(1333 / 800 * 384) = 639``, each side is rounded with ``int(x + 0.5)`` and floored
+   to a multiple of ``size_divisor`` (32), and PIL resizes with ``resample`` (bicubic).
+3. **Rescale and normalise** (``do_rescale``, ``do_normalize``) in one step: a 256-entry float32 table
+   holds, for every uint8 level, the value the reference computes for it (``level * rescale_factor`` in
+   float64, cast to float32, then ``(x - mean) / std`` in float32), so the lookup is exact.
+4. **Pad** (``do_pad``). Images are written into a zero-filled ``(B, 3, max_h, max_w)`` array, bottom and
+   right padding, and ``pixel_mask`` marks the real pixels with 1.
+
+Decoding and resizing (Pillow releases the GIL) and the table lookups run in a pool of
+``torch.get_num_threads()`` threads.
+
+**Accepted inputs.** PIL images; numpy arrays and torch tensors, ``(H, W)``, ``(H, W, C)`` or
+``(C, H, W)`` with C in 1, 3, 4 (a 4-d array is a batch); file paths (``str`` or ``os.PathLike``);
+encoded image bytes. A list of images is a batch; a list of equal-length lists of images (NLVR2: one
+pair per text) gives ``pixel_values`` of shape ``(B, n, 3, H, W)`` and ``pixel_mask`` ``(B, n, H, W)``.
+
+**Conversion to RGB** (the reference does none and fails on anything but RGB):
+
+* Images with transparency (RGBA, LA, PA, RGBa, P or L with a transparent colour, 4-channel arrays)
+  are composited onto a white background.
+* L, P, 1, CMYK, YCbCr, LAB, HSV: Pillow's ``convert("RGB")``; single-channel arrays are repeated.
+* Integer pixel data (``I;16``, ``I`` modes, integer arrays): values all within [0, 255] are 8-bit, as
+  in the reference; larger values are taken as 16-bit and scaled with ``round(v / 257)``.
+* Float pixel data (``F`` mode, float arrays, float tensors): values in [0, 1] are scaled to uint8 by
+  the reference's rule (``x * 255`` in float64, cast to float32, then truncated to uint8); whole
+  numbers in [0, 255] are taken as they are.
+
+**Deviations from the reference**, each where the reference crashes or gives garbage:
+
+* Float images in [0, 1] are treated as the equivalent uint8 image. The reference rescales them
+  twice (once back after resizing, once with ``rescale_factor``), which gives values near -1.
+  A float image made only of 0.0 and 1.0 is read as [0, 1] here, as 0-255 levels by the reference.
+* Extreme aspect ratios: the reference rounds a side to 0 and PIL raises; here every side is at least
+  one ``size_divisor`` (one patch), so a 37x1200 image becomes 32x608 instead of crashing.
+* Non-RGB inputs are converted by the rules above instead of failing in ``normalize``.
+* With both ``do_rescale`` and ``do_normalize`` off, ``pixel_values`` is float32, not uint8.
+* NLVR2 pairs keep their ``(B, n, ...)`` layout; the reference flattens them to ``(B * n, ...)``.
+
+Bad input (an unreadable, empty, truncated or oversized file, non-finite values, a zero-sized image,
+a wrong channel count or number of dimensions) raises ``ValueError`` saying what is wrong, naming the
+file, and how to fix it; a missing file raises ``FileNotFoundError`` and an input of an unsupported
+type ``TypeError``. EXIF orientation is not applied, as in the reference.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import os
+import struct
+import warnings
+import zlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+PREPROCESSOR_CONFIG_FILE = "preprocessor_config.json"
+PROCESSOR_CONFIG_FILE = "processor_config.json"  # transformers v5 nests the image settings here
+
+# The reference caps the longer side at int(1333 / 800 * shortest_edge), the COCO aspect ratio.
+_MAX_LONGER_EDGE, _MAX_SHORTER_EDGE = 1333, 800
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_NUMERIC_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+# What Pillow raises on undecodable data (UnidentifiedImageError is an OSError).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
+_RETURN_TENSORS = (None, "np", "pt")
+_DATA_FORMATS = ("channels_first", "channels_last")
+
+
+class BatchFeature(dict):
+    """The output of the processors: a dict that also allows attribute access (``batch.pixel_values``).
+
+    ``to()`` moves the tensors to a device and casts only floating-point tensors to a dtype, so
+    ``batch.to("cuda", torch.bfloat16)`` keeps ``input_ids`` and ``pixel_mask`` integer.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to(self, *args: Any, **kwargs: Any) -> BatchFeature:
+        """Apply ``torch.Tensor.to(*args, **kwargs)`` to the tensors, in place.
+
+        Args:
+            *args: Arguments of ``torch.Tensor.to``, e.g. a device, a dtype, or both.
+            **kwargs: Keyword arguments of ``torch.Tensor.to`` (``device``, ``dtype``, ``non_blocking``).
+
+        Returns:
+            This batch, with floating-point tensors moved and cast and the other tensors only moved.
+        """
+        device = kwargs.get("device")
+        if device is None:
+            device = next((a for a in args if isinstance(a, (str, int, torch.device))), None)
+        for key, value in self.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            if value.is_floating_point():
+                self[key] = value.to(*args, **kwargs)
+            elif device is not None:
+                self[key] = value.to(device=device, non_blocking=kwargs.get("non_blocking", False))
+        return self
+
+
+def _resolve(path: str | os.PathLike, filename: str, **hub_kwargs: Any) -> Path | None:
+    """Locate ``filename`` of a pretrained directory; the one place where files are found.
+
+    Every ``from_pretrained`` (image processor, tokenizer, processor) finds its files here, so hub
+    downloads plug in by replacing this body with a call to ``vilt.hub.resolve_file``.
+
+    Args:
+        path: A local directory.
+        filename: The file wanted in it.
+        **hub_kwargs: Download options (``revision``, ``cache_dir``, ``local_files_only``...), unused for
+            local directories.
+
+    Returns:
+        The file's path, or None when the directory has no such file.
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{str(path)!r} is not a directory; from_pretrained takes a local directory")
+    candidate = directory / filename
+    return candidate if candidate.is_file() else None
+
+
+def get_resize_output_image_size(
+    height: int, width: int, shortest_edge: int = 384, size_divisor: int = 32
+) -> tuple[int, int]:
+    """The (height, width) an image is resized to: the reference's rule, with each side at least one patch.
+
+    Args:
+        height: Input height in pixels.
+        width: Input width in pixels.
+        shortest_edge: Target length of the shorter side.
+        size_divisor: Both output sides are multiples of this.
+
+    Returns:
+        The output (height, width).
+    """
+    longest_edge = int(_MAX_LONGER_EDGE / _MAX_SHORTER_EDGE * shortest_edge)
+    scale = shortest_edge / min(height, width)
+    if height < width:
+        new_height, new_width = shortest_edge, scale * width
+    else:
+        new_height, new_width = scale * height, shortest_edge
+    if max(new_height, new_width) > longest_edge:
+        scale = longest_edge / max(new_height, new_width)
+        new_height, new_width = scale * new_height, scale * new_width
+    new_height, new_width = int(new_height + 0.5), int(new_width + 0.5)
+    # The reference floors a side of an extreme aspect ratio to 0 and crashes; keep one patch instead.
+    return (
+        max(new_height // size_divisor * size_divisor, size_divisor),
+        max(new_width // size_divisor * size_divisor, size_divisor),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading: every accepted input becomes an RGB PIL image.
+
+
+def _open_encoded(source: str | os.PathLike | bytes | bytearray, label: str) -> Image.Image:
+    """Open a file path or encoded bytes lazily (header only), rejecting empty and oversized images.
+
+    Runs in the calling thread, because Pillow reports a decompression bomb with a warning, and the
+    warning filter that turns it into an error is process-wide.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ValueError(f"{label} is empty (0 bytes); pass the encoded image file's contents.")
+        fp: Path | io.BytesIO = io.BytesIO(source)
+    else:
+        fp = Path(source)
+        if not fp.is_file():
+            raise FileNotFoundError(f"{label}: no such file")
+        if fp.stat().st_size == 0:
+            raise ValueError(f"{label} is empty (0 bytes); re-download or re-create the file.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(fp)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ValueError(
+                f"{label} is larger than Pillow's decompression-bomb limit ({exc}). If you trust the "
+                "image, raise the limit: `PIL.Image.MAX_IMAGE_PIXELS = <number of pixels>` (None disables it)."
+            ) from exc
+        except _DECODE_ERRORS as exc:
+            raise ValueError(
+                f"{label} is not an image Pillow can read ({exc}): not an image file, or a truncated or "
+                "corrupt one. Pass a complete JPEG, PNG or other image file."
+            ) from exc
+
+
+def _decode(image: Image.Image, label: str) -> Image.Image:
+    """Decode a lazily opened image, turning Pillow's decoding errors into a ValueError."""
+    try:
+        image.load()
+    except _DECODE_ERRORS as exc:
+        raise ValueError(
+            f"{label} could not be decoded ({exc}); the file is truncated or corrupt. Re-download or "
+            "re-encode it (or set `PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True` to accept partial images)."
+        ) from exc
+    return image
+
+
+def _float_to_uint8(array: np.ndarray, label: str) -> np.ndarray:
+    """Float pixels to uint8: [0, 1] by the reference's x*255 rule, whole numbers in [0, 255] as they are."""
+    if not np.isfinite(array).all():
+        raise ValueError(f"{label} contains NaN or infinite values; replace them (e.g. np.nan_to_num) first.")
+    low, high = float(array.min()), float(array.max())
+    if low >= 0 and high <= 1:
+        return (array.astype(np.float64) * 255).astype(np.float32).astype(np.uint8)
+    if low >= 0 and high <= 255 and np.allclose(array, array.astype(np.int64)):
+        return array.astype(np.uint8)
+    raise ValueError(
+        f"{label} has float values in [{low}, {high}]; float images must lie in [0, 1] (or be whole "
+        "numbers in [0, 255]). Rescale them, or pass uint8 pixels."
+    )
+
+
+def _integer_to_uint8(array: np.ndarray, label: str) -> np.ndarray:
+    """Integer pixels to uint8: 8-bit when all values are <= 255, otherwise 16-bit scaled by 1/257."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high > 65535:
+        raise ValueError(
+            f"{label} has integer values in [{low}, {high}]; integer images must be 8-bit (0-255) or "
+            "16-bit (0-65535)."
+        )
+    if high <= 255:
+        return array.astype(np.uint8)
+    return ((array.astype(np.uint32) * 2 + 257) // 514).astype(np.uint8)  # round(v / 257)
+
+
+def _to_channels_last(array: np.ndarray, input_data_format: str | None, label: str) -> np.ndarray:
+    """Return an (H, W, C) view of a 2-d or 3-d array, inferring the channel axis like the reference."""
+    if array.ndim == 2:
+        return array[:, :, None]
+    if array.ndim != 3:
+        raise ValueError(
+            f"{label} has shape {tuple(array.shape)}; an image array must be (H, W), (H, W, C) or (C, H, W)."
+        )
+    if input_data_format is None:
+        if array.shape[0] in (1, 3, 4):  # ambiguous shapes count as channels-first, as in the reference
+            input_data_format = "channels_first"
+        elif array.shape[2] in (1, 3, 4):
+            input_data_format = "channels_last"
+        else:
+            raise ValueError(
+                f"{label} has shape {tuple(array.shape)}: no axis of 1, 3 or 4 channels. Pass grayscale, "
+                "RGB or RGBA pixels."
+            )
+    array = array.transpose(1, 2, 0) if input_data_format == "channels_first" else array
+    if array.shape[2] not in (1, 3, 4):
+        raise ValueError(
+            f"{label} has {array.shape[2]} channels ({input_data_format}, shape {tuple(array.shape)}); "
+            "pass grayscale (1), RGB (3) or RGBA (4) pixels."
+        )
+    return array
+
+
+def _array_to_pil(array: np.ndarray, input_data_format: str | None, label: str) -> Image.Image:
+    """An (H, W), (H, W, C) or (C, H, W) array of any numeric dtype as an L, RGB or RGBA image."""
+    array = _to_channels_last(array, input_data_format, label)
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{label} is empty (height x width = {array.shape[0]} x {array.shape[1]}).")
+    if np.issubdtype(array.dtype, np.floating):
+        array = _float_to_uint8(array, label)
+    elif np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+        array = _integer_to_uint8(array, label)
+    else:
+        raise ValueError(f"{label} has dtype {array.dtype}; pass integer or float pixels.")
+    channels = array.shape[2]
+    return Image.fromarray(np.ascontiguousarray(array[:, :, 0] if channels == 1 else array))
+
+
+def _to_rgb_or_gray(image: Image.Image, label: str) -> Image.Image:
+    """Convert a decoded image of any mode to RGB, or to L when it is grayscale (module docstring)."""
+    if image.mode in _NUMERIC_MODES:
+        return _to_rgb_or_gray(_array_to_pil(np.asarray(image), None, label), label)
+    try:
+        if image.mode in _ALPHA_MODES or "transparency" in image.info:
+            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+        if image.mode in ("RGB", "L"):
+            return image
+        return image.convert("L" if image.mode == "1" else "RGB")
+    except ValueError as exc:
+        raise ValueError(
+            f"{label} has PIL mode {image.mode!r}, which Pillow cannot convert to RGB ({exc})."
+        ) from exc
+
+
+def _load(image: Any, input_data_format: str | None, label: str) -> Image.Image:
+    """Any in-memory image (a PIL image, a numpy array, a torch tensor) as a decoded RGB or L PIL image."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        image = (image.float() if image.dtype == torch.bfloat16 else image).numpy()
+    if isinstance(image, np.ndarray):
+        image = _array_to_pil(image, input_data_format, label)
+    elif not isinstance(image, Image.Image):
+        raise TypeError(
+            f"{label} is a {type(image).__name__}; pass a PIL image, numpy array, torch tensor, file path "
+            "or encoded bytes."
+        )
+    image = _decode(image, label)
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"{label} is empty (width x height = {image.width} x {image.height}).")
+    return _to_rgb_or_gray(image, label)
+
+
+def _is_single_image(item: Any) -> bool:
+    return isinstance(item, (Image.Image, np.ndarray, torch.Tensor, str, os.PathLike, bytes, bytearray))
+
+
+def _flatten_images(images: Any) -> tuple[list[Any], int | None]:
+    """The images of a call as a flat list, and the group size for NLVR2-style nested lists (else None)."""
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        return list(images), None
+    if _is_single_image(images):
+        return [images], None
+    if not isinstance(images, (list, tuple)):
+        raise TypeError(
+            f"images is a {type(images).__name__}; pass an image, a list of images or a list of image lists."
+        )
+    if not images:
+        raise ValueError("images is an empty list; pass at least one image.")
+    if not all(isinstance(group, (list, tuple)) for group in images):
+        return list(images), None  # an item of a wrong type is reported, with its index, when loaded
+    sizes = {len(group) for group in images}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(
+            f"every image group must hold the same number of images (at least one); got {sorted(sizes)}."
+        )
+    return [image for group in images for image in group], sizes.pop()
+
+
+def _label(item: Any, index: int) -> str:
+    """How error messages name an input: the file name for paths."""
+    if isinstance(item, (str, os.PathLike)):
+        return f"image file {os.fspath(item)!r}"
+    if isinstance(item, (bytes, bytearray)):
+        return f"image bytes (batch item {index})"
+    return f"image (batch item {index})"
+
+
+def _parallel_map(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """``[function(item) for item in items]`` on ``torch.get_num_threads()`` threads.
+
+    Pillow and numpy release the GIL, so the threads run in parallel. Following torch's thread count
+    keeps DataLoader workers (which torch sets to one thread) from oversubscribing the CPU.
+    """
+    workers = min(len(items), torch.get_num_threads())
+    if workers <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(function, items))
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+class ViltImageProcessor:
+    """Prepares images for ViLT: ``pixel_values`` and ``pixel_mask``, equal to the reference's PIL path.
+
+    Args:
+        do_resize: Resize so that the shorter side is ``size["shortest_edge"]`` (longer side capped).
+        size: ``{"shortest_edge": int}`` or an int.
+        size_divisor: Output sides are floored to multiples of this (and are at least this).
+        resample: PIL resampling filter (``PIL.Image.Resampling``), bicubic by default.
+        do_rescale: Multiply pixel levels by ``rescale_factor``.
+        rescale_factor: The rescale factor, 1/255 by default.
+        do_normalize: Subtract ``image_mean`` and divide by ``image_std``, per channel.
+        image_mean: Three channel means (or one for all), 0.5 by default.
+        image_std: Three channel standard deviations (or one for all), 0.5 by default.
+        do_pad: Pad a batch to its largest height and width and return ``pixel_mask``.
+    """
+
+    model_input_names = ["pixel_values", "pixel_mask"]
+    _type_name = "ViltImageProcessor"
+
+    def __init__(
+        self,
+        do_resize: bool = True,
+        size: int | dict[str, int] | None = None,
+        size_divisor: int = 32,
+        resample: int = Image.Resampling.BICUBIC,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+        image_mean: float | Sequence[float] | None = None,
+        image_std: float | Sequence[float] | None = None,
+        do_pad: bool = True,
+    ) -> None:
+        self.do_resize = bool(do_resize)
+        self.size = _size_dict(384 if size is None else size)
+        self.size_divisor = int(size_divisor)
+        if self.size_divisor < 1:
+            raise ValueError(f"size_divisor must be a positive integer, got {size_divisor}.")
+        self.resample = int(resample)
+        self.do_rescale = bool(do_rescale)
+        self.rescale_factor = float(rescale_factor)
+        self.do_normalize = bool(do_normalize)
+        self.image_mean = _channel_values(0.5 if image_mean is None else image_mean, "image_mean")
+        self.image_std = _channel_values(0.5 if image_std is None else image_std, "image_std")
+        if 0 in self.image_std:
+            raise ValueError(f"image_std must not contain 0, got {self.image_std}.")
+        self.do_pad = bool(do_pad)
+
+    # -- preprocessing --------------------------------------------------------------------------------
+
+    def __call__(self, images: Any, **kwargs: Any) -> BatchFeature:
+        """Same as ``preprocess``."""
+        return self.preprocess(images, **kwargs)
+
+    def preprocess(
+        self,
+        images: Any,
+        do_resize: bool | None = None,
+        size: int | dict[str, int] | None = None,
+        size_divisor: int | None = None,
+        resample: int | None = None,
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
+        do_normalize: bool | None = None,
+        image_mean: float | Sequence[float] | None = None,
+        image_std: float | Sequence[float] | None = None,
+        do_pad: bool | None = None,
+        return_tensors: str | None = None,
+        data_format: str = "channels_first",
+        input_data_format: str | None = None,
+    ) -> BatchFeature:
+        """Turn one image, a batch of images, or a batch of image groups into model inputs.
+
+        Args:
+            images: A PIL image, numpy array, torch tensor, file path or encoded bytes; a list of them; or
+                a list of equal-length lists of them (one group per text, for NLVR2).
+            do_resize, size, size_divisor, resample, do_rescale, rescale_factor, do_normalize, image_mean,
+                image_std, do_pad: Override the processor's settings for this call.
+            return_tensors: None for lists of numpy arrays (one per image or group), "np" for arrays,
+                "pt" for torch tensors.
+            data_format: "channels_first" (B, 3, H, W) or "channels_last" (B, H, W, 3) pixel_values.
+            input_data_format: Channel layout of array inputs, "channels_first" or "channels_last";
+                inferred when None.
+
+        Returns:
+            A BatchFeature with ``pixel_values`` (float32) and, when padding, ``pixel_mask`` (int64).
+        """
+        overrides = {
+            name: value
+            for name, value in dict(
+                do_resize=do_resize,
+                size=size,
+                size_divisor=size_divisor,
+                resample=resample,
+                do_rescale=do_rescale,
+                rescale_factor=rescale_factor,
+                do_normalize=do_normalize,
+                image_mean=image_mean,
+                image_std=image_std,
+                do_pad=do_pad,
+            ).items()
+            if value is not None
+        }
+        settings = ViltImageProcessor(**{**self._init_kwargs(), **overrides}) if overrides else self
+        if return_tensors not in _RETURN_TENSORS:
+            raise ValueError(f"return_tensors must be one of {_RETURN_TENSORS}, got {return_tensors!r}.")
+        if data_format not in _DATA_FORMATS:
+            raise ValueError(f"data_format must be one of {_DATA_FORMATS}, got {data_format!r}.")
+        if input_data_format not in (*_DATA_FORMATS, None):
+            raise ValueError(
+                f"input_data_format must be None or one of {_DATA_FORMATS}, got {input_data_format!r}."
+            )
+        flat, group_size = _flatten_images(images)
+        pixels = settings._load_and_resize(flat, input_data_format)
+        pixel_values, pixel_mask = settings._normalize_and_pad(pixels)
+        return _package(pixel_values, pixel_mask, group_size, settings.do_pad, data_format, return_tensors)
+
+    def _load_and_resize(self, images: list[Any], input_data_format: str | None) -> list[np.ndarray]:
+        """Decode, convert and resize every image in parallel; returns their uint8 pixel arrays."""
+        labels = [_label(image, index) for index, image in enumerate(images)]
+        opened: list[Any] = []  # the inputs, with paths and bytes opened lazily (headers read)
+        try:
+            for image, label in zip(images, labels):
+                is_encoded = isinstance(image, (str, os.PathLike, bytes, bytearray))
+                opened.append(_open_encoded(image, label) if is_encoded else image)
+            # The same object twice (e.g. an NLVR2 pair of one image) is prepared once: PIL's lazy
+            # load() must not run in two threads.
+            first_index: dict[int, int] = {}
+            for index, image in enumerate(opened):
+                first_index.setdefault(id(image), index)
+            unique = list(first_index.values())
+            prepared = _parallel_map(
+                lambda i: self._prepare_one(opened[i], input_data_format, labels[i]), unique
+            )
+        finally:
+            for image, original in zip(opened, images):
+                if image is not original:
+                    image.close()
+        by_id = {id(opened[i]): array for i, array in zip(unique, prepared)}
+        return [by_id[id(image)] for image in opened]
+
+    def _prepare_one(self, image: Any, input_data_format: str | None, label: str) -> np.ndarray:
+        """Load and resize one image; returns its (h, w, 3) RGB or (h, w) grayscale uint8 pixels."""
+        image = _load(image, input_data_format, label)
+        if self.do_resize:
+            height, width = get_resize_output_image_size(
+                image.height, image.width, self.size["shortest_edge"], self.size_divisor
+            )
+            image = image.resize((width, height), resample=self.resample, reducing_gap=None)
+        return np.asarray(image)
+
+    def _value_table(self) -> np.ndarray:
+        """(3, 256) float32: the output value of every uint8 level per channel, computed the reference's way."""
+        levels = np.tile(np.arange(256, dtype=np.uint8), (3, 1))
+        if self.do_rescale:
+            values = (levels.astype(np.float64) * self.rescale_factor).astype(np.float32)
+        else:
+            values = levels.astype(np.float32)
+        if self.do_normalize:
+            mean = np.array(self.image_mean, dtype=np.float32)[:, None]
+            std = np.array(self.image_std, dtype=np.float32)[:, None]
+            values = (values - mean) / std
+        return values
+
+    def _normalize_and_pad(self, pixels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Write every image's table values into a zero-padded (B, 3, H, W) float32 array; build the mask."""
+        height = max(array.shape[0] for array in pixels)
+        width = max(array.shape[1] for array in pixels)
+        table = self._value_table()
+        pixel_values = np.zeros((len(pixels), 3, height, width), dtype=np.float32)
+        pixel_mask = np.zeros((len(pixels), height, width), dtype=np.int64)
+
+        def write(index: int) -> None:
+            array = pixels[index]
+            h, w = array.shape[:2]
+            for channel in range(3):
+                np.take(
+                    table[channel],
+                    array if array.ndim == 2 else array[:, :, channel],
+                    out=pixel_values[index, channel, :h, :w],
+                    mode="clip",
+                )
+            pixel_mask[index, :h, :w] = 1
+
+        _parallel_map(write, range(len(pixels)))
+        return pixel_values, pixel_mask
+
+    # -- configuration ----------------------------------------------------------------------------------
+
+    def _init_kwargs(self) -> dict[str, Any]:
+        return {
+            "do_resize": self.do_resize,
+            "size": dict(self.size),
+            "size_divisor": self.size_divisor,
+            "resample": self.resample,
+            "do_rescale": self.do_rescale,
+            "rescale_factor": self.rescale_factor,
+            "do_normalize": self.do_normalize,
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+            "do_pad": self.do_pad,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as saved in ``preprocessor_config.json`` (the reference's keys)."""
+        return {**self._init_kwargs(), "image_processor_type": self._type_name}
+
+    def to_json_string(self) -> str:
+        """The settings as the JSON text of ``preprocessor_config.json``."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, json_file_path: str | os.PathLike) -> None:
+        """Write ``to_json_string()`` to a file.
+
+        Args:
+            json_file_path: Where to write.
+        """
+        Path(json_file_path).write_text(self.to_json_string(), encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any], **kwargs: Any) -> ViltImageProcessor:
+        """Build from a config dict, as read from ``preprocessor_config.json``.
+
+        Unknown keys (``image_processor_type``, ``feature_extractor_type``, ``processor_class``...) are
+        ignored; the legacy v4 key ``pad_and_return_pixel_mask`` sets ``do_pad``.
+
+        Args:
+            config: The settings.
+            **kwargs: Settings that override those of ``config``.
+        """
+        config = dict(config)
+        if "pad_and_return_pixel_mask" in config:
+            config.setdefault("do_pad", config.pop("pad_and_return_pixel_mask"))
+        known = cls._init_parameter_names()
+        unknown = set(kwargs) - known
+        if unknown:
+            raise TypeError(f"unknown image processor settings: {sorted(unknown)}")
+        return cls(**{**{key: value for key, value in config.items() if key in known}, **kwargs})
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
+    ) -> ViltImageProcessor:
+        """Load the settings from ``preprocessor_config.json`` (or v5's ``processor_config.json``).
+
+        Args:
+            pretrained_model_name_or_path: A directory holding the config.
+            **kwargs: Settings that override the saved ones; other keyword arguments (``revision``,
+                ``cache_dir``, ``local_files_only``...) are passed on to the file lookup.
+        """
+        known = cls._init_parameter_names()
+        overrides = {key: value for key, value in kwargs.items() if key in known}
+        hub_kwargs = {key: value for key, value in kwargs.items() if key not in known}
+        config_file = _resolve(pretrained_model_name_or_path, PREPROCESSOR_CONFIG_FILE, **hub_kwargs)
+        if config_file is not None:
+            return cls.from_dict(json.loads(config_file.read_text(encoding="utf-8")), **overrides)
+        processor_file = _resolve(pretrained_model_name_or_path, PROCESSOR_CONFIG_FILE, **hub_kwargs)
+        if processor_file is not None:
+            config = json.loads(processor_file.read_text(encoding="utf-8")).get("image_processor")
+            if config is not None:
+                return cls.from_dict(config, **overrides)
+        raise FileNotFoundError(
+            f"{str(pretrained_model_name_or_path)!r} has no {PREPROCESSOR_CONFIG_FILE} (nor an image_processor "
+            f"entry in {PROCESSOR_CONFIG_FILE})."
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
+        """Write ``preprocessor_config.json`` into a directory (created if missing).
+
+        Args:
+            save_directory: The directory.
+
+        Returns:
+            The paths written.
+        """
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / PREPROCESSOR_CONFIG_FILE
+        self.to_json_file(path)
+        return [str(path)]
+
+    @staticmethod
+    def _init_parameter_names() -> set[str]:
+        return set(inspect.signature(ViltImageProcessor.__init__).parameters) - {"self"}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ViltImageProcessor) and self._init_kwargs() == other._init_kwargs()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"
+
+
+class ViltFeatureExtractor(ViltImageProcessor):
+    """Deprecated alias of ``ViltImageProcessor`` (its name in transformers v4); warns when built."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        warnings.warn(
+            "ViltFeatureExtractor is deprecated; use ViltImageProcessor, which takes the same arguments.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        super().__init__(*args, **kwargs)
+
+
+def _size_dict(size: int | dict[str, int]) -> dict[str, int]:
+    if isinstance(size, dict):
+        if set(size) != {"shortest_edge"}:
+            raise ValueError(f'size must be an int or {{"shortest_edge": int}}, got {size}.')
+        size = size["shortest_edge"]
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f'size must be a positive int or {{"shortest_edge": int}}, got {size!r}.')
+    return {"shortest_edge": int(size)}
+
+
+def _channel_values(values: float | Sequence[float], name: str) -> list[float]:
+    values = [float(values)] * 3 if isinstance(values, (int, float)) else [float(v) for v in values]
+    if len(values) != 3:
+        raise ValueError(f"{name} must have 3 values (one per RGB channel), got {values}.")
+    return values
+
+
+def _package(
+    pixel_values: np.ndarray,
+    pixel_mask: np.ndarray,
+    group_size: int | None,
+    do_pad: bool,
+    data_format: str,
+    return_tensors: str | None,
+) -> BatchFeature:
+    """Shape the padded arrays into the output: groups, channel order, unpadded lists, tensor type."""
+    if data_format == "channels_last":
+        pixel_values = np.ascontiguousarray(pixel_values.transpose(0, 2, 3, 1))
+    if group_size is not None:
+        pixel_values = pixel_values.reshape(-1, group_size, *pixel_values.shape[1:])
+        pixel_mask = pixel_mask.reshape(-1, group_size, *pixel_mask.shape[1:])
+    if not do_pad:
+        # Without padding, the images keep their own sizes: per-image arrays, or one array if all agree.
+        unpadded = _unpad(pixel_values, pixel_mask, data_format)
+        if return_tensors is None:
+            return BatchFeature(pixel_values=unpadded)
+        if not pixel_mask.all():
+            raise ValueError(
+                "the images have different sizes after resizing; pass do_pad=True to batch them."
+            )
+        outputs = {"pixel_values": pixel_values}
+    elif return_tensors is None:
+        return BatchFeature(pixel_values=list(pixel_values), pixel_mask=list(pixel_mask))
+    else:
+        outputs = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
+    if return_tensors == "pt":
+        outputs = {key: torch.from_numpy(value) for key, value in outputs.items()}
+    return BatchFeature(outputs)
+
+
+def _unpad(pixel_values: np.ndarray, pixel_mask: np.ndarray, data_format: str) -> list[np.ndarray]:
+    """Crop every image (or group) of a padded batch back to its own height and width."""
+    crops = []
+    for values, mask in zip(pixel_values, pixel_mask):
+        height, width = int(mask.any(-1).sum(-1).max()), int(mask.any(-2).sum(-1).max())
+        crops.append(
+            values[..., :height, :width, :]
+            if data_format == "channels_last"
+            else values[..., :height, :width]
+        )
+    return crops

@@ -1,0 +1,159 @@
+"""The inference fast path behind ``model.optimize_for_inference()``.
+
+Each encoder layer runs as seven calls: LayerNorm, one fused query/key/value projection, SDPA, the
+output projection with the residual add, LayerNorm, the MLP up-projection with its activation, and the
+MLP down-projection with the residual add. On CPU builds with oneDNN the Linear weights are prepacked
+once into oneDNN's blocked layout, and the bias, activation and residual add are fused into the matrix
+products as oneDNN post-ops, so no bias copy and no separate elementwise pass remains (on this 2-core
+AMX CPU, the bfloat16 matrix products of the plain path waited on those passes). Elsewhere (CUDA,
+builds without oneDNN, float16) the same seven steps run with ``F.linear`` on the concatenated weights.
+
+The packed weights are a cache. The parameters keep the reference's names and stay the source of truth:
+``state_dict``, saving and training are untouched. The cache is rebuilt when a source parameter changes
+(an in-place update, ``load_state_dict``, ``.to()``), and it is used only in eval mode, without
+gradients, head mask or attention probabilities; anything else runs the plain layers.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from .modeling import AttentionMask, ViltEncoder, ViltLayer
+
+# config.hidden_act -> oneDNN post-op (name, algorithm); other activations run as a separate call.
+_ONEDNN_ACTIVATIONS = {
+    "gelu": ("gelu", "none"),
+    "gelu_new": ("gelu", "tanh"),
+    "gelu_pytorch_tanh": ("gelu", "tanh"),
+    "relu": ("relu", ""),
+}
+
+
+def onednn_applies(weight: torch.Tensor) -> bool:
+    """Whether oneDNN's packed Linear kernels serve this weight (CPU, float32 or bfloat16)."""
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype in (torch.float32, torch.bfloat16)
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+class FusedLinear:
+    """Linear layers concatenated along their outputs, with weights ready for inference.
+
+    Args:
+        linears: the layers, all with the same input size; their outputs are concatenated in order.
+    """
+
+    def __init__(self, linears: Sequence[nn.Linear]) -> None:
+        weights = [linear.weight.detach() for linear in linears]
+        weight = weights[0] if len(weights) == 1 else torch.cat(weights)  # (sum N, K)
+        biases = [linear.bias for linear in linears]
+        self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])  # (sum N,)
+        self.onednn = onednn_applies(weight)
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight) if self.onednn else weight
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.onednn:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+    def activated(self, x: torch.Tensor, name: str, activation: nn.Module) -> torch.Tensor:
+        """activation(linear(x)), fused when oneDNN has the activation ``name`` as a post-op."""
+        if self.onednn and name in _ONEDNN_ACTIVATIONS:
+            post_op, algorithm = _ONEDNN_ACTIVATIONS[name]
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, post_op, [], algorithm)
+        return activation(self(x))
+
+    def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """linear(x) + residual, with the add fused into the matrix product under oneDNN."""
+        if self.onednn:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
+        return residual + self(x)
+
+
+class PackedLayer:
+    """One :class:`vilt.modeling.ViltLayer` as the seven fused calls (LayerNorms stay the layer's own)."""
+
+    def __init__(self, layer: ViltLayer, hidden_act: str) -> None:
+        attention = layer.attention
+        projections = attention.attention
+        self.num_heads, self.head_dim = attention.num_heads, attention.head_dim
+        self.qkv = FusedLinear([projections.query, projections.key, projections.value])
+        self.attention_output = FusedLinear([attention.output.dense])
+        self.up = FusedLinear([layer.intermediate.dense])
+        self.down = FusedLinear([layer.output.dense])
+        self.norm_before, self.norm_after = layer.layernorm_before, layer.layernorm_after
+        self.hidden_act, self.activation = hidden_act, layer.intermediate_act_fn
+
+    def __call__(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        b, length, d = x.shape
+        qkv = self.qkv(self.norm_before(x)).view(b, length, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh), strided views
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B, H, L, Dh)
+        context = context.transpose(1, 2).reshape(b, length, d)  # (B, L, D)
+        x = self.attention_output.plus(context, x)
+        hidden = self.up.activated(self.norm_after(x), self.hidden_act, self.activation)  # (B, L, 4D)
+        return self.down.plus(hidden, x)
+
+
+class PackedEncoder:
+    """The encoder's layers as :class:`PackedLayer`, rebuilt whenever a source weight changes.
+
+    Args:
+        encoder: the :class:`vilt.modeling.ViltEncoder` whose layers to pack.
+        hidden_act: ``config.hidden_act``.
+    """
+
+    def __init__(self, encoder: ViltEncoder, hidden_act: str) -> None:
+        self.encoder, self.hidden_act = encoder, hidden_act
+        self.layers: list[PackedLayer] = []
+        self.signature: list[tuple[int, int, torch.dtype]] = []
+
+    def __deepcopy__(self, memo: dict[int, object]) -> PackedEncoder:
+        """A copied model gets an empty cache of its own (packed oneDNN tensors cannot be copied)."""
+        return PackedEncoder(copy.deepcopy(self.encoder, memo), self.hidden_act)
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickle without the packed weights; they are rebuilt on the first call."""
+        return {"encoder": self.encoder, "hidden_act": self.hidden_act, "layers": [], "signature": []}
+
+    def _sources(self) -> list[torch.Tensor]:
+        return [
+            p
+            for layer in self.encoder.layer
+            for name, p in layer.named_parameters()
+            if "layernorm" not in name
+        ]
+
+    def _current_signature(self) -> list[tuple[int, int, torch.dtype]]:
+        return [(p.data_ptr(), p._version, p.dtype) for p in self._sources()]
+
+    def applies(self, head_mask: Sequence[torch.Tensor | None], eager: bool) -> bool:
+        """Whether this call may take the fast path: eval, no gradients, no head mask, SDPA attention."""
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self._sources())
+        return not (self.encoder.training or needs_grad or eager or any(m is not None for m in head_mask))
+
+    def __call__(
+        self, x: torch.Tensor, mask: AttentionMask, output_hidden_states: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Run every layer; returns (output (B, L, D), the per-layer inputs plus output if asked)."""
+        signature = self._current_signature()
+        if signature != self.signature:
+            self.layers = [PackedLayer(layer, self.hidden_act) for layer in self.encoder.layer]
+            self.signature = signature
+        hidden_states = []
+        for layer in self.layers:
+            if output_hidden_states:
+                hidden_states.append(x)
+            x = layer(x, mask.keep)
+        if output_hidden_states:
+            hidden_states.append(x)
+        return x, tuple(hidden_states) if output_hidden_states else None

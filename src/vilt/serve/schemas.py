@@ -1,0 +1,238 @@
+"""What the endpoints accept and return, and how a request body becomes a validated request.
+
+Every task endpoint takes its fields either as ``multipart/form-data`` (images as file uploads, a list
+field repeated once per value) or as ``application/json`` (images as base64 strings, a ``data:`` URL
+prefix allowed). Both go through the same pydantic model, so both get the same checks and the same
+error messages. The OpenAPI schema of each endpoint lists both bodies, derived from that model.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+)
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from .errors import APIError
+
+MAX_TEXT_CHARS = 512  # the model reads 40 tokens; longer texts are a mistake or an attack
+MAX_TOP_K = 100
+MAX_RANK_IMAGES = 16  # rank runs images x texts forward passes
+MAX_RANK_TEXTS = 16
+_BASE64_SCHEMA = {"type": "string", "contentEncoding": "base64"}
+_UPLOAD_SCHEMA = {"type": "string", "format": "binary"}
+
+
+# ----------------------------------------------------------------------------- field types
+
+
+def _decode_base64(value: Any) -> Any:
+    """JSON carries images as base64 text (optionally a ``data:...;base64,`` URL); uploads arrive as bytes."""
+    if not isinstance(value, str):
+        return value
+    payload = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(
+            "is not base64; send the image file base64-encoded, or upload it as multipart"
+        ) from None
+
+
+def _check_text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("is blank; send some words")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid unicode (it holds a lone surrogate); send UTF-8 text") from None
+    return text
+
+
+ImageData = Annotated[bytes, BeforeValidator(_decode_base64), WithJsonSchema(_BASE64_SCHEMA)]
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_check_text)]
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VQARequest(_Request):
+    """A question about an image."""
+
+    image: ImageData = Field(description="the image (an upload, or base64 in JSON)")
+    question: Text = Field(description="the question, e.g. 'What color is the shape?'")
+    top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="how many answers to return, best first")
+
+
+class ExplainRequest(_Request):
+    """A question (or caption) to explain: where the model looks for each of its words."""
+
+    image: ImageData = Field(description="the image (an upload, or base64 in JSON)")
+    question: Text = Field(description="the text whose words are mapped onto the image")
+    method: str = Field(
+        "ipot", pattern="^(ipot|rollout)$", description="'ipot' alignment or attention 'rollout'"
+    )
+
+
+class NLVR2Request(_Request):
+    """A statement to check against a pair of images."""
+
+    images: list[ImageData] = Field(min_length=2, max_length=2, description="the left and right images")
+    statement: Text = Field(description="the statement, e.g. 'The left image has two dogs.'")
+
+
+class RankRequest(_Request):
+    """Images and texts to score against each other."""
+
+    images: list[ImageData] = Field(min_length=1, max_length=MAX_RANK_IMAGES, description="N images")
+    texts: list[Text] = Field(min_length=1, max_length=MAX_RANK_TEXTS, description="M texts")
+
+
+class FillMaskRequest(_Request):
+    """A text with [MASK] words to fill in from the image."""
+
+    image: ImageData = Field(description="the image (an upload, or base64 in JSON)")
+    text: Text = Field(description="the text with one or more [MASK], e.g. 'a [MASK] circle'")
+
+
+# ----------------------------------------------------------------------------- responses
+
+
+class Answer(BaseModel):
+    answer: str
+    score: float = Field(description="sigmoid probability")
+
+
+class VQAResponse(BaseModel):
+    answers: list[Answer] = Field(description="best first")
+
+
+class ExplainResponse(BaseModel):
+    words: list[str] = Field(description="the words of the question")
+    heatmaps: list[str] = Field(description="one transparent PNG overlay per word, as a data: URL")
+    width: int
+    height: int
+    method: str
+
+
+class NLVR2Response(BaseModel):
+    label: bool = Field(description="whether the statement is true of the image pair")
+    score: float = Field(description="the probability of that label")
+
+
+class RankResponse(BaseModel):
+    scores: list[list[float]] = Field(description="N x M scores, higher = better match")
+
+
+class FillMaskResponse(BaseModel):
+    sequence: str
+    tokens: list[str]
+    scores: list[float]
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="what was wrong and how to fix it")
+
+
+# ----------------------------------------------------------------------------- reading a body
+
+RequestT = TypeVar("RequestT", bound=BaseModel)
+
+
+@functools.cache
+def _list_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The fields of ``model`` that hold lists (repeated form fields)."""
+    properties = model.model_json_schema()["properties"]
+    return frozenset(name for name, prop in properties.items() if prop.get("type") == "array")
+
+
+def _as_upload(prop: dict[str, Any]) -> dict[str, Any]:
+    """A property of the JSON body's schema as the multipart body has it: base64 images become files."""
+    if prop.get("contentEncoding") == "base64":
+        return {**{key: value for key, value in prop.items() if key != "contentEncoding"}, **_UPLOAD_SCHEMA}
+    if "items" in prop:
+        return {**prop, "items": _as_upload(prop["items"])}
+    return prop
+
+
+def request_body_openapi(model: type[BaseModel]) -> dict[str, Any]:
+    """The ``requestBody`` of an endpoint taking ``model`` as multipart (images as uploads) or as JSON."""
+    json_schema = model.model_json_schema()
+    form_schema = {
+        **json_schema,
+        "properties": {k: _as_upload(v) for k, v in json_schema["properties"].items()},
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": form_schema},
+                "application/json": {"schema": json_schema},
+            },
+        }
+    }
+
+
+async def read_request(request: Request, model: type[RequestT]) -> RequestT:
+    """Parse and validate a multipart or JSON body into ``model``.
+
+    Raises:
+        APIError: 415 for another content type, 400 for a body that cannot be parsed, 422 naming each
+            field that is missing, of the wrong type or out of range.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        data = await _form_fields(request, _list_fields(model))
+    elif content_type == "application/json":
+        try:
+            data = json.loads(await request.body())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise APIError(400, f"the body is not valid JSON ({err})") from None
+    else:
+        raise APIError(
+            415,
+            f"unsupported content type {content_type or '(none)'!r}; send multipart/form-data or application/json",
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise APIError(422, describe_validation_errors(err.errors())) from None
+
+
+async def _form_fields(request: Request, list_fields: frozenset[str]) -> dict[str, Any]:
+    """The form's fields: uploads as bytes, repeated fields as lists."""
+    form = await request.form()
+    data: dict[str, Any] = {}
+    for name in set(form.keys()):
+        values = [
+            await value.read() if isinstance(value, UploadFile) else value for value in form.getlist(name)
+        ]
+        data[name] = values if name in list_fields or len(values) > 1 else values[0]
+    return data
+
+
+def describe_validation_errors(errors: list[Any]) -> str:
+    """One line naming each invalid field and what is wrong with it (pydantic's or FastAPI's errors)."""
+    parts = []
+    for error in errors:
+        location = ".".join(str(part) for part in error["loc"] if part != "body") or "body"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"'{location}' {message[0].lower()}{message[1:]}" if location != "body" else message)
+    return "; ".join(parts)

@@ -1,0 +1,184 @@
+"""The served tasks: which pipeline answers each endpoint, and how a batch of requests runs through it.
+
+Each endpoint ``/v1/<name>`` is a :class:`Task`. Its requests are validated (:mod:`.schemas`) and their
+images decoded (:mod:`.images`) before they queue; a batch of them then runs as one call of the task's
+pipeline (:mod:`vilt.pipelines`), which does all preprocessing and inference.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel
+
+from . import schemas
+from .images import decode_image
+
+logger = logging.getLogger(__name__)
+
+OVERLAY_SIDE = 384  # heatmap overlays are sent at most this large; the page stretches them over the image
+
+
+@dataclass
+class Work:
+    """One validated request and its decoded images, waiting for a forward pass."""
+
+    request: Any
+    images: list[Image.Image]
+
+
+def decode_request_images(request: BaseModel, max_pixels: int) -> list[Image.Image]:
+    """Decode the ``image`` or ``images`` field of a request (see :func:`.images.decode_image`)."""
+    if hasattr(request, "image"):
+        return [decode_image(request.image, "image", max_pixels)]
+    return [decode_image(data, f"images[{i}]", max_pixels) for i, data in enumerate(request.images)]
+
+
+# ----------------------------------------------------------------------------- batch runners
+# Each takes the task's pipeline and a batch of Work, runs in the inference thread, and returns one
+# response body per request, in order.
+
+
+def _run_vqa(vqa: Any, batch: Sequence[Work]) -> list[dict[str, Any]]:
+    top_k = max(work.request.top_k for work in batch)
+    answers = vqa(
+        [{"image": work.images[0], "question": work.request.question} for work in batch],
+        top_k=top_k,
+        batch_size=len(batch),
+    )
+    return [{"answers": found[: work.request.top_k]} for work, found in zip(batch, answers)]
+
+
+def _run_nlvr2(nlvr2: Any, batch: Sequence[Work]) -> list[dict[str, Any]]:
+    return nlvr2(
+        [{"images": tuple(work.images), "text": work.request.statement} for work in batch],
+        batch_size=len(batch),
+    )
+
+
+def _run_fill_mask(fill: Any, batch: Sequence[Work]) -> list[dict[str, Any]]:
+    return fill(
+        [{"image": work.images[0], "text": work.request.text} for work in batch], batch_size=len(batch)
+    )
+
+
+def _run_rank(rank: Any, batch: Sequence[Work]) -> list[dict[str, Any]]:
+    return [{"scores": rank(images=work.images, texts=work.request.texts).tolist()} for work in batch]
+
+
+def _run_explain(vqa: Any, batch: Sequence[Work]) -> list[dict[str, Any]]:
+    from vilt.explain import explain
+
+    results = []
+    for work in batch:
+        found = explain(vqa.model, vqa.processor, work.images[0], work.request.question, work.request.method)
+        height, width = found.heatmaps.shape[1:]
+        results.append(
+            {
+                "words": found.words,
+                "heatmaps": [heatmap_overlay(heat) for heat in found.heatmaps],
+                "width": width,
+                "height": height,
+                "method": found.method,
+            }
+        )
+    return results
+
+
+def heatmap_overlay(heat: np.ndarray) -> str:
+    """A (H, W) heatmap in [0, 1] as a PNG data URL: transparent where cold, red to yellow as it heats.
+
+    The overlay is shrunk to at most :data:`OVERLAY_SIDE` pixels a side (the heat lives on a coarse
+    patch grid, so nothing is lost) and drawn over the image by the client.
+    """
+    level = (heat * 255).round().astype(np.uint8)  # (H, W)
+    rgba = np.stack(
+        [np.full_like(level, 255), level, np.zeros_like(level), (level * 0.8).astype(np.uint8)], -1
+    )
+    overlay = Image.fromarray(rgba, mode="RGBA")  # (H, W, 4)
+    overlay.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    overlay.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# ----------------------------------------------------------------------------- the task table
+
+
+@dataclass(frozen=True)
+class Task:
+    """One endpoint: its request and response, the pipeline behind it, and how a batch runs.
+
+    Attributes:
+        name: the endpoint is ``/v1/<name>``; also the metrics label.
+        pipeline_task: the :func:`vilt.pipeline` task whose pipeline serves it.
+        request, response: the pydantic models of the bodies.
+        run: ``run(pipeline, batch) -> responses`` (blocking; runs in the inference thread).
+        batched: whether requests share forward passes (rank and explain run one request at a time:
+            a rank request is already N x M pairs, an explanation is one example's attention).
+        summary: the OpenAPI summary.
+    """
+
+    name: str
+    pipeline_task: str
+    request: type[BaseModel]
+    response: type[BaseModel]
+    run: Callable[[Any, Sequence[Work]], list[dict[str, Any]]]
+    batched: bool
+    summary: str
+
+
+TASKS = (
+    Task("vqa", "visual-question-answering", schemas.VQARequest, schemas.VQAResponse, _run_vqa, True,
+         "Answer a question about an image"),
+    Task("explain", "visual-question-answering", schemas.ExplainRequest, schemas.ExplainResponse, _run_explain,
+         False, "Where the model looks for each word of a question (heatmap overlays)"),
+    Task("nlvr2", "nlvr2", schemas.NLVR2Request, schemas.NLVR2Response, _run_nlvr2, True,
+         "Check a statement against a pair of images"),
+    Task("rank", "image-text-retrieval", schemas.RankRequest, schemas.RankResponse, _run_rank, False,
+         "Score N images against M texts"),
+    Task("fill-mask", "fill-mask", schemas.FillMaskRequest, schemas.FillMaskResponse, _run_fill_mask, True,
+         "Fill the [MASK] words of a text from an image"),
+)  # fmt: skip
+SERVED_PIPELINES = tuple(dict.fromkeys(task.pipeline_task for task in TASKS))
+
+
+def load_pipelines(model: str | None, device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
+    """Load ``model`` once and build every served pipeline its head supports.
+
+    Args:
+        model: a hub id or a local directory; None = the bundled easy-VQA model.
+        device, dtype: as :func:`vilt.pipeline` takes them (None = pick the fastest).
+
+    Returns:
+        pipeline task -> pipeline, sharing one model and processor.
+
+    Raises:
+        ValueError: the model has none of the heads the server serves (or a bad device/dtype).
+        FileNotFoundError / OSError: the model cannot be found.
+    """
+    from vilt.pipelines import pipeline, select_device_and_dtype
+
+    resolved_device, resolved_dtype = select_device_and_dtype(device, dtype)
+    loaded: dict[str, Any] = {}
+    reasons = []
+    for task in SERVED_PIPELINES:
+        first = next(iter(loaded.values()), None)
+        try:
+            if first is None:
+                loaded[task] = pipeline(task, model=model, device=resolved_device, dtype=resolved_dtype)
+            else:
+                loaded[task] = pipeline(task, model=first.model, processor=first.processor)
+        except ValueError as err:
+            reasons.append(str(err))
+            logger.info("not serving %s: %s", task, err)
+    if not loaded:
+        raise ValueError(f"nothing to serve: {' | '.join(reasons)}")
+    return loaded

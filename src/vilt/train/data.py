@@ -1,0 +1,695 @@
+"""Dataset readers and batching for training and evaluating ViLT.
+
+Every reader turns one on-disk format into a list of :class:`Example`:
+
+| reader | format |
+|---|---|
+| :func:`read_vqav2` | VQAv2 questions JSON (+ annotations JSON) and COCO image folders |
+| :func:`read_nlvr2` | NLVR2 jsonl and the image folders (two images per statement) |
+| :func:`read_karpathy` | COCO / Flickr30k captions in the Karpathy-split JSON |
+| :func:`read_jsonl` | generic jsonl: ``{"image": path, "text": ..., "answers"/"answer"/"label": ...}`` |
+| :func:`read_easy_vqa` | easy-VQA from the ``easy_vqa`` PyPI package |
+
+:class:`ViltDataset` turns examples into model-ready items (images through the processor, cached when
+asked; answers through the answer vocabulary) and :class:`Collator` pads them into batches. Bad data
+never crashes an epoch: missing or unreadable images, answers outside the vocabulary and empty texts are
+skipped and counted (:class:`DataIssues`); with ``strict=True`` they raise :class:`DataError` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+# ----------------------------------------------------------------------------- examples and issues
+
+
+@dataclass
+class Example:
+    """One training or evaluation example, independent of the on-disk format.
+
+    Attributes:
+        images: image file paths (one; two for NLVR2).
+        text: the question, statement or caption.
+        answer_scores: VQA soft targets, answer string -> score in [0, 1].
+        answers: the raw annotator answers (VQAv2: 10), for the official VQA accuracy.
+        label: class id (NLVR2: 1 = True).
+        group: the image identity (retrieval and pretraining: which captions belong to which image).
+    """
+
+    images: tuple[str, ...]
+    text: str
+    answer_scores: dict[str, float] = field(default_factory=dict)
+    answers: tuple[str, ...] = ()
+    label: int | None = None
+    group: str = ""
+
+
+class DataError(ValueError):
+    """Bad data met with ``strict=True``."""
+
+
+class DataIssues:
+    """Counts skipped examples by reason; raises :class:`DataError` instead when ``strict``."""
+
+    def __init__(self, strict: bool = False) -> None:
+        self.strict = strict
+        self.counts: Counter[str] = Counter()
+
+    def skip(self, reason: str, detail: str) -> None:
+        """Record one skipped example (or raise when strict).
+
+        Args:
+            reason: short category, e.g. "unreadable image".
+            detail: what exactly was wrong, for the error message.
+        """
+        if self.strict:
+            raise DataError(f"{reason}: {detail} (drop --strict to skip such examples and count them)")
+        self.counts[reason] += 1
+
+    def update(self, counts: Counter[str] | dict[str, int]) -> None:
+        self.counts.update(counts)
+
+    def summary(self) -> str:
+        return ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items())) or "none"
+
+
+# ----------------------------------------------------------------------------- VQA answers
+
+
+_PUNCTUATION = [
+    ";",
+    "/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+]
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+_NUMBER_WORDS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}  # fmt: skip
+_ARTICLES = {"a", "an", "the"}
+# the official evaluation maps every apostrophe-less spelling of these to the spelling shown
+_CONTRACTED = (
+    "ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't "
+    "haven't he'd he'd've he's how'd how'll how's i'd've i'm i've isn't it'd it'd've it'll let's ma'am "
+    "mightn't mightn't've might've mustn't must've needn't not've o'clock oughtn't 'ow's'at shan't she'd've "
+    "she's should've shouldn't shouldn't've somebody'd somebody'd've somebody'll somebody's someone'd "
+    "someone'd've someone'll someone's something'd something'd've something'll that's there'd there'd've "
+    "there're there's they'd they'd've they'll they're they've twas wasn't we'd've we've weren't what'll "
+    "what're what's what've when's where'd where's where've who'd who'd've who'll who's who've why'll "
+    "why're why's won't would've wouldn't wouldn't've y'all y'all'll y'all'd've you'd you'd've you'll "
+    "you're you've"
+).split()
+
+
+def _contraction_table() -> dict[str, str]:
+    """Every spelling with some apostrophes dropped -> the full contraction (the official table)."""
+    table: dict[str, str] = {}
+    for word in _CONTRACTED:
+        pieces = word.split("'")
+        for mask in range(2 ** (len(pieces) - 1) - 1):  # which apostrophes to keep; not all of them
+            spelled = pieces[0]
+            for i, piece in enumerate(pieces[1:]):
+                spelled += ("'" if mask >> i & 1 else "") + piece
+            table[spelled] = word
+    return table
+
+
+_CONTRACTIONS = _contraction_table()
+
+
+def normalize_answer(answer: str) -> str:
+    """The official VQA answer normalisation: punctuation, number words, articles, contractions.
+
+    Args:
+        answer: a raw answer string, e.g. "Two dogs." -> "2 dogs".
+    """
+    text = answer.replace("\n", " ").replace("\t", " ").strip()
+    for p in _PUNCTUATION:
+        if (p + " " in text or " " + p in text) or _COMMA_STRIP.search(text) is not None:
+            text = text.replace(p, "")
+        else:
+            text = text.replace(p, " ")
+    text = _PERIOD_STRIP.sub("", text)
+    words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    words = [_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES]
+    return " ".join(words)
+
+
+def soft_score(count: int) -> float:
+    """VQA soft target of an answer given by ``count`` of the 10 annotators: 0.3, 0.6, 0.9, then 1.0."""
+    return min(1.0, 0.3 * count) if count < 3 else (0.9 if count == 3 else 1.0)
+
+
+def build_answer_vocab(answers: Sequence[str], min_count: int = 9) -> list[str]:
+    """The answers seen at least ``min_count`` times, in first-occurrence order (VQAv2: 3,129 answers).
+
+    Args:
+        answers: one (normalised) ``multiple_choice_answer`` per question, over train + val.
+        min_count: the original recipe's threshold.
+    """
+    counts = Counter(answers)
+    return [a for a in counts if counts[a] >= min_count]
+
+
+def load_answer_vocab(path: str | os.PathLike[str]) -> list[str]:
+    """Read a user's answer vocabulary: a JSON list, a JSON ``{"id": "answer"}`` id2label map, a JSON
+    ``{"answer": id}`` label2id map, or a text file with one answer per line.
+
+    Args:
+        path: the vocabulary file.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    if Path(path).suffix != ".json":
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    data = json.loads(text)
+    if isinstance(data, list):
+        return [str(a) for a in data]
+    if isinstance(data, dict) and all(str(k).isdigit() for k in data):
+        return [str(data[k]) for k in sorted(data, key=int)]
+    if isinstance(data, dict):
+        return [a for a, _ in sorted(data.items(), key=lambda kv: int(kv[1]))]
+    raise ValueError(f"{path}: an answer vocabulary must be a JSON list or dict, or one answer per line")
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def _read_json(path: str | os.PathLike[str]) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from err
+
+
+def _read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{number} is not valid JSON ({err})") from err
+    return rows
+
+
+def read_vqav2(
+    questions_file: str | os.PathLike[str],
+    annotations_file: str | os.PathLike[str] | None,
+    image_root: str | os.PathLike[str],
+) -> list[Example]:
+    """VQAv2 (the official ``v2_OpenEnded_mscoco_*_questions.json`` and ``v2_mscoco_*_annotations.json``).
+
+    Images are looked up as ``image_root/<subtype>/COCO_<subtype>_<id:012d>.jpg`` or directly under
+    ``image_root``, where subtype is the questions file's ``data_subtype`` (e.g. "train2014").
+
+    Args:
+        questions_file: the questions JSON.
+        annotations_file: the annotations JSON; None for test questions (no targets).
+        image_root: the COCO image folder.
+    """
+    questions = _read_json(questions_file)
+    subtype = questions.get("data_subtype", "")
+    annotations = {}
+    if annotations_file is not None:
+        annotations = {a["question_id"]: a for a in _read_json(annotations_file)["annotations"]}
+    examples = []
+    for q in questions["questions"]:
+        name = f"COCO_{subtype}_{int(q['image_id']):012d}.jpg"
+        nested = Path(image_root) / subtype / name
+        image = nested if nested.parent.is_dir() else Path(image_root) / name
+        raw = [a["answer"] for a in annotations[q["question_id"]]["answers"]] if annotations else []
+        counts = Counter(normalize_answer(a) for a in raw)
+        examples.append(
+            Example(
+                images=(str(image),),
+                text=q["question"],
+                answer_scores={a: soft_score(n) for a, n in counts.items()},
+                answers=tuple(raw),
+                group=str(q["image_id"]),
+            )
+        )
+    return examples
+
+
+def vqav2_answer_vocab(annotations_files: Sequence[str | os.PathLike[str]], min_count: int = 9) -> list[str]:
+    """The original recipe's answer vocabulary: normalised ``multiple_choice_answer`` seen >= 9 times.
+
+    Args:
+        annotations_files: train and val annotations JSON (VQAv2 train + val gives 3,129 answers).
+        min_count: the threshold.
+    """
+    answers = [
+        normalize_answer(a["multiple_choice_answer"])
+        for path in annotations_files
+        for a in _read_json(path)["annotations"]
+    ]
+    return build_answer_vocab(answers, min_count)
+
+
+def _find_image(image_root: Path, name: str, subfolder: str = "") -> str:
+    """``image_root/subfolder/name`` if it exists, else ``image_root/name``."""
+    nested = image_root / subfolder / name
+    return str(nested if subfolder and nested.exists() else image_root / name)
+
+
+def read_nlvr2(jsonl_file: str | os.PathLike[str], image_root: str | os.PathLike[str]) -> list[Example]:
+    """NLVR2 statements (``train.json``/``dev.json``/``test1.json``, one JSON object per line).
+
+    Each line's images are ``<identifier minus the sentence index>-img0.png`` and ``-img1.png``, under
+    ``image_root/<directory>/`` (train) or ``image_root`` (dev, test1).
+
+    Args:
+        jsonl_file: the statements file.
+        image_root: the folder of that split's images.
+    """
+    root = Path(image_root)
+    examples = []
+    for row in _read_jsonl(jsonl_file):
+        pair = row["identifier"].rsplit("-", 1)[0]
+        folder = str(row.get("directory", ""))
+        images = tuple(_find_image(root, f"{pair}-img{i}.png", folder) for i in (0, 1))
+        label = str(row.get("label", "")).lower()
+        examples.append(
+            Example(
+                images=images,
+                text=row["sentence"],
+                label={"true": 1, "false": 0}.get(label),
+                group=pair,
+            )
+        )
+    return examples
+
+
+def read_karpathy(
+    json_file: str | os.PathLike[str], split: str, image_root: str | os.PathLike[str]
+) -> list[Example]:
+    """COCO or Flickr30k captions in the Karpathy-split JSON (``dataset_coco.json``, ``dataset_flickr30k.json``).
+
+    Args:
+        json_file: the Karpathy JSON.
+        split: "train" (includes "restval", as the original recipe), "val" or "test".
+        image_root: the image folder (COCO: images are under ``image_root/<filepath>/``).
+    """
+    wanted = {"train", "restval"} if split == "train" else {split}
+    root = Path(image_root)
+    examples = []
+    for image in _read_json(json_file)["images"]:
+        if image["split"] not in wanted:
+            continue
+        path = _find_image(root, image["filename"], image.get("filepath", ""))
+        for caption in dict.fromkeys(s["raw"].strip() for s in image["sentences"]):
+            examples.append(Example(images=(path,), text=caption, group=image["filename"]))
+    return examples
+
+
+def read_jsonl(
+    jsonl_file: str | os.PathLike[str], image_root: str | os.PathLike[str] | None = None
+) -> list[Example]:
+    """A generic jsonl for custom data, one example per line::
+
+        {"image": "img/1.jpg", "text": "what is this?", "answers": ["cat", "cat", "dog"]}
+        {"image": "img/1.jpg", "text": "what is this?", "answer": "cat"}
+        {"images": ["a.jpg", "b.jpg"], "text": "the left image has two dogs", "label": 1}
+        {"image": "img/2.jpg", "text": "a dog on a sofa"}
+
+    Relative image paths are resolved against ``image_root`` (default: the jsonl's folder). A list of
+    answers gets VQA soft scores by count; one answer gets score 1.
+
+    Args:
+        jsonl_file: the file.
+        image_root: the base folder of relative image paths.
+    """
+    root = Path(image_root) if image_root is not None else Path(jsonl_file).parent
+    examples = []
+    for row in _read_jsonl(jsonl_file):
+        images = row.get("images") or [row.get("image", "")]
+        answers = row.get("answers") or ([row["answer"]] if "answer" in row else [])
+        counts = Counter(normalize_answer(str(a)) for a in answers)
+        scores = {a: (soft_score(n) if len(answers) > 1 else 1.0) for a, n in counts.items()}
+        examples.append(
+            Example(
+                images=tuple(str(root / p) for p in images),
+                text=str(row.get("text", "")),
+                answer_scores=scores,
+                answers=tuple(str(a) for a in answers) if len(answers) > 1 else (),
+                label=None if row.get("label") is None else int(row["label"]),
+                group=str(images[0]),
+            )
+        )
+    return examples
+
+
+def read_easy_vqa(split: str) -> list[Example]:
+    """easy-VQA (the ``easy_vqa`` package): 64x64 shapes, 13 answers, 38,575 train / 9,673 test questions.
+
+    Args:
+        split: "train" or "test".
+    """
+    try:
+        import easy_vqa
+    except ImportError as err:
+        raise ImportError("easy-VQA needs the easy-vqa package: pip install 'vilt[train]'") from err
+    if split not in ("train", "test"):
+        raise ValueError(f"easy-VQA has the splits 'train' and 'test', got {split!r}")
+    questions, answers, image_ids = getattr(easy_vqa, f"get_{split}_questions")()
+    paths = getattr(easy_vqa, f"get_{split}_image_paths")()
+    return [
+        Example(images=(paths[i],), text=q, answer_scores={a: 1.0}, group=f"{split}-{i}")
+        for q, a, i in zip(questions, answers, image_ids)
+    ]
+
+
+def easy_vqa_answers() -> list[str]:
+    """The 13 easy-VQA answers, in the package's order."""
+    import easy_vqa
+
+    return list(easy_vqa.get_answers())
+
+
+def easy_vqa_captions(examples: Sequence[Example]) -> list[Example]:
+    """Captions such as "a blue circle" for the easy-VQA images, made from their questions and answers.
+
+    The shape comes from "what shape is in the image?"-style questions ("circle"), the colour from
+    "what color is the shape?"-style questions; images missing either are left out.
+
+    Args:
+        examples: easy-VQA examples from :func:`read_easy_vqa`.
+    """
+    shapes, colours = {"circle", "rectangle", "triangle"}, set(easy_vqa_answers()) - {
+        "circle", "rectangle", "triangle", "yes", "no",
+    }  # fmt: skip
+    found: dict[str, dict[str, str]] = {}
+    for ex in examples:
+        answer = next(iter(ex.answer_scores), "")
+        kind = "shape" if answer in shapes else "colour" if answer in colours else None
+        if kind is not None and ("shape" in ex.text if kind == "shape" else "color" in ex.text):
+            found.setdefault(ex.images[0], {})[kind] = answer
+    return [
+        Example(images=(image,), text=f"a {parts['colour']} {parts['shape']}", group=image)
+        for image, parts in found.items()
+        if len(parts) == 2
+    ]
+
+
+def split_holdout(
+    examples: Sequence[Example], fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """Split off a validation set by image (no image is in both parts), reproducibly.
+
+    Args:
+        examples: the training examples.
+        fraction: share of images held out, in (0, 1).
+        seed: the shuffle seed.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"the validation fraction must be in (0, 1), got {fraction}")
+    groups = sorted({ex.group for ex in examples})
+    random.Random(seed).shuffle(groups)
+    held = set(groups[: max(1, round(fraction * len(groups)))])
+    return [ex for ex in examples if ex.group not in held], [ex for ex in examples if ex.group in held]
+
+
+# ----------------------------------------------------------------------------- images
+
+
+class ImageLoader:
+    """Loads images through the image processor, optionally with RandAugment and an in-memory cache.
+
+    Args:
+        image_processor: a :class:`vilt.image_processing.ViltImageProcessor`.
+        cache: keep each preprocessed image in memory (only without augmentation).
+        augment: a function PIL image -> PIL image (e.g. :class:`vilt.train.randaugment.RandAugment`)
+            given a ``random.Random``; None for no augmentation.
+    """
+
+    def __init__(
+        self,
+        image_processor: Any,
+        cache: bool = False,
+        augment: Callable[[Any, random.Random], Any] | None = None,
+    ) -> None:
+        self.image_processor = image_processor
+        self.augment = augment
+        self.cache: dict[str, torch.Tensor] | None = {} if cache and augment is None else None
+
+    def load(self, path: str, rng: random.Random | None = None) -> torch.Tensor:
+        """One image as a (C, H, W) float tensor; raises OSError/ValueError when it cannot be read."""
+        if self.cache is not None and path in self.cache:
+            return self.cache[path]
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"image {path} does not exist")
+        from PIL import Image
+
+        with Image.open(path) as img:
+            image = img.convert("RGB")
+        if self.augment is not None and rng is not None:
+            image = self.augment(image, rng)
+        pixels = self.image_processor(image, do_pad=False, return_tensors="pt")["pixel_values"][
+            0
+        ]  # (C, H, W)
+        if self.cache is not None:
+            self.cache[path] = pixels
+        return pixels
+
+    def preload(self, paths: Sequence[str], issues: DataIssues) -> None:
+        """Decode and preprocess every image once (with a progress bar), counting unreadable ones."""
+        if self.cache is None:
+            return
+        for path in tqdm(sorted(set(paths) - set(self.cache)), desc="preprocessing images", leave=False):
+            try:
+                self.load(path)
+            except (OSError, ValueError) as err:
+                issues.skip("unreadable image", f"{path}: {err}")
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+TASKS = ("vqa", "nlvr2", "retrieval", "pretrain")
+
+
+@dataclass
+class Item:
+    """One dataset item, ready for :class:`Collator`."""
+
+    images: list[torch.Tensor]  # (C, H, W) each; the true image first
+    texts: list[str]  # the text first; retrieval: then the negative texts
+    target: torch.Tensor | int | None
+    index: int
+
+
+@dataclass
+class Skipped:
+    """An item that could not be read (the collator drops it and counts ``reason``)."""
+
+    reason: str
+
+
+class ViltDataset(Dataset):
+    """Examples -> items for one task.
+
+    * vqa: target = (num_labels,) soft scores over ``answers`` (the label vocabulary);
+    * nlvr2: target = the class id, two images;
+    * retrieval: the true caption then ``negatives`` random captions of other images, target 0;
+    * pretrain: the image, its caption, and a random other image for ITM negatives.
+
+    Examples with an empty text, no in-vocabulary answer or no label are dropped at construction
+    and counted in ``issues``. Images that cannot be read are reported by :meth:`__getitem__` as
+    :class:`Skipped` (counted by the collator).
+
+    Args:
+        examples: from a reader.
+        task: one of :data:`TASKS`.
+        images: the :class:`ImageLoader`.
+        issues: where skipped examples are counted.
+        answers: the answer vocabulary (vqa).
+        negatives: random negative captions per image (retrieval training; 0 for evaluation).
+        seed: seed of the per-item randomness (negatives, augmentation), combined with the epoch.
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        task: str,
+        images: ImageLoader,
+        issues: DataIssues,
+        answers: Sequence[str] | None = None,
+        negatives: int = 0,
+        seed: int = 0,
+    ) -> None:
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+        self.task, self.images, self.issues, self.negatives, self.seed = task, images, issues, negatives, seed
+        self.answer_ids = {a: i for i, a in enumerate(answers or [])}
+        if task == "vqa" and not self.answer_ids:
+            raise ValueError("the vqa task needs an answer vocabulary")
+        self.examples = [ex for ex in examples if self._usable(ex)]
+        if not self.examples:
+            raise ValueError(f"no usable examples for task {task!r} (skipped: {issues.summary()})")
+        self.epoch = 0
+
+    def _usable(self, ex: Example) -> bool:
+        if not ex.text.strip():
+            self.issues.skip("empty text", f"example with images {list(ex.images)}")
+            return False
+        if self.task == "vqa" and not any(a in self.answer_ids for a in ex.answer_scores):
+            self.issues.skip("answer not in vocabulary", f"{ex.text!r} -> {sorted(ex.answer_scores)}")
+            return False
+        if self.task == "nlvr2" and ex.label is None:
+            self.issues.skip("missing label", f"{ex.text!r}")
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Re-draw the per-item randomness (negatives, augmentation) for ``epoch``."""
+        self.epoch = epoch
+
+    def image_paths(self) -> list[str]:
+        return [p for ex in self.examples for p in ex.images]
+
+    def _target(self, ex: Example) -> torch.Tensor | int | None:
+        if self.task == "vqa":
+            scores = torch.zeros(len(self.answer_ids))
+            for answer, score in ex.answer_scores.items():
+                if answer in self.answer_ids:
+                    scores[self.answer_ids[answer]] = score
+            return scores
+        if self.task == "nlvr2":
+            return ex.label
+        return 0 if self.task == "retrieval" else None
+
+    def _other(self, rng: random.Random, ex: Example) -> Example:
+        """A random example of another image (for negatives)."""
+        for _ in range(100):
+            other = self.examples[rng.randrange(len(self.examples))]
+            if other.group != ex.group:
+                return other
+        raise ValueError("negatives need examples of at least two different images")
+
+    def __getitem__(self, index: int) -> Item | Skipped:
+        ex = self.examples[index]
+        rng = random.Random(f"{self.seed}-{self.epoch}-{index}")
+        texts = [ex.text]
+        paths = list(ex.images)
+        if self.task == "retrieval":
+            texts += [self._other(rng, ex).text for _ in range(self.negatives)]
+        if self.task == "pretrain":
+            paths.append(self._other(rng, ex).images[0])  # the false image of ITM
+        try:
+            images = [self.images.load(p, rng) for p in paths]
+        except (OSError, ValueError) as err:
+            if self.issues.strict:
+                raise DataError(f"unreadable image: {err} (drop --strict to skip such examples)") from err
+            return Skipped("unreadable image")
+        return Item(images, texts, self._target(ex), index)
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def pad_images(images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad (C, H, W) images bottom-right to the largest size, as the processor does.
+
+    Returns:
+        pixel_values (N, C, H, W) and pixel_mask (N, H, W), 1 on real pixels.
+    """
+    height = max(im.shape[1] for im in images)
+    width = max(im.shape[2] for im in images)
+    pixel_values = images[0].new_zeros(len(images), images[0].shape[0], height, width)
+    pixel_mask = torch.zeros(len(images), height, width, dtype=torch.long)
+    for i, im in enumerate(images):
+        pixel_values[i, :, : im.shape[1], : im.shape[2]] = im
+        pixel_mask[i, : im.shape[1], : im.shape[2]] = 1
+    return pixel_values, pixel_mask
+
+
+class Collator:
+    """Items -> a batch dict of model inputs (unreadable items dropped and counted in ``skipped``).
+
+    Batch layouts per task:
+
+    * vqa: inputs + ``labels`` (B, num_labels);
+    * nlvr2: ``pixel_values`` (B, 2, C, H, W), ``pixel_mask`` (B, 2, H, W), ``labels`` (B,);
+    * retrieval: B groups of 1 + k pairs, laid out consecutively (B * (1 + k) rows), ``labels`` (B,) zeros;
+    * pretrain: inputs + ``false_pixel_values``/``false_pixel_mask`` (B, C, H, W)/(B, H, W).
+
+    Args:
+        tokenizer: a :class:`vilt.tokenization.ViltTokenizer`.
+        task: one of :data:`TASKS`.
+        max_text_length: truncate texts to this many tokens.
+    """
+
+    def __init__(self, tokenizer: Any, task: str, max_text_length: int = 40) -> None:
+        self.tokenizer, self.task, self.max_text_length = tokenizer, task, max_text_length
+
+    def __call__(self, items: Sequence[Item | Skipped]) -> dict[str, Any]:
+        skipped = Counter(it.reason for it in items if isinstance(it, Skipped))
+        good = [it for it in items if isinstance(it, Item)]
+        batch: dict[str, Any] = {"skipped": skipped, "index": torch.tensor([it.index for it in good])}
+        if not good:
+            return batch
+        texts = [t for it in good for t in it.texts]
+        batch.update(
+            self.tokenizer(
+                texts,
+                padding="longest",
+                truncation=True,
+                max_length=self.max_text_length,
+                return_tensors="pt",
+            )
+        )
+        n_images = len(good[0].images)
+        pixel_values, pixel_mask = pad_images([im for it in good for im in it.images])  # (B * n, C, H, W)
+        pixel_values = pixel_values.view(len(good), n_images, *pixel_values.shape[1:])  # (B, n, C, H, W)
+        pixel_mask = pixel_mask.view(len(good), n_images, *pixel_mask.shape[1:])  # (B, n, H, W)
+        if self.task == "nlvr2":
+            batch["pixel_values"], batch["pixel_mask"] = pixel_values, pixel_mask
+        elif self.task == "retrieval":
+            k = len(good[0].texts)
+            batch["pixel_values"] = pixel_values[:, 0].repeat_interleave(k, dim=0)  # (B * k, C, H, W)
+            batch["pixel_mask"] = pixel_mask[:, 0].repeat_interleave(k, dim=0)  # (B * k, H, W)
+        else:
+            batch["pixel_values"], batch["pixel_mask"] = pixel_values[:, 0], pixel_mask[:, 0]
+        if self.task == "pretrain":
+            batch["false_pixel_values"], batch["false_pixel_mask"] = pixel_values[:, 1], pixel_mask[:, 1]
+        elif self.task == "vqa":
+            batch["labels"] = torch.stack([it.target for it in good])  # (B, num_labels)
+        else:
+            batch["labels"] = torch.tensor([it.target for it in good])  # (B,)
+        return batch

@@ -1,0 +1,124 @@
+"""Evaluation metrics: the official VQA accuracy, accuracy, and retrieval recall@K by exhaustive re-ranking."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import normalize_answer
+
+
+def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """The official VQA accuracy of one prediction against the annotators' answers.
+
+    For each annotator, min(1, matches among the other annotators / 3); averaged over annotators (the
+    10-choose-9 subsets). The prediction is always normalised; the annotators' answers are normalised
+    when they disagree, as in the official evaluation script.
+
+    Args:
+        prediction: the predicted answer string.
+        answers: the raw annotator answers (VQAv2: 10).
+    """
+    if not answers:
+        raise ValueError("the VQA accuracy needs the annotators' answers")
+    prediction = normalize_answer(prediction)
+    gts = [a.replace("\n", " ").replace("\t", " ").strip() for a in answers]
+    if len(set(gts)) > 1:
+        gts = [normalize_answer(a) for a in gts]
+    scores = []
+    for i in range(len(gts)):
+        others = gts[:i] + gts[i + 1 :]
+        scores.append(min(1.0, sum(a == prediction for a in others) / 3))
+    return sum(scores) / len(scores)
+
+
+def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of predictions equal to the labels.
+
+    Args:
+        predictions, labels: (N,) class ids.
+    """
+    if predictions.shape != labels.shape or predictions.numel() == 0:
+        raise ValueError(
+            f"need equal, non-empty shapes, got {tuple(predictions.shape)} and {tuple(labels.shape)}"
+        )
+    return (predictions == labels).float().mean().item()
+
+
+def recall_at_k(
+    scores: torch.Tensor, text_image: torch.Tensor, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """Image->text (tr) and text->image (ir) recall@K from a full score matrix.
+
+    Args:
+        scores: (N_img, N_txt) matching score of every image with every text.
+        text_image: (N_txt,) the index of each text's image.
+        ks: the K values.
+
+    Returns:
+        ``{"tr_r1": ..., "ir_r1": ..., ...}``: tr: an image is a hit when any of its texts is in its
+        top K texts; ir: a text is a hit when its image is in its top K images.
+    """
+    n_img, n_txt = scores.shape
+    truth = text_image.view(1, n_txt) == torch.arange(n_img).view(n_img, 1)  # (N_img, N_txt)
+    out = {}
+    for k in ks:
+        top_texts = scores.topk(min(k, n_txt), dim=1).indices  # (N_img, k)
+        out[f"tr_r{k}"] = truth.gather(1, top_texts).any(1).float().mean().item()
+        top_images = scores.topk(min(k, n_img), dim=0).indices  # (k, N_txt)
+        out[f"ir_r{k}"] = truth.gather(0, top_images).any(0).float().mean().item()
+    return out
+
+
+@torch.no_grad()
+def retrieval_scores(
+    model: Any,
+    pixel_values: Sequence[torch.Tensor],
+    text_inputs: dict[str, torch.Tensor],
+    batch_size: int = 64,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Score every (image, text) pair: each image is embedded once (``visual_embed``), then re-used
+    with every batch of texts.
+
+    Args:
+        model: a ``ViltForImageAndTextRetrieval`` (score = ``rank_output``) or a model with an ITM head
+            (``itm_score``, score = the "match" logit).
+        pixel_values: one (C, H, W) tensor per image.
+        text_inputs: the tokenised texts (input_ids, attention_mask, token_type_ids), (N_txt, Lt) each.
+        batch_size: texts per forward pass.
+        progress: show a tqdm bar over the images.
+
+    Returns:
+        (N_img, N_txt) scores.
+    """
+    device = model.device
+    rows = []
+    for pixels in tqdm(pixel_values, desc="retrieval", disable=not progress, leave=False):
+        image = model.vilt.embeddings.visual_embed(
+            pixels[None].to(device), torch.ones_like(pixels[0:1, :, :]).long().to(device)
+        )
+        row = []
+        for start in range(0, len(text_inputs["input_ids"]), batch_size):
+            text = {k: v[start : start + batch_size].to(device) for k, v in text_inputs.items()}
+            n = len(text["input_ids"])
+            out = model.vilt(
+                **text,
+                image_embeds=image.embeddings.expand(n, -1, -1),  # (n, 1 + Li, D)
+                pixel_mask=image.mask.expand(n, -1),  # (n, 1 + Li)
+            )
+            row.append(_match_score(model, out.pooler_output))
+        rows.append(torch.cat(row))
+    return torch.stack(rows).float().cpu()  # (N_img, N_txt)
+
+
+def _match_score(model: Any, pooled: torch.Tensor) -> torch.Tensor:
+    """(n,) matching scores from pooled outputs (n, D): the retrieval head, else the ITM match logit."""
+    if hasattr(model, "rank_output"):
+        return model.rank_output(pooled)[:, 0]
+    if hasattr(model, "itm_score"):
+        return model.itm_score(pooled)[:, 1]
+    raise ValueError(f"{type(model).__name__} has no retrieval (rank_output) or ITM (itm_score) head")

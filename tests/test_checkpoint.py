@@ -1,0 +1,492 @@
+"""Checkpoint I/O: transformers checkpoints load here and ours load in transformers (identical tensors
+and outputs), both MLM layouts, head/base mismatches, dtype and sharding, safe unpickling and the
+errors a user sees for broken or unreachable checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from vilt import ViltConfig
+from vilt.heads import MODEL_CLASSES
+
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    image_size=32,
+    patch_size=8,
+    vocab_size=99,
+    max_position_embeddings=40,
+)
+REFERENCE_CLASSES = [
+    "ViltModel",
+    "ViltForQuestionAnswering",
+    "ViltForMaskedLM",
+    "ViltForImagesAndTextClassification",
+    "ViltForImageAndTextRetrieval",
+    "ViltForTokenClassification",
+]
+NLVR2 = "ViltForImagesAndTextClassification"
+LOGGER = "vilt.checkpoint"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run far faster on one thread, above all on a busy shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _config_kwargs(name: str) -> dict:
+    """Tiny config fields for one class (NLVR2 needs two images and three modality embeddings)."""
+    if name == NLVR2:
+        return {**TINY, "num_images": 2, "modality_type_vocab_size": 3}
+    return {**TINY, "num_labels": 3}
+
+
+def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Overwrite every weight with noise (zero-initialised ones included), so a missed key shows."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    return model.eval()
+
+
+def _ours(name: str, **overrides) -> torch.nn.Module:
+    return _randomize(MODEL_CLASSES[name](ViltConfig(**{**_config_kwargs(name), **overrides})))
+
+
+def _reference(transformers, name: str) -> torch.nn.Module:
+    return _randomize(getattr(transformers, name)(transformers.ViltConfig(**_config_kwargs(name))))
+
+
+def _inputs(name: str) -> dict[str, torch.Tensor]:
+    """Two texts (the second padded) and two unpadded 32x32 images (two per text for NLVR2)."""
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(1, 99, (2, 7), generator=generator)
+    attention_mask = torch.ones(2, 7, dtype=torch.long)
+    attention_mask[1, 5:] = 0
+    images = 2 if name == NLVR2 else 1
+    pixel_values = torch.randn(2, images, 3, 32, 32, generator=generator)  # (B, n, C, H, W)
+    pixel_values = pixel_values if name == NLVR2 else pixel_values[:, 0]
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
+
+
+def _main_output(output) -> torch.Tensor:
+    return output.logits if "logits" in output.keys() else output.last_hidden_state
+
+
+def _run_ours(model: torch.nn.Module, name: str) -> torch.Tensor:
+    """Our forward with the reference's eager attention (bit-identical arithmetic)."""
+    base = model if name == "ViltModel" else model.vilt
+    base.set_attn_implementation("eager")
+    with torch.no_grad():
+        return _main_output(model(**_inputs(name)))
+
+
+def _run_reference(model: torch.nn.Module, name: str, monkeypatch: pytest.MonkeyPatch) -> torch.Tensor:
+    """The reference's forward with its random patch order replaced by the natural order (hf-vilt.md §3.5)."""
+    from transformers.models.vilt import modeling_vilt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            modeling_vilt.torch, "multinomial", lambda w, n, replacement=False: torch.arange(n) % w.numel()
+        )
+        with torch.no_grad():
+            return _main_output(model(**_inputs(name)))
+
+
+def _assert_same_tensors(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> None:
+    assert ours.keys() == theirs.keys()
+    for key, tensor in ours.items():
+        assert torch.equal(tensor, theirs[key]), key
+
+
+def _assert_clean(info: dict) -> None:
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+
+
+def _save_reference(model: torch.nn.Module, directory: Path, layout: str) -> None:
+    """transformers' own save; ``bin`` is what transformers v4 wrote (v5 writes safetensors only)."""
+    if layout == "bin":
+        model.config.save_pretrained(directory)
+        torch.save(model.state_dict(), directory / "pytorch_model.bin")
+    else:
+        model.save_pretrained(directory, max_shard_size="20KB" if layout == "sharded" else "5GB")
+    assert (layout == "sharded") == (directory / "model.safetensors.index.json").exists()
+
+
+def _save_ours(model: torch.nn.Module, directory: Path, layout: str) -> None:
+    model.save_pretrained(
+        directory, max_shard_size="20KB" if layout == "sharded" else "5GB", safe_serialization=layout != "bin"
+    )
+    assert (layout == "sharded") == (directory / "model.safetensors.index.json").exists()
+    assert (layout == "bin") == (directory / "pytorch_model.bin").exists()
+
+
+# ----------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("layout", ["safetensors", "sharded", "bin"])
+@pytest.mark.parametrize("name", REFERENCE_CLASSES)
+def test_transformers_checkpoint_loads_here(name, layout, tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    reference = _reference(transformers, name)
+    _save_reference(reference, tmp_path, layout)
+
+    model, info = MODEL_CLASSES[name].from_pretrained(tmp_path, output_loading_info=True)
+
+    _assert_clean(info)
+    _assert_same_tensors(model.state_dict(), reference.state_dict())
+    assert torch.equal(_run_ours(model, name), _run_reference(reference, name, monkeypatch))
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("layout", ["safetensors", "sharded", "bin"])
+@pytest.mark.parametrize("name", REFERENCE_CLASSES)
+def test_our_checkpoint_loads_in_transformers(name, layout, tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    model = _ours(name)
+    _save_ours(model, tmp_path, layout)
+
+    reference, info = getattr(transformers, name).from_pretrained(tmp_path, output_loading_info=True)
+
+    _assert_clean(info)
+    _assert_same_tensors(reference.state_dict(), model.state_dict())
+    assert torch.equal(_run_reference(reference.eval(), name, monkeypatch), _run_ours(model, name))
+
+
+def test_float32_checkpoint_loads_as_bfloat16(tmp_path):
+    model = _ours("ViltForQuestionAnswering")
+    model.save_pretrained(tmp_path)
+
+    half = MODEL_CLASSES["ViltForQuestionAnswering"].from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    also_half = MODEL_CLASSES["ViltForQuestionAnswering"].from_pretrained(tmp_path, dtype="bfloat16")
+
+    for key, tensor in model.state_dict().items():
+        assert half.state_dict()[key].dtype == torch.bfloat16, key
+        assert torch.equal(half.state_dict()[key], tensor.to(torch.bfloat16)), key
+    assert also_half.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert half(**_inputs("ViltForQuestionAnswering")).logits.dtype == torch.bfloat16
+
+
+def test_auto_dtype_follows_the_saved_weights(tmp_path):
+    _ours("ViltForQuestionAnswering").to(torch.bfloat16).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    loaded = MODEL_CLASSES["ViltForQuestionAnswering"].from_pretrained(tmp_path, torch_dtype="auto")
+    assert loaded.dtype == torch.bfloat16
+    assert MODEL_CLASSES["ViltForQuestionAnswering"].from_pretrained(tmp_path).dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- MLM layouts
+
+
+def _v4_mlm_checkpoint(directory: Path, with_decoder_bias: bool) -> torch.nn.Module:
+    """What transformers v4.37 saved for ViltForMaskedLM (hf-vilt.md §2.4): an untied decoder and the
+    bias as ``mlm_score.bias``; its safetensors drop ``mlm_score.decoder.bias``, its .bin keeps both."""
+    model = _ours("ViltForMaskedLM")
+    state = dict(model.state_dict())
+    state["mlm_score.bias"] = state["mlm_score.decoder.bias"].clone()
+    if with_decoder_bias:
+        torch.save(state, directory / "pytorch_model.bin")
+    else:
+        del state["mlm_score.decoder.bias"]
+        save_file(state, directory / "model.safetensors")
+    model.config.save_pretrained(directory)
+    return model
+
+
+@pytest.mark.parametrize("with_decoder_bias", [False, True], ids=["v4-safetensors", "v4-bin"])
+def test_v4_mlm_layout_loads_with_its_bias(with_decoder_bias, tmp_path):
+    original = _v4_mlm_checkpoint(tmp_path, with_decoder_bias)
+
+    model, info = MODEL_CLASSES["ViltForMaskedLM"].from_pretrained(tmp_path, output_loading_info=True)
+
+    _assert_clean(info)
+    assert torch.equal(model.mlm_score.decoder.bias, original.mlm_score.decoder.bias)
+    assert torch.equal(model.mlm_score.decoder.weight, original.mlm_score.decoder.weight)
+    assert torch.equal(_run_ours(model, "ViltForMaskedLM"), _run_ours(original, "ViltForMaskedLM"))
+
+
+@pytest.mark.reference
+def test_v4_mlm_safetensors_lose_their_bias_in_transformers_v5(tmp_path):
+    """The regression the loader above fixes: transformers 5 reports the v4 bias missing."""
+    transformers = pytest.importorskip("transformers")
+    _v4_mlm_checkpoint(tmp_path, with_decoder_bias=False)
+    _, info = transformers.ViltForMaskedLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert "mlm_score.decoder.bias" in info["missing_keys"]
+
+
+@pytest.mark.reference
+def test_v5_tied_mlm_layout_loads_tied(tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    reference = _reference(transformers, "ViltForMaskedLM")
+    reference.save_pretrained(tmp_path)
+    assert "mlm_score.decoder.weight" not in load_file(tmp_path / "model.safetensors")
+
+    model, info = MODEL_CLASSES["ViltForMaskedLM"].from_pretrained(tmp_path, output_loading_info=True)
+
+    _assert_clean(info)
+    assert model.mlm_score.decoder.weight is model.vilt.embeddings.text_embeddings.word_embeddings.weight
+    assert torch.equal(
+        _run_ours(model, "ViltForMaskedLM"), _run_reference(reference, "ViltForMaskedLM", monkeypatch)
+    )
+
+
+def test_untied_decoder_is_kept_untied_under_a_tied_config(tmp_path):
+    """A config saying tie_word_embeddings=true (as transformers 5 writes) must not overwrite a
+    checkpoint's own decoder weight with the word embeddings."""
+    original = _ours("ViltForMaskedLM")
+    original.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+
+    model = MODEL_CLASSES["ViltForMaskedLM"].from_pretrained(tmp_path)
+
+    assert torch.equal(model.mlm_score.decoder.weight, original.mlm_score.decoder.weight)
+    assert model.mlm_score.decoder.weight is not model.vilt.embeddings.text_embeddings.word_embeddings.weight
+
+
+# ----------------------------------------------------------------------------- head and base mismatches
+
+
+def _backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("vilt."): v for k, v in state.items() if k.startswith("vilt.")}
+
+
+def test_head_class_from_base_checkpoint_initialises_and_names_the_head(tmp_path, caplog):
+    base = _ours("ViltModel")
+    base.save_pretrained(tmp_path)
+
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        model, info = MODEL_CLASSES["ViltForQuestionAnswering"].from_pretrained(
+            tmp_path, output_loading_info=True
+        )
+
+    head_keys = [k for k in model.state_dict() if k.startswith("classifier.")]
+    assert sorted(info["missing_keys"]) == sorted(head_keys)
+    assert not info["unexpected_keys"]
+    assert all(key in caplog.text for key in head_keys)
+    assert "newly initialized" in caplog.text
+    _assert_same_tensors(_backbone(model.state_dict()), base.state_dict())
+
+
+def test_base_class_from_head_checkpoint_drops_the_head(tmp_path, caplog):
+    head = _ours("ViltForQuestionAnswering")
+    head.save_pretrained(tmp_path)
+
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        model, info = MODEL_CLASSES["ViltModel"].from_pretrained(tmp_path, output_loading_info=True)
+
+    assert sorted(info["unexpected_keys"]) == sorted(
+        k for k in head.state_dict() if k.startswith("classifier.")
+    )
+    assert not info["missing_keys"]
+    assert not caplog.records  # dropping another task's head is expected
+    _assert_same_tensors(model.state_dict(), _backbone(head.state_dict()))
+
+
+def test_ignore_mismatched_sizes_reheads_a_vqa_model(tmp_path):
+    original = _ours("ViltForQuestionAnswering")  # 3 answers
+    original.save_pretrained(tmp_path)
+    answers = {0: "yes", 1: "no", 2: "red", 3: "blue", 4: "two"}
+
+    with pytest.raises(
+        ValueError, match=r"model\.safetensors.*classifier\.3\.weight.*ignore_mismatched_sizes"
+    ):
+        MODEL_CLASSES["ViltForQuestionAnswering"].from_pretrained(tmp_path, id2label=answers)
+    model, info = MODEL_CLASSES["ViltForQuestionAnswering"].from_pretrained(
+        tmp_path, id2label=answers, ignore_mismatched_sizes=True, output_loading_info=True
+    )
+
+    assert sorted(info["mismatched_keys"]) == [
+        ("classifier.3.bias", (3,), (5,)),
+        ("classifier.3.weight", (3, 64), (5, 64)),
+    ]
+    assert model.config.id2label == answers and model.classifier[3].out_features == 5
+    kept = {k: v for k, v in original.state_dict().items() if not k.startswith("classifier.3.")}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in kept.items())
+
+
+def test_loading_info_reports_missing_and_unexpected_keys(tmp_path, caplog):
+    state = dict(_ours("ViltForQuestionAnswering").state_dict())
+    del state["vilt.pooler.dense.bias"]
+    state["vilt.encoder.layer.7.output.dense.weight"] = torch.zeros(2)
+    save_file(state, tmp_path / "model.safetensors")
+    ViltConfig(**_config_kwargs("ViltForQuestionAnswering")).save_pretrained(tmp_path)
+
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        _, info = MODEL_CLASSES["ViltForQuestionAnswering"].from_pretrained(
+            tmp_path, output_loading_info=True
+        )
+
+    assert info["missing_keys"] == ["vilt.pooler.dense.bias"]
+    assert info["unexpected_keys"] == ["vilt.encoder.layer.7.output.dense.weight"]
+    assert (
+        "vilt.pooler.dense.bias" in caplog.text and "vilt.encoder.layer.7.output.dense.weight" in caplog.text
+    )
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def test_save_replaces_weights_of_an_earlier_save(tmp_path):
+    first, second = _ours("ViltForQuestionAnswering"), _randomize(_ours("ViltForQuestionAnswering"), seed=5)
+    first.save_pretrained(tmp_path, max_shard_size="20KB")
+    second.save_pretrained(tmp_path, safe_serialization=False)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "pytorch_model.bin"]
+    loaded = MODEL_CLASSES["ViltForQuestionAnswering"].from_pretrained(tmp_path)
+    _assert_same_tensors(loaded.state_dict(), second.state_dict())
+
+
+# ----------------------------------------------------------------------------- safety and errors
+
+
+class _WritesAFile:
+    """A pickle payload that creates ``path`` when unpickled."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pickle_that_would_run_code_is_refused_unrun(tmp_path):
+    model_dir, marker = tmp_path / "model", tmp_path / "pwned.txt"
+    model_dir.mkdir()
+    ViltConfig(**TINY).save_pretrained(model_dir)
+    torch.save(
+        {"embeddings.cls_token": torch.zeros(1, 1, 32), "payload": _WritesAFile(marker)},
+        model_dir / "pytorch_model.bin",
+    )
+
+    with pytest.raises(
+        ValueError, match=r"refusing to load .*pytorch_model\.bin: its pickle refers to io\.open"
+    ):
+        MODEL_CLASSES["ViltModel"].from_pretrained(model_dir)
+    assert not marker.exists()
+
+    torch.load(model_dir / "pytorch_model.bin", weights_only=False)  # what the refusal prevented
+    assert marker.exists()
+
+
+def test_directory_without_weights_names_the_directory(tmp_path):
+    ViltConfig(**TINY).save_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match=rf"no weights found at {tmp_path}.*model\.safetensors"):
+        MODEL_CLASSES["ViltModel"].from_pretrained(tmp_path)
+
+
+def test_directory_without_config_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path}/config\.json does not exist"):
+        MODEL_CLASSES["ViltModel"].from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("safe", "message"),
+    [(True, "is not a readable safetensors file"), (False, "is not a readable PyTorch checkpoint")],
+    ids=["safetensors", "bin"],
+)
+def test_truncated_weights_name_the_file(safe, message, tmp_path):
+    _ours("ViltModel").save_pretrained(tmp_path, safe_serialization=safe)
+    weights = tmp_path / ("model.safetensors" if safe else "pytorch_model.bin")
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match=rf"{weights} {message}.*truncated"):
+        MODEL_CLASSES["ViltModel"].from_pretrained(tmp_path)
+
+
+def test_wrong_shape_names_the_file_and_the_key(tmp_path):
+    _ours("ViltModel").save_pretrained(tmp_path)
+    with pytest.raises(
+        ValueError,
+        match=rf"{tmp_path}/model\.safetensors: .*tensor 'pooler\.dense\.weight' has shape \(32, 32\)",
+    ):
+        MODEL_CLASSES["ViltModel"].from_pretrained(tmp_path, hidden_size=64, num_attention_heads=4)
+
+
+def test_config_of_another_model_names_the_file(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32}))
+    with pytest.raises(ValueError, match=rf"{tmp_path}/config\.json.*'bert'"):
+        MODEL_CLASSES["ViltModel"].from_pretrained(tmp_path)
+
+
+# ----------------------------------------------------------------------------- the hub
+
+REPO = "dandelin/vilt-b32-mlm"
+
+
+def test_hub_id_loads_from_the_cache_offline(tmp_path, monkeypatch):
+    """A hub id resolves through the huggingface_hub cache layout, with no network when HF_HUB_OFFLINE=1."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--dandelin--vilt-b32-mlm"
+    model = _ours("ViltForMaskedLM")
+    model.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+    loaded = MODEL_CLASSES["ViltForMaskedLM"].from_pretrained(REPO, cache_dir=tmp_path)
+    pinned = MODEL_CLASSES["ViltForMaskedLM"].from_pretrained(REPO, cache_dir=tmp_path, revision=commit)
+
+    _assert_same_tensors(loaded.state_dict(), model.state_dict())
+    _assert_same_tensors(pinned.state_dict(), model.state_dict())
+
+
+def test_offline_hub_without_cache_says_how_to_work_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(
+        OSError, match=r"'config\.json' of 'dandelin/vilt-b32-mlm'.*HF_HUB_OFFLINE.*hf download"
+    ):
+        MODEL_CLASSES["ViltForMaskedLM"].from_pretrained(REPO, cache_dir=tmp_path)
+
+
+def test_unreachable_hub_fails_with_how_to_work_offline(tmp_path, monkeypatch):
+    """No HF_HUB_OFFLINE and no network: huggingface_hub's retries (sleeps skipped here) end in our error."""
+    import huggingface_hub.constants
+    import huggingface_hub.utils._http
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    unreachable = "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}"  # the discard port: refused
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", unreachable)
+    monkeypatch.setattr(huggingface_hub.utils._http.time, "sleep", lambda seconds: None)
+    start = time.monotonic()
+    with pytest.raises(OSError, match=r"could not be reached.*To work offline"):
+        MODEL_CLASSES["ViltForMaskedLM"].from_pretrained(REPO, cache_dir=tmp_path)
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.slow
+def test_unreachable_hub_fails_in_a_fresh_process(tmp_path):
+    """The same with the real environment variables and huggingface_hub's real back-off (about 25 s)."""
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_HOME": str(tmp_path),
+        "HF_HUB_ETAG_TIMEOUT": "2",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "2",
+    }
+    env.pop("HF_HUB_OFFLINE", None)
+    code = f"from vilt import ViltForMaskedLM; ViltForMaskedLM.from_pretrained({REPO!r})"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "could not be reached" in result.stderr and "To work offline" in result.stderr

@@ -1,0 +1,164 @@
+"""ViltConfig: the reference's fields and defaults, config.json both ways, and validation errors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+
+import pytest
+
+from vilt import ViltConfig
+from vilt.heads import ViltForImagesAndTextClassification
+
+# fields of ours that are bookkeeping, not reference config fields
+_OURS_ONLY = {"extra", "architectures"}
+# transformers v5 forces tie_word_embeddings=True whatever is passed; we keep v4's default False, which is
+# what every dandelin checkpoint was converted with (their MLM decoder is not tied to the word embeddings).
+_DOCUMENTED_DIFFERENCES = {"tie_word_embeddings"}
+# the fields we compare with the reference after a round trip through config.json
+_MODEL_FIELDS = [f.name for f in fields(ViltConfig) if f.name not in _OURS_ONLY | _DOCUMENTED_DIFFERENCES]
+
+
+def _a_reference_config(transformers):  # type: ignore[no-untyped-def]
+    """A reference config with non-default values in every group of fields."""
+    return transformers.ViltConfig(
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=8,
+        intermediate_size=99,
+        image_size=64,
+        patch_size=16,
+        max_image_length=20,
+        num_images=2,
+        modality_type_vocab_size=3,
+        hidden_act="gelu_new",
+        layer_norm_eps=1e-6,
+        qkv_bias=False,
+        pad_token_id=0,
+        id2label={0: "False", 1: "True", 2: "Maybe"},
+    )
+
+
+# ----------------------------------------------------------------------------- defaults
+
+
+@pytest.mark.reference
+def test_every_field_and_default_matches_the_reference() -> None:
+    transformers = pytest.importorskip("transformers")
+    reference = transformers.ViltConfig()
+    ours = ViltConfig()
+    reference_fields = set(transformers.ViltConfig.__annotations__)
+    assert reference_fields <= {f.name for f in fields(ViltConfig)}, "a reference field is missing"
+    for name in _MODEL_FIELDS:
+        assert getattr(ours, name) == getattr(reference, name), name
+    assert ours.model_type == reference.model_type == "vilt"
+    assert reference.tie_word_embeddings is True and ours.tie_word_embeddings is False
+
+
+def test_id2label_sets_num_labels_and_label2id() -> None:
+    config = ViltConfig(id2label={"0": "no", "1": "yes", "2": "maybe"})
+    assert config.num_labels == 3
+    assert config.id2label == {0: "no", 1: "yes", 2: "maybe"}
+    assert config.label2id == {"no": 0, "yes": 1, "maybe": 2}
+    assert ViltConfig(num_labels=4).id2label == {i: f"LABEL_{i}" for i in range(4)}
+
+
+# ----------------------------------------------------------------------------- reading and writing config.json
+
+
+@pytest.mark.reference
+def test_reads_a_reference_config_json_and_keeps_unknown_keys(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    transformers = pytest.importorskip("transformers")
+    reference = _a_reference_config(transformers)
+    reference.save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    data = json.loads(path.read_text())
+    data["custom_setting"] = {"nested": [1, 2]}
+    path.write_text(json.dumps(data))
+
+    ours = ViltConfig.from_json_file(path)
+    for name in _MODEL_FIELDS:
+        if name != "label2id":  # the reference writes label2id=null after an id2label-only init
+            assert getattr(ours, name) == getattr(reference, name), name
+    assert ours.label2id == {"False": 0, "True": 1, "Maybe": 2}
+    assert ours.extra["custom_setting"] == {"nested": [1, 2]}
+    assert ours.extra["transformers_version"] == data["transformers_version"]
+
+    written = ours.to_dict()
+    assert written["custom_setting"] == {"nested": [1, 2]}
+    assert written["transformers_version"] == data["transformers_version"]
+    assert written["model_type"] == "vilt"
+    assert ViltConfig.from_dict(written) == ours
+
+
+@pytest.mark.reference
+def test_the_reference_reads_our_config_json_to_an_equal_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    transformers = pytest.importorskip("transformers")
+    ours = ViltConfig(
+        hidden_size=48,
+        num_attention_heads=6,
+        image_size=96,
+        patch_size=16,
+        num_images=3,
+        modality_type_vocab_size=4,
+        max_image_length=10,
+        id2label={0: "a", 1: "b", 2: "c", 3: "d"},
+        extra={"custom_setting": 7},
+    )
+    ours.save_pretrained(tmp_path)
+    for reference in (
+        transformers.ViltConfig.from_json_file(str(tmp_path / "config.json")),
+        transformers.ViltConfig.from_pretrained(str(tmp_path)),
+    ):
+        for name in _MODEL_FIELDS:
+            assert getattr(reference, name) == getattr(ours, name), name
+        assert reference.id2label == {0: "a", 1: "b", 2: "c", 3: "d"}  # int keys
+        assert reference.num_labels == 4
+        assert reference.label2id == {"a": 0, "b": 1, "c": 2, "d": 3}
+        assert reference.custom_setting == 7
+
+
+def test_our_json_round_trip_is_lossless(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = ViltConfig(num_images=2, modality_type_vocab_size=3, id2label={0: "x", 1: "y"}, extra={"k": [1]})
+    config.to_json_file(tmp_path / "config.json")
+    assert ViltConfig.from_json_file(tmp_path / "config.json") == config
+    assert ViltConfig.from_pretrained(tmp_path) == config
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("changes", "field_named"),
+    [
+        ({"image_size": "384"}, "image_size"),
+        ({"image_size": [384, 384]}, "image_size"),
+        ({"image_size": 384.0}, "image_size"),
+        ({"image_size": 100, "patch_size": 32}, "image_size"),
+        ({"hidden_size": 100, "num_attention_heads": 12}, "hidden_size"),
+        ({"max_image_length": None}, "max_image_length"),
+        ({"max_image_length": 0}, "max_image_length"),
+    ],
+)
+def test_invalid_fields_raise_a_value_error_naming_the_field(changes: dict, field_named: str) -> None:
+    with pytest.raises(ValueError, match=field_named):
+        ViltConfig(**changes)
+
+
+def test_nlvr2_head_needs_num_images() -> None:
+    with pytest.raises(ValueError, match="num_images"):
+        ViltForImagesAndTextClassification(ViltConfig(hidden_size=32, num_attention_heads=4, num_images=-1))
+    with pytest.raises(ValueError, match="modality_type_vocab_size"):
+        ViltForImagesAndTextClassification(ViltConfig(hidden_size=32, num_attention_heads=4, num_images=2))
+
+
+def test_a_config_of_another_model_type_is_refused() -> None:
+    with pytest.raises(ValueError, match="model_type=.bert."):
+        ViltConfig.from_dict({"model_type": "bert", "hidden_size": 768})
+
+
+def test_a_config_file_that_is_not_json_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "config.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        ViltConfig.from_json_file(path)

@@ -1,0 +1,511 @@
+"""The HTTP server (vilt.serve) through FastAPI's TestClient: every endpoint, every bad input, the limits.
+
+Each bad request must get a 4xx JSON ``{"error": ...}`` without a traceback, and the server must answer
+the next good request. The models are tiny random-weight ones (tests/tiny_models.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import struct
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("prometheus_client")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from tiny_models import png_bytes, random_image, save_tiny  # noqa: E402
+
+from vilt.serve import ServeSettings, create_app, load_pipelines  # noqa: E402
+from vilt.serve.batching import DynamicBatcher, QueueFullError  # noqa: E402
+from vilt.serve.cli import is_loopback  # noqa: E402
+
+QA_LABELS = {"circle", "red", "yes", "no", "blue"}  # tiny_models.LABELS of the QA model
+MAX_BODY = 300_000
+MAX_PIXELS = 256 * 256
+API_KEY = "s3cret-key"
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def _pipelines(tmp_path_factory: pytest.TempPathFactory, architecture: str) -> dict:
+    directory = save_tiny(tmp_path_factory.mktemp(architecture), architecture)
+    return load_pipelines(str(directory), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def qa_pipelines(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return _pipelines(tmp_path_factory, "ViltForQuestionAnswering")
+
+
+def _client(pipelines: dict, **settings: object) -> TestClient:
+    limits = {"max_body_bytes": MAX_BODY, "max_image_pixels": MAX_PIXELS, "max_wait_ms": 20.0, **settings}
+    return TestClient(create_app(pipelines, ServeSettings(**limits)), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def client(qa_pipelines: dict):
+    with _client(qa_pipelines) as test_client:
+        yield test_client
+
+
+IMAGE = png_bytes(random_image(48, 64, seed=0))
+
+
+def ask(client: TestClient, image: bytes = IMAGE, question: str = "what color is it?", **extra: object):
+    return client.post(
+        "/v1/vqa", files={"image": ("x.png", image, "image/png")}, data={"question": question, **extra}
+    )
+
+
+def assert_error(response, status: int, *words: str) -> None:
+    """A JSON error with the status, a message naming ``words``, and no traceback."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
+    assert "Traceback" not in response.text and 'File "' not in response.text
+    for word in words:
+        assert word.lower() in body["error"].lower(), body["error"]
+
+
+def assert_answers(response, top_k: int = 5) -> list[dict]:
+    assert response.status_code == 200, response.text
+    answers = response.json()["answers"]
+    assert len(answers) == top_k
+    assert {a["answer"] for a in answers} <= QA_LABELS
+    scores = [a["score"] for a in answers]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    return answers
+
+
+# ----------------------------------------------------------------------------- the task endpoints
+
+
+def test_vqa_multipart_answers_like_the_pipeline(client: TestClient, qa_pipelines: dict) -> None:
+    answers = assert_answers(ask(client, top_k="3"), top_k=3)
+    expected = qa_pipelines["visual-question-answering"](IMAGE, "what color is it?", top_k=3)
+    assert [a["answer"] for a in answers] == [e["answer"] for e in expected]
+    np.testing.assert_allclose([a["score"] for a in answers], [e["score"] for e in expected], atol=1e-5)
+
+
+@pytest.mark.parametrize("prefix", ["", "data:image/png;base64,"])
+def test_vqa_json_base64_equals_multipart(client: TestClient, prefix: str) -> None:
+    payload = {"image": prefix + base64.b64encode(IMAGE).decode(), "question": "what color is it?"}
+    assert client.post("/v1/vqa", json=payload).json() == ask(client).json()
+
+
+def test_concurrent_requests_share_batches_and_keep_their_answers(
+    client: TestClient, qa_pipelines: dict
+) -> None:
+    images = [png_bytes(random_image(32 + 8 * (i % 3), 40, seed=i)) for i in range(12)]
+    requests_before = _metric(client, "vilt_batch_size_sum", task="vqa")
+    batches_before = _metric(client, "vilt_batch_size_count", task="vqa")
+    questions = [f"is there a {word}?" for word in ("circle", "square", "dog")] * 4
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(lambda pair: ask(client, *pair, top_k="2"), zip(images, questions)))
+    vqa = qa_pipelines["visual-question-answering"]
+    for response, image, question in zip(responses, images, questions):
+        expected = vqa(image, question, top_k=2)
+        got = assert_answers(response, top_k=2)
+        np.testing.assert_allclose([a["score"] for a in got], [e["score"] for e in expected], atol=1e-4)
+    batched = _metric(client, "vilt_batch_size_sum", task="vqa") - requests_before
+    batches = _metric(client, "vilt_batch_size_count", task="vqa") - batches_before
+    assert batched == 12 and batches < 12, "no two requests shared a forward pass"
+
+
+def test_unicode_question_is_answered(client: TestClient) -> None:
+    assert_answers(ask(client, question="¿De qué color es la forma? 形は何色ですか 🔴"))
+    assert_answers(client.post("/v1/vqa", **_invalid_utf8_form()))  # Starlette reads it as latin-1
+
+
+def test_explain_returns_one_overlay_per_word(client: TestClient) -> None:
+    response = client.post(
+        "/v1/explain", files={"image": ("x.png", IMAGE, "image/png")}, data={"question": "what color is it"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["words"] == ["what", "color", "is", "it"]
+    assert (body["height"], body["width"]) == (48, 64) and body["method"] == "ipot"
+    assert len(body["heatmaps"]) == 4
+    assert all(url.startswith("data:image/png;base64,") for url in body["heatmaps"])
+
+
+def test_a_task_without_its_head_is_404_with_the_reason(client: TestClient) -> None:
+    for path in ("/v1/nlvr2", "/v1/rank", "/v1/fill-mask"):
+        assert_error(client.post(path, json={}), 404, "ViltForQuestionAnswering", "vilt serve --model")
+    assert_answers(ask(client))
+
+
+@pytest.fixture(scope="module")
+def nlvr2_client(tmp_path_factory: pytest.TempPathFactory):
+    with _client(_pipelines(tmp_path_factory, "ViltForImagesAndTextClassification")) as test_client:
+        yield test_client
+
+
+def test_nlvr2(nlvr2_client: TestClient) -> None:
+    files = [
+        ("images", ("a.png", IMAGE, "image/png")),
+        ("images", ("b.png", png_bytes(random_image(40, 40, 1)), "image/png")),
+    ]
+    response = nlvr2_client.post("/v1/nlvr2", files=files, data={"statement": "both images are red"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert isinstance(body["label"], bool) and 0.5 <= body["score"] <= 1
+    assert_error(nlvr2_client.post("/v1/nlvr2", files=files[:1], data={"statement": "x"}), 422, "images")
+    assert_error(
+        nlvr2_client.post("/v1/vqa", files=files[:1], data={"question": "x"}), 404, "ImagesAndText", "no head"
+    )
+
+
+@pytest.fixture(scope="module")
+def rank_client(tmp_path_factory: pytest.TempPathFactory):
+    with _client(_pipelines(tmp_path_factory, "ViltForImageAndTextRetrieval")) as test_client:
+        yield test_client
+
+
+def test_rank_scores_every_image_against_every_text(rank_client: TestClient) -> None:
+    images = [base64.b64encode(png_bytes(random_image(32, 32, seed))).decode() for seed in range(3)]
+    response = rank_client.post(
+        "/v1/rank", json={"images": images, "texts": ["a red circle", "a blue square"]}
+    )
+    assert response.status_code == 200, response.text
+    scores = np.array(response.json()["scores"])
+    assert scores.shape == (3, 2) and np.isfinite(scores).all()
+    files = [("images", ("a.png", IMAGE, "image/png"))]
+    one = rank_client.post("/v1/rank", files=files, data={"texts": ["a red circle"]})
+    assert np.array(one.json()["scores"]).shape == (1, 1)
+    assert_error(rank_client.post("/v1/rank", json={"images": images, "texts": []}), 422, "texts")
+
+
+@pytest.fixture(scope="module")
+def mlm_client(tmp_path_factory: pytest.TempPathFactory):
+    with _client(_pipelines(tmp_path_factory, "ViltForMaskedLM")) as test_client:
+        yield test_client
+
+
+def test_fill_mask(mlm_client: TestClient) -> None:
+    form = {"files": {"image": ("x.png", IMAGE, "image/png")}}
+    response = mlm_client.post("/v1/fill-mask", data={"text": "a [MASK] circle"}, **form)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["tokens"]) == len(body["scores"]) == 1 and body["sequence"].startswith("a ")
+    assert_error(mlm_client.post("/v1/fill-mask", data={"text": "no mask here"}, **form), 400, "[MASK]")
+    assert mlm_client.post("/v1/fill-mask", data={"text": "a [MASK] circle"}, **form).status_code == 200
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG holding only its header: the claimed size, no pixel data (a decompression-bomb probe)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+def _multipart(image: bytes, question: str = "what color?") -> dict:
+    return {"files": {"image": ("x.png", image, "image/png")}, "data": {"question": question}}
+
+
+BAD_REQUESTS = {
+    # name: (request kwargs, status, words the error names)
+    "not an image": (_multipart(b"this is plain text, not a picture"), 400, "not an image"),
+    "truncated image": (_multipart(IMAGE[: len(IMAGE) // 2]), 400, "truncated"),
+    "0 bytes": (_multipart(b""), 400, "empty"),
+    "oversize upload": (_multipart(b"\x00" * (MAX_BODY + 1)), 413, "limit"),
+    "too many pixels": (_multipart(png_bytes(np.zeros((300, 300, 3), np.uint8))), 413, "300x300", "pixels"),
+    "pixel bomb header": (_multipart(png_header(100_000, 100_000)), 413, "pixels"),
+    "eps is refused": (
+        _multipart(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"),
+        400,
+        "not an image",
+    ),
+    "missing question": ({"files": {"image": ("x.png", IMAGE, "image/png")}}, 422, "'question'", "required"),
+    "missing image": ({"data": {"question": "what?"}}, 422, "'image'", "required"),
+    "empty JSON": ({"json": {}}, 422, "'image'", "'question'"),
+    "JSON list": ({"json": [1, 2]}, 422, "dictionary"),
+    "top_k not a number": ({**_multipart(IMAGE), "data": {"question": "q", "top_k": "many"}}, 422, "'top_k'"),
+    "top_k zero": (
+        {"json": {"image": base64.b64encode(IMAGE).decode(), "question": "q", "top_k": 0}},
+        422,
+        "top_k",
+    ),
+    "question a number": (
+        {"json": {"image": base64.b64encode(IMAGE).decode(), "question": 7}},
+        422,
+        "'question'",
+    ),
+    "image a number": ({"json": {"image": 12345, "question": "q"}}, 422, "'image'"),
+    "image not base64": ({"json": {"image": "not/base64!!", "question": "q"}}, 422, "base64"),
+    "blank question": (_multipart(IMAGE, "   "), 422, "blank"),
+    "10,000-character question": (_multipart(IMAGE, "why " * 2500), 422, "'question'", "512"),
+    "lone surrogate": (
+        {
+            "content": b'{"image": "", "question": "\\ud800?"}',
+            "headers": {"content-type": "application/json"},
+        },
+        422,
+        "unicode",
+    ),
+    "naming a file": ({"json": {"image": "/etc/passwd", "question": "q", "model": "/tmp/m"}}, 422, "'model'"),
+    "malformed JSON": (
+        {"content": b'{"question": ', "headers": {"content-type": "application/json"}},
+        400,
+        "JSON",
+    ),
+    "plain text body": ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "multipart"),
+}
+
+
+def _invalid_utf8_form() -> dict:
+    boundary = "vilt-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + IMAGE
+        + (f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="question"\r\n\r\n').encode()
+        + b"what \xff\xfe color?"
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return {"content": body, "headers": {"content-type": f"multipart/form-data; boundary={boundary}"}}
+
+
+@pytest.mark.parametrize("name", BAD_REQUESTS)
+def test_bad_input_gets_a_4xx_json_error_and_the_next_request_succeeds(client: TestClient, name: str) -> None:
+    kwargs, status, *words = BAD_REQUESTS[name]
+    assert_error(client.post("/v1/vqa", **kwargs), status, *words)
+    assert_answers(ask(client))
+
+
+def test_chunked_oversize_body_is_refused_while_streaming(client: TestClient) -> None:
+    def chunks():
+        for _ in range(MAX_BODY // 10_000 + 2):
+            yield b"\x00" * 10_000
+
+    headers = {"content-type": "multipart/form-data; boundary=x"}
+    assert_error(client.post("/v1/vqa", content=chunks(), headers=headers), 413, "limit")
+    assert_answers(ask(client))
+
+
+def test_unknown_routes_and_methods_are_json_errors(client: TestClient) -> None:
+    assert_error(client.get("/v1/nothing"), 404)
+    assert_error(client.get("/v1/vqa"), 405)
+    assert_error(client.get("/static/../app.py"), 404)
+
+
+# ----------------------------------------------------------------------------- health, metrics, docs, page
+
+
+def _metric(client: TestClient, name: str, **labels: str) -> float:
+    text = client.get("/metrics").text
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} {labels} not in /metrics")
+
+
+def test_health_readiness_and_metrics(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["tasks"] == ["vqa", "explain"]
+    assert ready["model"] == "ViltForQuestionAnswering" and ready["api_key_required"] is False
+    before = _metric(client, "vilt_requests_total", endpoint="/v1/vqa", status="200")
+    ask(client)
+    assert _metric(client, "vilt_requests_total", endpoint="/v1/vqa", status="200") == before + 1
+    ask(client, image=b"")
+    assert _metric(client, "vilt_requests_total", endpoint="/v1/vqa", status="400") >= 1
+    assert _metric(client, "vilt_request_latency_seconds_count", endpoint="/v1/vqa") >= before + 2
+    assert _metric(client, "vilt_batch_size_count", task="vqa") >= 1
+    assert _metric(client, "vilt_queue_depth", task="vqa") == 0
+
+
+def test_openapi_lists_every_endpoint_with_both_body_types(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    for name in ("vqa", "explain", "nlvr2", "rank", "fill-mask"):
+        body = schema["paths"][f"/v1/{name}"]["post"]["requestBody"]["content"]
+        assert set(body) == {"multipart/form-data", "application/json"}
+    assert {"/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
+
+
+def test_the_page_and_its_assets_are_served_and_need_nothing_outside(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
+        assert client.get(asset).status_code == 200
+    static = Path(__file__).parents[1] / "src" / "vilt" / "serve" / "static"
+    for path in static.iterdir():
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", path.read_text()), (
+            f"{path.name} loads an outside asset"
+        )
+
+
+# ----------------------------------------------------------------------------- API key
+
+
+def test_api_key_is_required_when_set(qa_pipelines: dict) -> None:
+    with _client(qa_pipelines, api_key=API_KEY) as keyed:
+        assert_error(ask(keyed), 401, "X-API-Key")
+        wrong = keyed.post("/v1/vqa", headers={"X-API-Key": "wrong"}, **_multipart(IMAGE))
+        assert_error(wrong, 401, "API key")
+        assert_error(keyed.get("/metrics", headers={"X-API-Key": "wrong"}), 401)
+        right = keyed.post("/v1/vqa", headers={"X-API-Key": API_KEY}, **_multipart(IMAGE))
+        assert_answers(right)
+        assert keyed.get("/healthz").status_code == 200
+        assert keyed.get("/readyz").json()["api_key_required"] is True
+        assert keyed.get("/metrics", headers={"X-API-Key": API_KEY}).status_code == 200
+
+
+# ----------------------------------------------------------------------------- overload and timeouts
+
+
+class GatedVQA:
+    """A stand-in VQA pipeline whose forward pass waits for a gate (to hold the inference thread)."""
+
+    def __init__(self, real: object) -> None:
+        self.model = real.model  # type: ignore[attr-defined]
+        self.gate = threading.Event()
+        self.calls = 0
+
+    def __call__(self, items: list, top_k: int, batch_size: int) -> list:
+        self.calls += 1
+        self.gate.wait(timeout=10)
+        return [[{"answer": "red", "score": 0.9}] for _ in items]
+
+
+def test_full_queue_answers_503_with_retry_after(qa_pipelines: dict) -> None:
+    gated = GatedVQA(qa_pipelines["visual-question-answering"])
+    with _client({"visual-question-answering": gated}, max_queue=1, max_batch_size=1, max_wait_ms=0) as busy:
+        with ThreadPoolExecutor(2) as pool:
+            running = pool.submit(ask, busy)  # holds the inference thread
+            _wait_until(lambda: gated.calls == 1)
+            queued = pool.submit(ask, busy)  # fills the queue of 1
+            _wait_until(lambda: _metric(busy, "vilt_queue_depth", task="vqa") == 1)
+            refused = ask(busy)
+            gated.gate.set()
+            assert running.result().status_code == 200 and queued.result().status_code == 200
+        assert_error(refused, 503, "queue is full")
+        assert refused.headers["retry-after"] == "1"
+        assert ask(busy).status_code == 200
+
+
+def test_slow_answer_is_504_and_the_server_recovers(qa_pipelines: dict) -> None:
+    gated = GatedVQA(qa_pipelines["visual-question-answering"])
+    with _client({"visual-question-answering": gated}, timeout_s=0.3) as slow:
+        assert_error(ask(slow), 504, "0.3 s")
+        gated.gate.set()
+        assert ask(slow).json() == {"answers": [{"answer": "red", "score": 0.9}]}
+
+
+def _wait_until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+# ----------------------------------------------------------------------------- the batcher alone
+
+
+def _batcher(run_batch, executor, **kwargs: object) -> DynamicBatcher:
+    options = {"max_batch_size": 8, "max_wait_ms": 50.0, "max_queue": 16, **kwargs}
+    return DynamicBatcher("test", run_batch, executor, **options)  # type: ignore[arg-type]
+
+
+def test_batcher_groups_requests_that_arrive_together_and_keeps_order() -> None:
+    sizes: list[int] = []
+
+    def double(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        return [2 * item for item in items]
+
+    async def scenario() -> list[int]:
+        batcher = _batcher(double, executor, max_queue=32)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(i, timeout_s=5) for i in range(20)))
+        await batcher.stop()
+        return results
+
+    with ThreadPoolExecutor(1) as executor:
+        assert asyncio.run(scenario()) == [2 * i for i in range(20)]
+    assert sizes == [8, 8, 4]
+
+
+def test_batcher_isolates_a_failing_item_and_refuses_when_full() -> None:
+    def strict(items: list[int]) -> list[int]:
+        if any(item < 0 for item in items):
+            raise ValueError("negative")
+        return items
+
+    async def scenario() -> tuple[list, type]:
+        batcher = _batcher(strict, executor, max_queue=3)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(i, 5) for i in (1, -1, 2)), return_exceptions=True)
+        tasks = [asyncio.ensure_future(batcher.submit(i, 5)) for i in range(3)]  # fill the queue
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError):
+            await batcher.submit(99, 5)
+        await asyncio.gather(*tasks)
+        await batcher.stop()
+        return results, type(results[1])
+
+    with ThreadPoolExecutor(1) as executor:
+        results, error_type = asyncio.run(scenario())
+    assert results[0] == 1 and results[2] == 2 and error_type is ValueError
+
+
+def test_batcher_drops_requests_that_timed_out_before_their_batch() -> None:
+    seen: list[list[str]] = []
+    release = threading.Event()
+
+    def slow(items: list[str]) -> list[str]:
+        seen.append(items)
+        release.wait(5)
+        return items
+
+    async def scenario() -> None:
+        batcher = _batcher(slow, executor, max_batch_size=1, max_wait_ms=0)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit("first", 5))
+        await asyncio.sleep(0.05)
+        with pytest.raises(asyncio.TimeoutError):
+            await batcher.submit("late", 0.05)
+        release.set()
+        assert await first == "first"
+        assert await batcher.submit("next", 5) == "next"
+        await batcher.stop()
+
+    with ThreadPoolExecutor(1) as executor:
+        asyncio.run(scenario())
+    assert seen == [["first"], ["next"]]
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def test_loopback_detection() -> None:
+    assert all(is_loopback(host) for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"))
+    assert not any(is_loopback(host) for host in ("0.0.0.0", "::", "192.168.1.4", "example.com"))
+
+
+def test_serve_refuses_a_public_address_without_an_api_key(monkeypatch, capsys) -> None:
+    from vilt.cli import main
+
+    monkeypatch.delenv("VILT_API_KEY", raising=False)
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "VILT_API_KEY" in capsys.readouterr().err

@@ -1,0 +1,54 @@
+"""Toy data and tiny models for the training tests (imported by tests/test_train_*.py)."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vilt.configuration import ViltConfig
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+
+# flags of a tiny model (image 32, patch 8, hidden 32, 2 layers) for `vilt train`
+TINY_FLAGS = [
+    "--image-size", "32", "--patch-size", "8", "--shortest-edge", "32", "--hidden-size", "32",
+    "--num-layers", "2", "--num-heads", "4", "--intermediate-size", "64", "--threads", "1",
+]  # fmt: skip
+
+
+def tiny_config(**changes: object) -> ViltConfig:
+    """image 32, patch 8, hidden 32, 2 layers, 4 heads, the real 30522-word vocabulary."""
+    values = dict(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=40,
+    )  # fmt: skip
+    values.update(changes)
+    return ViltConfig(**values)  # type: ignore[arg-type]
+
+
+def write_image(path: Path, colour: str, size: int = 32) -> str:
+    """A solid-colour PNG with a little noise; returns its path."""
+    rng = np.random.default_rng(zlib.crc32(f"{path.name}-{colour}".encode()))
+    pixels = np.clip(np.array(COLOURS[colour])[None, None] + rng.integers(-20, 20, (size, size, 3)), 0, 255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.astype(np.uint8)).save(path)
+    return str(path)
+
+
+def write_colour_vqa(root: Path, images: int = 24, questions: int = 2) -> Path:
+    """A generic jsonl VQA set: "what color is it?" about solid-colour images; returns the jsonl path."""
+    names = list(COLOURS)
+    lines = []
+    for i in range(images):
+        colour = names[i % len(names)]
+        write_image(root / "img" / f"{i}.png", colour)
+        for q in range(questions):
+            text = ["what color is it?", "which colour is shown?"][q % 2]
+            lines.append({"image": f"img/{i}.png", "text": text, "answer": colour})
+    path = root / "train.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
