@@ -80,7 +80,10 @@ def run(quick: bool = False) -> str:
                     "ours optimized": forward_call(optimized, inputs),
                 }
                 expected = calls["reference"]().float()
-                diff = max((calls[name]().float() - expected).abs().max().item() for name in ("ours", "ours optimized"))
+                diff = max(
+                    (calls[name]().float() - expected).abs().max().item()
+                    for name in ("ours", "ours optimized")
+                )
                 timings = alternate(calls, repetitions_for(batch, quick))
                 ref_s, ours_s, opt_s = (timings.median(n) for n in ("reference", "ours", "ours optimized"))
                 achieved = flops * batch / opt_s

@@ -82,6 +82,7 @@ def timed(run: Callable[[dict], torch.Tensor], inputs: dict) -> tuple[float, tor
 def main() -> None:
     torch.set_num_threads(THREADS)
     logging.basicConfig(level=logging.WARNING)
+    load_before = os.getloadavg()[0]
     torch.manual_seed(0)
     config = vilt.ViltConfig(num_labels=NUM_ANSWERS, architectures=["ViltForQuestionAnswering"])
     fp32_model = vilt.ViltForQuestionAnswering(config).eval()
@@ -131,6 +132,8 @@ def main() -> None:
         f"int8 {sizes['int8'][0] / 2**20:.0f} MiB",
         f"median of {REPETITIONS} alternating repetitions after one warm-up; max |logits - PyTorch float32| "
         "from the last repetition",
+        f"1-minute load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after (other processes "
+        f"share the {os.cpu_count()} CPUs: compare rows within this run, not with other machines)",
         "",
         f"{'batch':>5}  {'backend':<20} {'examples/s':>10} {'ms/batch':>9} {'vs torch fp32':>13} {'max |diff|':>10}",
     ]

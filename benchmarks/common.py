@@ -45,7 +45,9 @@ def model_dir(path: Path = DEFAULT_MODEL_DIR) -> Path:
     labels = {i: f"answer {i}" for i in range(NUM_LABELS)}
     config = ViltConfig(num_labels=NUM_LABELS, id2label=labels, label2id={v: k for k, v in labels.items()})
     ViltForQuestionAnswering(config).save_pretrained(path)
-    tokenizer = BertTokenizerFast(vocab_file=str(BUNDLED_VOCAB), do_lower_case=True, model_max_length=TEXT_LENGTH)
+    tokenizer = BertTokenizerFast(
+        vocab_file=str(BUNDLED_VOCAB), do_lower_case=True, model_max_length=TEXT_LENGTH
+    )
     ReferenceProcessor(image_processor=ViltImageProcessorPil(), tokenizer=tokenizer).save_pretrained(path)
     return path
 
@@ -61,7 +63,9 @@ def load_models(path: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, torch.
     return ours, reference
 
 
-def forward_inputs(batch: int, height: int, width: int, dtype: torch.dtype, seed: int = 0) -> dict[str, torch.Tensor]:
+def forward_inputs(
+    batch: int, height: int, width: int, dtype: torch.dtype, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """What the processor hands the model: 40 token ids, pixel values and all-ones masks."""
     generator = torch.Generator().manual_seed(seed)
     return {

@@ -1,12 +1,16 @@
 """Load test of ``vilt serve`` on loopback: dynamic batching against one request per forward pass.
 
-Three servers run one after the other in the same run, each a ``vilt serve`` subprocess on a free
-127.0.0.1 port with the same model:
+Three servers run in the same run, each a ``vilt serve`` subprocess on a free 127.0.0.1 port with the
+same model:
 
 1. ``batched``: ``--max-batch-size 32 --max-wait-ms 5`` (the defaults);
 2. ``batch size 1``: ``--max-batch-size 1``, everything else equal;
 3. ``overload``: batched, but a queue of only 8 and 4x the concurrency, so that some requests are
-   refused on purpose with 503 + Retry-After; every other request must still succeed.
+   refused on purpose with 503 + Retry-After (the client then waits as told); every other request
+   must still succeed.
+
+The first two take turns (an eighth of the requests each, eight times) so that both see the same
+machine load; the third runs after them.
 
 Each phase sends ``--requests`` POST /v1/vqa requests (multipart, easy-VQA test images and their
 questions, cycled) from ``--concurrency`` concurrent clients (aiohttp, asyncio) after a warm-up, and
@@ -21,8 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -30,11 +34,11 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import torch
+from common import machine_info
 from easy_vqa import get_test_image_paths, get_test_questions
 
 import vilt
@@ -44,27 +48,33 @@ RESULTS_FILE = Path(__file__).parent / "results" / "load.txt"
 WARMUP_REQUESTS = 64
 REQUEST_TIMEOUT_S = 60.0
 OVERLOAD_QUEUE = 8
+ROUNDS = 8  # the batched and batch-size-1 servers take turns, an eighth of the requests each time
 SERVER_THREADS = 1  # one core for inference, the other for the client (on the 2-CPU machine this ran on)
 
 
 @dataclass
 class Phase:
+    """One server configuration and what its clients measured."""
+
     name: str
     server_args: list[str]
     concurrency: int
-
-
-@dataclass
-class Result:
-    phase: Phase
-    seconds: float
-    latencies_ms: list[float]
-    statuses: Counter[int]
-    mean_batch: float
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    mean_batch: float = 0.0
+    round_throughputs: list[float] = field(default_factory=list)  # answered per second, per round
 
     @property
     def ok(self) -> int:
         return self.statuses[200]
+
+    def add(self, seconds: float, latencies_ms: list[float], statuses: Counter[int]) -> None:
+        """Count one block of requests (one round)."""
+        self.round_throughputs.append(statuses[200] / seconds)
+        self.seconds += seconds
+        self.latencies_ms += latencies_ms
+        self.statuses += statuses
 
     def row(self) -> str:
         p50, p99 = percentile(self.latencies_ms, 50), percentile(self.latencies_ms, 99)
@@ -72,7 +82,7 @@ class Result:
             f"{status}: {count}" for status, count in sorted(self.statuses.items()) if status != 200
         )
         return (
-            f"{self.phase.name:<14} {self.phase.concurrency:>5} {sum(self.statuses.values()):>6} "
+            f"{self.name:<14} {self.concurrency:>5} {sum(self.statuses.values()):>6} "
             f"{self.ok / self.seconds:>9.1f} {p50:>8.1f} {p99:>8.1f} {self.mean_batch:>7.1f}   {errors or 'none'}"
         )
 
@@ -167,6 +177,8 @@ async def drive(
             if response.status == 200:
                 latencies.append((time.perf_counter() - start) * 1000)
                 assert body["answers"][0]["answer"], body
+            elif response.status == 503:  # a well-behaved client waits as told
+                await asyncio.sleep(float(response.headers["Retry-After"]))
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
@@ -176,16 +188,23 @@ async def drive(
         return time.perf_counter() - start, latencies, statuses
 
 
-def run_phase(model: str, phase: Phase, requests: list[tuple[bytes, str]]) -> Result:
-    with ServerProcess(model, phase.server_args) as server:
-        asyncio.run(drive(server.url, requests[:WARMUP_REQUESTS], phase.concurrency))
-        before = server.batch_stats()
-        seconds, latencies, statuses = asyncio.run(drive(server.url, requests, phase.concurrency))
-        after = server.batch_stats()
-    mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
-    result = Result(phase, seconds, latencies, statuses, mean_batch)
-    print(result.row(), flush=True)
-    return result
+def run_interleaved(model: str, phases: list[Phase], requests: list[tuple[bytes, str]], rounds: int) -> None:
+    """Start one server per phase, warm each up, then drive them in turn, one block of the requests
+    each per round, so that a change in the (shared) machine's load hits every phase alike."""
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(ServerProcess(model, phase.server_args)) for phase in phases]
+        for phase, server in zip(phases, servers):
+            asyncio.run(drive(server.url, requests[:WARMUP_REQUESTS], phase.concurrency))
+        before = [server.batch_stats() for server in servers]
+        block = -(-len(requests) // rounds)
+        for start in range(0, len(requests), block):
+            for phase, server in zip(phases, servers):
+                phase.add(*asyncio.run(drive(server.url, requests[start : start + block], phase.concurrency)))
+        for phase, server, (run_before, passes_before) in zip(phases, servers, before):
+            run, passes = server.batch_stats()
+            phase.mean_batch = (run - run_before) / max(passes - passes_before, 1)
+    for phase in phases:
+        print(phase.row(), flush=True)
 
 
 def model_description(model: str) -> str:
@@ -224,30 +243,34 @@ def main() -> None:
         f"vilt serve load test: {args.requests} POST /v1/vqa requests per phase (easy-VQA test images, 64x64 PNG),",
         f"after {WARMUP_REQUESTS} warm-up requests, aiohttp clients on loopback.",
         f"model: {model_description(args.model)}",
-        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}) shared by client and server;"
-        f" the server runs --threads {SERVER_THREADS};"
-        f" python {platform.python_version()}, torch {torch.__version__}, vilt {vilt.__version__}",
+        f"server: --threads {SERVER_THREADS}; client and server share the machine:",
+        *(f"  {key}: {value}" for key, value in machine_info().items() if key != "threads"),
         "overload: the batched server with --max-queue 8 and 4x the clients; its 503s are deliberate.",
         "",
         f"{'phase':<14} {'conc.':>5} {'sent':>6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'batch':>7}   errors",
     ]
     print("\n".join(header), flush=True)
-    results = [run_phase(args.model, phase, requests) for phase in phases]
-    batched, single, overload = results
+    batched, single, overload = phases
+    run_interleaved(args.model, [batched, single], requests, ROUNDS)
+    run_interleaved(args.model, [overload], requests, 1)
     unexpected = sum(
         count for r in (batched, single) for status, count in r.statuses.items() if status != 200
     )
     unexpected += sum(count for status, count in overload.statuses.items() if status not in (200, 503))
+    ratios = [b / s for b, s in zip(batched.round_throughputs, single.round_throughputs)]
     footer = [
         "",
         f"dynamic batching: {batched.ok / batched.seconds / (single.ok / single.seconds):.2f}x the throughput of "
         f"batch size 1; p99 {percentile(batched.latencies_ms, 99):.1f} ms against {percentile(single.latencies_ms, 99):.1f} ms",
+        f"throughput ratio round by round: median {statistics.median(ratios):.2f}x, min {min(ratios):.2f}x, "
+        f"max {max(ratios):.2f}x over {len(ratios)} rounds (the spread is the shared machine's noise)",
         f"overload: {overload.statuses[503]} requests refused with 503 (deliberate), {overload.ok} answered",
         f"errors other than the deliberate 503s: {unexpected}",
+        "load average (1, 5, 15 min) after the run: " + " ".join(f"{x:.2f}" for x in os.getloadavg()),
     ]
     print("\n".join(footer))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(header + [r.row() for r in results] + footer) + "\n")
+    args.out.write_text("\n".join(header + [phase.row() for phase in phases] + footer) + "\n")
     if unexpected:
         sys.exit(1)
 

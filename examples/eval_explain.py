@@ -47,20 +47,29 @@ def true_shapes() -> dict[int, str]:
 
 
 def evaluate(
-    num_images: int = 100, methods: tuple[str, ...] = ("ipot", "rollout"), picture: Path | None = None
+    num_images: int = 100,
+    methods: tuple[str, ...] = ("ipot", "rollout"),
+    model: str | None = None,
+    picture: Path | None = None,
 ) -> dict[str, Any]:
     """Score the shape word's heat inside vs outside the shape on the first ``num_images`` test images.
+
+    Args:
+        num_images: how many test images (those with a shape question, by id).
+        methods: the explain methods to score.
+        model: an easy-VQA model directory; None = the bundled model.
+        picture: where to draw the first image's explanation (one file per method), or None.
 
     Returns:
         per method: ``{"images", "hits", "hit_rate", "mean_heat_inside", "mean_heat_outside"}``.
     """
     import easy_vqa
 
-    vqa = vilt.pipeline("visual-question-answering", dtype="float32")
+    vqa = vilt.pipeline("visual-question-answering", model=model, dtype="float32")
     paths = easy_vqa.get_test_image_paths()
     shapes = true_shapes()
     chosen = sorted(shapes)[:num_images]
-    report: dict[str, Any] = {"model": "bundled easy-VQA", "question": "what is the color of the <shape>?"}
+    report: dict[str, Any] = {"model": model or "bundled", "question": "what is the color of the <shape>?"}
     for method in methods:
         inside, outside = [], []
         for image_id in tqdm(chosen, desc=method, unit="image"):
@@ -89,11 +98,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100, help="test images (default 100)")
     parser.add_argument("--methods", nargs="+", default=["ipot", "rollout"], choices=["ipot", "rollout"])
+    parser.add_argument("--model", default=None, help="easy-VQA model directory (default: the bundled model)")
     parser.add_argument("--output", type=Path, default=Path("results/explain_eval.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    report = evaluate(args.n, tuple(args.methods), picture=args.output.with_suffix(".png"))
+    report = evaluate(args.n, tuple(args.methods), args.model, picture=args.output.with_suffix(".png"))
     args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     for method in args.methods:
         r = report[method]

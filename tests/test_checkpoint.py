@@ -284,6 +284,9 @@ def test_head_class_from_base_checkpoint_initialises_and_names_the_head(tmp_path
     assert not info["unexpected_keys"]
     assert all(key in caplog.text for key in head_keys)
     assert "newly initialized" in caplog.text
+    norm, linear = model.classifier[1], model.classifier[0]  # initialised as the reference does
+    assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and not linear.bias.any()
+    assert 0.01 < linear.weight.std().item() < 0.03  # normal(0, initializer_range=0.02)
     _assert_same_tensors(_backbone(model.state_dict()), base.state_dict())
 
 
@@ -346,12 +349,15 @@ def test_loading_info_reports_missing_and_unexpected_keys(tmp_path, caplog):
 # ----------------------------------------------------------------------------- saving
 
 
-def test_save_replaces_weights_of_an_earlier_save(tmp_path):
+def test_save_replaces_weights_of_an_earlier_save_and_keeps_files_readable(tmp_path):
     first, second = _ours("ViltForQuestionAnswering"), _randomize(_ours("ViltForQuestionAnswering"), seed=5)
     first.save_pretrained(tmp_path, max_shard_size="20KB")
     second.save_pretrained(tmp_path, safe_serialization=False)
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "pytorch_model.bin"]
+    first.save_pretrained(tmp_path / "again")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "again").iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"]  # readable like any new file
     loaded = MODEL_CLASSES["ViltForQuestionAnswering"].from_pretrained(tmp_path)
     _assert_same_tensors(loaded.state_dict(), second.state_dict())
 

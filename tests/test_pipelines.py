@@ -386,3 +386,21 @@ def test_bundled_model_answers_easy_vqa() -> None:
 def test_bundled_model_is_refused_for_other_tasks() -> None:
     with pytest.raises(ValueError, match="nlvr2 task needs .* is a ViltForQuestionAnswering"):
         vilt.pipeline("nlvr2", model=str(BUNDLED))
+
+
+# ----------------------------------------------------------------------------- the onnxruntime backend
+
+
+@pytest.mark.slow
+def test_onnxruntime_backend_answers_like_torch(
+    dirs: dict[str, str], images: list[np.ndarray], tmp_path: pytest.TempPathFactory
+) -> None:
+    pytest.importorskip("onnxruntime")
+    from vilt.cli import main
+
+    exported = str(tmp_path / "onnx")
+    assert main(["export", "--model", dirs["vqa"], "--output", exported]) == 0
+    onnx = vilt.pipeline("vqa", model=exported, backend="onnxruntime")
+    assert_close(
+        onnx(images, "what color?", top_k=3), make("vqa", dirs["vqa"])(images, "what color?", top_k=3)
+    )

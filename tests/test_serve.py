@@ -129,7 +129,7 @@ def test_unicode_question_is_answered(client: TestClient) -> None:
     assert_answers(client.post("/v1/vqa", **_invalid_utf8_form()))  # Starlette reads it as latin-1
 
 
-def test_explain_returns_one_overlay_per_word(client: TestClient) -> None:
+def test_explain_returns_one_overlay_per_word(client: TestClient, qa_pipelines: dict) -> None:
     response = client.post(
         "/v1/explain", files={"image": ("x.png", IMAGE, "image/png")}, data={"question": "what color is it"}
     )
@@ -139,6 +139,12 @@ def test_explain_returns_one_overlay_per_word(client: TestClient) -> None:
     assert (body["height"], body["width"]) == (48, 64) and body["method"] == "ipot"
     assert len(body["heatmaps"]) == 4
     assert all(url.startswith("data:image/png;base64,") for url in body["heatmaps"])
+    large = png_bytes(np.zeros((900, 1200, 3), np.uint8))  # shrunk to 768 pixels a side before explaining
+    with _client(qa_pipelines, max_image_pixels=2_000_000) as roomy:
+        response = roomy.post(
+            "/v1/explain", files={"image": ("x.png", large, "image/png")}, data={"question": "red"}
+        )
+    assert (response.json()["height"], response.json()["width"]) == (576, 768)
 
 
 def test_a_task_without_its_head_is_404_with_the_reason(client: TestClient) -> None:
@@ -199,7 +205,8 @@ def test_fill_mask(mlm_client: TestClient) -> None:
     response = mlm_client.post("/v1/fill-mask", data={"text": "a [MASK] circle"}, **form)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert len(body["tokens"]) == len(body["scores"]) == 1 and body["sequence"].startswith("a ")
+    assert len(body["tokens"]) == len(body["scores"]) == 1
+    assert body["sequence"].endswith("circle") and "[MASK]" not in body["sequence"]
     assert_error(mlm_client.post("/v1/fill-mask", data={"text": "no mask here"}, **form), 400, "[MASK]")
     assert mlm_client.post("/v1/fill-mask", data={"text": "a [MASK] circle"}, **form).status_code == 200
 
@@ -335,12 +342,22 @@ def test_health_readiness_and_metrics(client: TestClient) -> None:
     assert _metric(client, "vilt_queue_depth", task="vqa") == 0
 
 
+def test_before_startup_the_server_is_not_ready_and_says_retry(qa_pipelines: dict) -> None:
+    idle = _client(qa_pipelines)  # not entered: the lifespan (and the batchers) never started
+    assert_error(idle.get("/readyz"), 503, "not ready")
+    refused = ask(idle)
+    assert_error(refused, 503, "starting or stopping")
+    assert refused.headers["retry-after"] == "1"
+    assert idle.get("/healthz").status_code == 200
+
+
 def test_openapi_lists_every_endpoint_with_both_body_types(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     for name in ("vqa", "explain", "nlvr2", "rank", "fill-mask"):
         body = schema["paths"][f"/v1/{name}"]["post"]["requestBody"]["content"]
         assert set(body) == {"multipart/form-data", "application/json"}
     assert {"/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
+    assert client.get("/docs").status_code == 200
 
 
 def test_the_page_and_its_assets_are_served_and_need_nothing_outside(client: TestClient) -> None:

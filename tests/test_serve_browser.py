@@ -15,10 +15,7 @@ import base64
 import itertools
 import json
 import shutil
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +26,7 @@ import pytest
 pytest.importorskip("fastapi")
 websockets_sync = pytest.importorskip("websockets.sync.client")
 
+from serve_process import serving, wait_for  # noqa: E402
 from tiny_models import BUNDLED, LABELS, save_tiny  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -47,31 +45,6 @@ CHROMIUM_FLAGS = (
 ARTIFACTS = Path(__file__).parents[1] / "artifacts"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for(condition: Any, timeout_s: float, what: str) -> Any:
-    """Poll ``condition()`` until it returns something truthy; fail naming ``what`` after the timeout."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/readyz", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled easy-VQA model when it is installed, else a random tiny VQA model."""
@@ -82,18 +55,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model_dir: Path) -> Iterator[str]:
-    """``vilt serve`` on a free loopback port; yields its URL."""
-    port = free_port()
-    command = [sys.executable, "-m", "vilt.cli", "serve", "--model", str(model_dir), "--port", str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _ready(url) or process.poll() is not None, 120, "the server to start")
-        assert process.poll() is None, f"vilt serve exited:\n{process.stdout.read()}"  # type: ignore[union-attr]
+    with serving(model_dir) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def launch_chromium(profile: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -18,7 +18,7 @@ from vilt.train.objectives import (
 
 from train_toy import tiny_config
 
-STEPS = 40
+STEPS = 60
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_vqa_bce_loss_falls(tokenizer):
     text = _text(tokenizer, ["what is it?"] * 6)
     labels = torch.eye(3)[torch.tensor([0, 1, 2, 0, 1, 2])]  # each image has its own answer
     first, last = _fit(model, lambda m: m(**text, pixel_values=_images(6), labels=labels).loss)
-    assert last < 0.2 * first
+    assert last < 0.5 * first
 
 
 def test_nlvr2_pair_loss_falls(tokenizer):
@@ -65,7 +65,7 @@ def test_nlvr2_pair_loss_falls(tokenizer):
     pairs = _images(8).view(4, 2, 3, 32, 32)  # (B, 2, C, H, W)
     labels = torch.tensor([0, 1, 1, 0])
     first, last = _fit(model, lambda m: m(**text, pixel_values=pairs, labels=labels).loss)
-    assert last < 0.2 * first
+    assert last < 0.5 * first
 
 
 def test_retrieval_group_loss_falls(tokenizer):
@@ -77,7 +77,7 @@ def test_retrieval_group_loss_falls(tokenizer):
     pixels = _images(4).repeat_interleave(4, dim=0)  # (16, C, H, W)
     text = _text(tokenizer, texts)
     first, last = _fit(model, lambda m: m(**text, pixel_values=pixels, labels=torch.zeros(4, dtype=torch.long)).loss)
-    assert last < 0.2 * first
+    assert last < 0.5 * first
 
 
 def _pretraining_batch(tokenizer) -> dict[str, torch.Tensor]:

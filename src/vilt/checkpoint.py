@@ -13,12 +13,13 @@ Writes ``config.json`` + ``model.safetensors`` (sharded above ``max_shard_size``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pickle
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,6 +326,26 @@ def adapt_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, to
     return state
 
 
+def _sort_keys(
+    model: nn.Module, state: dict[str, torch.Tensor]
+) -> tuple[LoadingInfo, dict[str, torch.Tensor]]:
+    """Which tensors of an (adapted) checkpoint ``model`` can take, and which keys are missing,
+    unexpected or of the wrong shape."""
+    expected = model.state_dict()
+    info = LoadingInfo()
+    usable: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if key not in expected:
+            info.unexpected_keys.append(key)
+        elif tuple(tensor.shape) != tuple(expected[key].shape):
+            info.mismatched_keys.append((key, tuple(tensor.shape), tuple(expected[key].shape)))
+        else:
+            usable[key] = tensor
+    tied = _tied_keys(model)
+    info.missing_keys = [k for k in expected if k not in usable and k not in tied]
+    return info, usable
+
+
 def load_into(
     model: nn.Module,
     state: dict[str, torch.Tensor],
@@ -344,16 +365,7 @@ def load_into(
     """
     state = adapt_keys(state, model)
     _untie_if_checkpoint_differs(model, state)
-    expected = model.state_dict()
-    info = LoadingInfo()
-    usable: dict[str, torch.Tensor] = {}
-    for key, tensor in state.items():
-        if key not in expected:
-            info.unexpected_keys.append(key)
-        elif tuple(tensor.shape) != tuple(expected[key].shape):
-            info.mismatched_keys.append((key, tuple(tensor.shape), tuple(expected[key].shape)))
-        else:
-            usable[key] = tensor
+    info, usable = _sort_keys(model, state)
     if info.mismatched_keys and not ignore_mismatched_sizes:
         shapes = "; ".join(
             f"tensor {key!r} has shape {got}, the model {want}" for key, got, want in info.mismatched_keys
@@ -362,8 +374,6 @@ def load_into(
             f"{source}: {shapes}. If you are re-heading the model (for example a new answer vocabulary), pass "
             "ignore_mismatched_sizes=True and the new num_labels"
         )
-    tied = _tied_keys(model)
-    info.missing_keys = [k for k in expected if k not in usable and k not in tied]
     model.load_state_dict(usable, strict=False)
     return info
 
@@ -423,6 +433,47 @@ def _report(info: LoadingInfo, model: nn.Module, source: str) -> None:
             got,
             want,
         )
+
+
+_INIT_FUNCTIONS = (
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "constant_",
+    "ones_",
+    "zeros_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "xavier_uniform_",
+    "xavier_normal_",
+)
+
+
+@contextlib.contextmanager
+def _skip_weight_init() -> Iterator[None]:
+    """Make ``torch.nn.init`` draw nothing while a model is built (process-wide, as transformers does)."""
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
+
+
+def _build(cls: type[Any], config: ViltConfig, state: dict[str, torch.Tensor]) -> Any:
+    """``cls(config)``, without drawing random weights when ``state`` fills every one of them.
+
+    Random initialisation is most of the time of loading a checkpoint; when the checkpoint turns out
+    not to cover the model (a new head, a re-headed classifier), the model is built again as usual.
+    """
+    with _skip_weight_init():
+        model = cls(config)
+    adapted = adapt_keys(state, model)
+    _untie_if_checkpoint_differs(model, adapted)
+    info, _ = _sort_keys(model, adapted)
+    return cls(config) if info.missing_keys or info.mismatched_keys else model
 
 
 def _as_dtype(torch_dtype: str | torch.dtype | None, config: ViltConfig) -> torch.dtype | None:
@@ -485,7 +536,7 @@ def load_pretrained(
     files = find_weight_files(pretrained_model_name_or_path, **hub)
     source = files[0] if len(files) == 1 else f"{Path(files[0]).parent} ({len(files)} shards)"
     state = load_weights(files)
-    model = cls(config)
+    model = _build(cls, config, state)
     info = load_into(model, state, ignore_mismatched_sizes, source=source)
     _report(info, model, source)
     target = _as_dtype(dtype if torch_dtype is None else torch_dtype, config)
@@ -517,11 +568,19 @@ def _parse_size(size: int | str) -> int:
     return int(number * scale)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same directory, then rename: never a half-written file."""
+    """Write through a temporary file in the same directory, then rename: never a half-written file.
+    The file gets the permissions of any new file (safetensors alone would make it owner-only)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(str(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -191,15 +191,23 @@ def run_fill_mask(args: argparse.Namespace) -> int:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    """``vilt explain IMAGE -q TEXT -o OUT``: draw one heatmap per word."""
+    """``vilt explain IMAGE -q TEXT -o OUT``: draw one heatmap per word (any ViLT model)."""
     from .explain import draw, explain
+    from .heads import ViltForQuestionAnswering
+    from .pipelines import load_model, pipeline
 
-    task = _pipeline("visual-question-answering", args)
-    explanation = explain(task.model, task.processor, args.image, args.text, method=args.method)
-    answer = task(args.image, args.text, top_k=1)[0]
-    draw(explanation, args.output, title=f"{args.text} -> {answer['answer']} ({explanation.method})")
-    payload = {"output": args.output, "words": explanation.words, "answer": answer, "method": args.method}
-    _emit(args, payload, f"saved {args.output}: {len(explanation.words)} words, answer {answer['answer']!r}")
+    model, processor = load_model(args.model, args.device, args.dtype)
+    explanation = explain(model, processor, args.image, args.text, method=args.method)
+    title = f"{args.text} ({explanation.method})"
+    payload: dict[str, Any] = {"output": args.output, "words": explanation.words, "method": args.method}
+    if isinstance(model, ViltForQuestionAnswering):  # a VQA model also says what it answers
+        payload["answer"] = pipeline("vqa", model=model, processor=processor)(args.image, args.text, top_k=1)[
+            0
+        ]
+        title = f"{args.text} -> {payload['answer']['answer']} ({explanation.method})"
+    draw(explanation, args.output, title=title)
+    answer = f", answer {payload['answer']['answer']!r}" if "answer" in payload else ""
+    _emit(args, payload, f"saved {args.output}: {len(explanation.words)} words{answer}")
     return 0
 
 
@@ -240,25 +248,24 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    """``vilt info MODEL``: architecture, head, labels, sizes and parameter count."""
-    from .heads import MODEL_CLASSES
-    from .pipelines import BUNDLED_MODEL, read_model_config
+    """``vilt info MODEL``: architecture, head, labels, sizes, parameter count and image preprocessing."""
+    from .pipelines import load_model
 
-    source = str(BUNDLED_MODEL) if args.model == "bundled" else args.model
-    config = read_model_config(source)
-    architecture = next((a for a in config.architectures or [] if a in MODEL_CLASSES), "ViltModel")
-    model = MODEL_CLASSES[architecture].from_pretrained(source)
+    model, processor = load_model(None if args.model == "bundled" else args.model, "cpu", "float32")
+    config = model.config
     id2label = config.id2label or {}
     labels = [id2label[i] for i in sorted(id2label)]
+    images = processor.image_processor
     payload = {
-        "model": source,
-        "architecture": architecture,
+        "model": args.model,
+        "architecture": type(model).__name__,
         "parameters": model.num_parameters(),
         "hidden_size": config.hidden_size,
         "layers": config.num_hidden_layers,
         "heads": config.num_attention_heads,
         "image_size": config.image_size,
         "patch_size": config.patch_size,
+        "shortest_edge": images.size["shortest_edge"],
         "max_text_tokens": config.max_position_embeddings,
         "vocab_size": config.vocab_size,
         "num_labels": config.num_labels,
@@ -267,12 +274,13 @@ def run_info(args: argparse.Namespace) -> int:
     shown = ", ".join(labels[:20]) + (f", ... ({len(labels)} in all)" if len(labels) > 20 else "")
     text = "\n".join(
         [
-            f"{source}",
-            f"  architecture  {architecture}",
+            f"{args.model}",
+            f"  architecture  {payload['architecture']}",
             f"  parameters    {payload['parameters']:,}",
             f"  transformer   {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
             f"{config.num_attention_heads} heads, MLP {config.intermediate_size}",
-            f"  image         patches of {config.patch_size} px, position grid for {config.image_size} px",
+            f"  image         shorter side resized to {images.size['shortest_edge']} px (multiples of "
+            f"{images.size_divisor}), patches of {config.patch_size} px",
             f"  text          up to {config.max_position_embeddings} tokens, vocabulary {config.vocab_size}",
             f"  labels        {config.num_labels}: {shown}",
         ]

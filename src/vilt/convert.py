@@ -14,7 +14,7 @@ The key mapping and the split of the fused ``attn.qkv`` follow original-vilt.md 
 converter does; unlike it, the ``mlm_itm`` conversion keeps the ITM head, whose "match" logit is the
 paper's zero-shot retrieval score. The config is read off the tensors (sizes) and the checkpoint's
 training config (number of heads). Like the reference, every LayerNorm gets eps 1e-12; the original
-ViT blocks used 1e-6, a difference of about 1e-4 in the outputs.
+ViT blocks used 1e-6 (original-vilt.md §6.2 puts the difference in the outputs around 1e-4).
 
 The ``.ckpt`` is read with ``torch.load(weights_only=True)``: tensors and plain containers only, with
 Lightning's bookkeeping classes read into inert stand-ins (:func:`vilt.checkpoint.read_torch_file`).

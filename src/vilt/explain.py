@@ -14,8 +14,10 @@ image and text and scores, for every word of the text, every image patch:
   layers; a token's heat on a patch is its rollout weight on that patch.
 
 A word made of several word pieces gets the mean heat of its pieces. Patch scores go onto the patch grid
-through the model's ``patch_index`` output and are normalised as in the demo: z-scored over the grid,
-clamped to [1, 3], then scaled to [0, 1]; the grid is then resized (bilinear) to the image's pixels.
+through the model's ``patch_index`` output and are scaled to [0, 1] per word: IPOT heat as in the demo
+(z-scored over the grid, clamped to [1, 3], so only clearly above-average patches show), rollout heat by
+its minimum and maximum (rollout weights are smooth and positive; clamping would blank coarse grids).
+Each patch's value then covers its pixels (nearest resizing, as the demo).
 
 ``draw(explanation, path)`` saves the image and one overlay per word (matplotlib, the ``explain``
 extra, imported only there). ``vilt explain IMAGE -q TEXT -o out.png [--method ipot|rollout]`` does both.
@@ -31,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from .train.objectives import cosine_cost, ipot
 
 METHODS = ("ipot", "rollout")
 IPOT_BETA = 0.1  # the demo's constants (pretraining used beta 0.5, 50 iterations)
@@ -64,37 +68,7 @@ class Explanation:
         return self.heatmaps[lowered.index(word.lower())]
 
 
-# ----------------------------------------------------------------------------- transport
-
-
-def cosine_cost(text: torch.Tensor, patches: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """(m, n) cost 1 - cosine similarity between m text features and n patch features, (m, D) and (n, D)."""
-    text = F.normalize(text, dim=-1, eps=eps)
-    patches = F.normalize(patches, dim=-1, eps=eps)
-    return 1.0 - text @ patches.T  # (m, n)
-
-
-def ipot(cost: torch.Tensor, beta: float = IPOT_BETA, iterations: int = IPOT_ITERATIONS) -> torch.Tensor:
-    """The IPOT transport plan for a cost matrix between m text tokens and n patches (uniform marginals).
-
-    Args:
-        cost: (m, n).
-        beta: proximal step size; smaller is closer to exact optimal transport.
-        iterations: outer iterations (one Sinkhorn-style inner step each).
-
-    Returns:
-        (m, n) plan whose rows sum to about 1/m and columns to about 1/n.
-    """
-    m, n = cost.shape
-    kernel = torch.exp(-cost / beta)  # (m, n)
-    plan = torch.ones_like(cost)  # (m, n)
-    text_scale = torch.full((m,), 1.0 / m, dtype=cost.dtype)  # (m,)
-    for _ in range(iterations):
-        q = kernel * plan  # (m, n)
-        patch_scale = 1.0 / (n * (text_scale @ q))  # (n,)
-        text_scale = 1.0 / (m * (q @ patch_scale))  # (m,)
-        plan = text_scale[:, None] * q * patch_scale[None, :]  # (m, n)
-    return plan
+# ----------------------------------------------------------------------------- rollout
 
 
 def attention_rollout(attentions: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -125,12 +99,22 @@ def _words(tokens: list[str]) -> list[tuple[str, list[int]]]:
     return words
 
 
-def _normalise(grid: torch.Tensor) -> torch.Tensor:
-    """The demo's display scaling of a (..., Hp, Wp) grid: z-score, clamp to [1, 3], scale to [0, 1]."""
+def _z_clamped(grid: torch.Tensor) -> torch.Tensor:
+    """The demo's scaling of IPOT heat, (words, Hp, Wp): z-score per word, clamp to [1, 3], map to [0, 1]."""
     mean = grid.mean(dim=(-2, -1), keepdim=True)
     std = grid.std(dim=(-2, -1), keepdim=True).clamp(min=1e-12)
     clamped = ((grid - mean) / std).clamp(*Z_CLAMP)
     return (clamped - Z_CLAMP[0]) / (Z_CLAMP[1] - Z_CLAMP[0])
+
+
+def _min_max(grid: torch.Tensor) -> torch.Tensor:
+    """Rollout heat, (words, Hp, Wp), scaled per word to [0, 1]."""
+    low = grid.amin(dim=(-2, -1), keepdim=True)
+    high = grid.amax(dim=(-2, -1), keepdim=True)
+    return (grid - low) / (high - low).clamp(min=1e-12)
+
+
+_SCALINGS = {"ipot": _z_clamped, "rollout": _min_max}
 
 
 def _rgb_pixels(processor: Any, image: Any) -> np.ndarray:
@@ -147,9 +131,15 @@ def _token_patch_scores(out: Any, text_length: int, method: str) -> torch.Tensor
     valid = out.image_mask[0, 1:].bool()  # (Li,) patches that are not padding
     first, last = 1, text_length - 1  # skip [CLS] and the closing [SEP]
     if method == "ipot":
-        patches = hidden[text_length + 1 :][valid]  # (n, D), the image [CLS] left out
-        cost = cosine_cost(hidden[first:last], patches)  # (m, n)
-        return ipot(cost) * cost.shape[0]  # (m, n)
+        text = hidden[None, first:last]  # (1, m, D)
+        patches = hidden[None, text_length + 1 :][:, valid]  # (1, n, D), the image [CLS] left out
+        cost = cosine_cost(text, patches)  # (1, m, n)
+        no_pad = (
+            torch.zeros(cost.shape[:2], dtype=torch.bool),
+            torch.zeros(1, cost.shape[2], dtype=torch.bool),
+        )
+        plan = ipot(cost, *no_pad, beta=IPOT_BETA, iterations=IPOT_ITERATIONS)  # (1, n, m)
+        return plan[0].T * cost.shape[1]  # (m, n)
     rollout = attention_rollout(out.attentions)  # (L, L)
     return rollout[first:last, text_length + 1 :][:, valid]  # (m, n)
 
@@ -198,9 +188,8 @@ def explain(model: Any, processor: Any, image: Any, text: str, method: str = "ip
     grid = torch.zeros(len(words), hp, wp)  # (num_words, Hp, Wp)
     grid[:, index[:, 0], index[:, 1]] = per_word
     pixels = _rgb_pixels(processor, image)
-    heat = F.interpolate(
-        _normalise(grid)[:, None], size=pixels.shape[:2], mode="bilinear", align_corners=False
-    )
+    # each patch's heat covers its pixels (nearest, as the demo), (num_words, 1, H, W)
+    heat = F.interpolate(_SCALINGS[method](grid)[:, None], size=pixels.shape[:2], mode="nearest")
     return Explanation(
         image=Image.fromarray(pixels),
         text=text,

@@ -330,6 +330,10 @@ class Pipeline:
         self.dtype = dtype
         self.batch_size = _check_batch_size(batch_size)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task on one example or a list (each task documents its call shape)."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         arch = (self.config.architectures or ["?"])[0]
         return f"{type(self).__name__}(task={self.task!r}, model={arch}, device={self.device}, dtype={self.dtype})"
@@ -775,6 +779,12 @@ def _architecture(config: ViltConfig, cls: type[Pipeline], source: str) -> str:
     return usable[0]
 
 
+def _bundled_model() -> str:
+    if not (BUNDLED_MODEL / "config.json").is_file():
+        raise FileNotFoundError(f"the bundled easy-VQA model is missing from {BUNDLED_MODEL}; reinstall vilt")
+    return str(BUNDLED_MODEL)
+
+
 def _model_source(model: str | os.PathLike[str] | None, cls: type[Pipeline]) -> str:
     if model is not None:
         return os.fspath(model)
@@ -783,9 +793,7 @@ def _model_source(model: str | os.PathLike[str] | None, cls: type[Pipeline]) -> 
             f"the {cls.task} task needs a model: pass model= a hub id or a directory holding a "
             f"{' or '.join(cls.architectures)} (the bundled model only answers easy-VQA questions)"
         )
-    if not (BUNDLED_MODEL / "config.json").is_file():
-        raise FileNotFoundError(f"the bundled easy-VQA model is missing from {BUNDLED_MODEL}; reinstall vilt")
-    return str(BUNDLED_MODEL)
+    return _bundled_model()
 
 
 def _load_processor(source: str | None) -> Any:
@@ -816,10 +824,30 @@ def read_model_config(source: str | os.PathLike[str]) -> ViltConfig:
     return read_config(resolve_file(source, "config.json"))  # type: ignore[arg-type]
 
 
-def _load_torch(source: str, cls: type[Pipeline], device: torch.device, dtype: torch.dtype) -> Any:
+def _load_torch(source: str, architecture: str, device: torch.device, dtype: torch.dtype) -> Any:
+    model_class = MODEL_CLASSES[architecture]
+    return model_class.from_pretrained(source, torch_dtype=dtype, device=device).optimize_for_inference()
+
+
+def load_model(
+    model: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> tuple[Any, Any]:
+    """Any ViLT checkpoint as the class its config names (ViltModel when it names none), with its processor.
+
+    Args:
+        model: a hub id or a directory; None = the bundled easy-VQA model.
+        device, dtype: as for :func:`select_device_and_dtype`.
+
+    Returns:
+        (the model in eval mode, its processor).
+    """
+    source = _bundled_model() if model is None else os.fspath(model)
     config = read_model_config(source)
-    model_class = MODEL_CLASSES[_architecture(config, cls, source)]
-    return model_class.from_pretrained(source, torch_dtype=dtype, device=device)
+    architecture = next((a for a in config.architectures or [] if a in MODEL_CLASSES), "ViltModel")
+    device, dtype = select_device_and_dtype(device, dtype)
+    return _load_torch(source, architecture, device, dtype), _load_processor(_local_dir(source))
 
 
 def _load_onnx(source: str, cls: type[Pipeline], device: torch.device) -> Any:
@@ -886,7 +914,7 @@ def pipeline(
         source = _model_source(model, cls)
         if backend == "torch":
             device, dtype = select_device_and_dtype(device, dtype)
-            runner = _load_torch(source, cls, device, dtype)
+            runner = _load_torch(source, _architecture(read_model_config(source), cls, source), device, dtype)
         else:
             device, dtype = select_device_and_dtype(device or "cpu", dtype or "float32")
             runner = _load_onnx(source, cls, device)

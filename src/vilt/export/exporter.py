@@ -27,7 +27,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from torch import nn
 from ..checkpoint import read_config, resolve_file
 from ..configuration import ViltConfig
 from ..heads import MODEL_CLASSES
-from ..modeling import ViltModel
+from ..modeling import ViltModel, ViltPreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def _saved_architecture(config: ViltConfig) -> str:
     return saved[0]
 
 
-def _load_model(source: str, task: str | None) -> nn.Module:
+def _load_model(source: str, task: str | None) -> ViltPreTrainedModel:
     """Load the task's class from a checkpoint, in float32; raise if the checkpoint lacks its head."""
     config = read_config(resolve_file(source, "config.json"))  # type: ignore[arg-type]
     architecture = TASKS[task] if task else _saved_architecture(config)
@@ -159,7 +159,7 @@ def _load_model(source: str, task: str | None) -> nn.Module:
     return model
 
 
-def _check_instance(model: nn.Module, task: str | None) -> nn.Module:
+def _check_instance(model: nn.Module, task: str | None) -> ViltPreTrainedModel:
     """A model instance must be a ViLT class, and the task's class when a task is given."""
     name = type(model).__name__
     if name not in MODEL_CLASSES:
@@ -172,7 +172,8 @@ def _check_instance(model: nn.Module, task: str | None) -> nn.Module:
         raise ValueError(f"export does not support {name}; export one of {', '.join(EXPORTABLE)}")
     if isinstance(model, ViltModel) and model.pooler is None:
         raise ValueError("the base model has no pooler, so there is no pooler_output to export")
-    return copy.deepcopy(model).float().eval()  # the caller's model keeps its dtype and mode
+    exported = cast(ViltPreTrainedModel, copy.deepcopy(model))  # the caller's model keeps its dtype and mode
+    return exported.float().eval()
 
 
 class OnnxGraph(nn.Module):
@@ -287,6 +288,7 @@ def _export_graph(
             external_data=False,
             verbose=False,
         )
+    assert program is not None  # the dynamo exporter returns the program when f is None
     program.save(str(path), external_data=False)
 
 
@@ -315,8 +317,8 @@ def _copy_processor_files(source: str | None, processor: Any, output_dir: Path) 
         processor.save_pretrained(output_dir)
         return
     copied = []
-    for name in PROCESSOR_FILES if source is not None else ():
-        found = resolve_file(source, name, required=False)
+    for name in PROCESSOR_FILES:
+        found = None if source is None else resolve_file(source, name, required=False)
         if found is not None:
             shutil.copyfile(found, output_dir / name)
             copied.append(name)

@@ -10,6 +10,7 @@ for the base model), so the task pipelines use it unchanged
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -168,7 +169,7 @@ class OnnxModel:
         return {"pixel_values": pixels, "pixel_mask": mask}
 
     # -- running -----------------------------------------------------------------------------------
-    def run(self, inputs: dict[str, ArrayLike]) -> np.ndarray:
+    def run(self, inputs: Mapping[str, ArrayLike | None]) -> np.ndarray:
         """Run the graph on a dict of the five inputs (checked first); returns its output as numpy."""
         feed = {
             **self._text_inputs(

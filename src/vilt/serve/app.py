@@ -22,7 +22,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from .batching import DynamicBatcher, QueueFullError
 from .errors import APIError
 from .metrics import ServerMetrics
 from .schemas import ErrorResponse, describe_validation_errors, read_request, request_body_openapi
+from .settings import ServeSettings
 from .tasks import TASKS, Task, Work, decode_request_images
 
 logger = logging.getLogger(__name__)
@@ -54,45 +54,9 @@ _ERROR_STATUSES = {
     413: "The body is larger than the upload limit, or an image has too many pixels",
     415: "The body is neither multipart/form-data nor JSON",
     422: "A field is missing, of the wrong type, or out of range",
-    503: "The queue is full; retry after Retry-After seconds",
+    503: "The queue is full, or the server is starting or stopping; retry after Retry-After seconds",
     504: "No answer within the request timeout",
 }
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """Limits and batching of one server.
-
-    Attributes:
-        max_batch_size: the most requests in one forward pass.
-        max_wait_ms: how long a request waits for others to share its forward pass.
-        max_queue: requests waiting per task beyond which new ones get 503.
-        timeout_s: the longest a request waits for its answer (queue plus inference), then 504.
-        max_body_bytes: the largest request body (all uploads together), else 413.
-        max_image_pixels: the most pixels (width x height) per image, checked before decoding, else 413.
-        api_key: when set, the ``X-API-Key`` every ``/v1`` and ``/metrics`` request must carry.
-    """
-
-    max_batch_size: int = 32
-    max_wait_ms: float = 5.0
-    max_queue: int = 256
-    timeout_s: float = 30.0
-    max_body_bytes: int = 16 * 2**20
-    max_image_pixels: int = 40_000_000
-    api_key: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_queue", "max_body_bytes", "max_image_pixels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0 or self.timeout_s <= 0:
-            raise ValueError(
-                f"max_wait_ms must be >= 0 and timeout_s > 0, got {self.max_wait_ms}, {self.timeout_s}"
-            )
-
-    def limits(self) -> dict[str, Any]:
-        """The limits a client may want to know (everything but the key)."""
-        return {key: value for key, value in asdict(self).items() if key != "api_key"}
 
 
 # ----------------------------------------------------------------------------- ASGI middleware
@@ -233,25 +197,33 @@ class Server:
 
     async def answer(self, task: Task, request: Request) -> dict[str, Any]:
         """Validate a task request, decode its images, queue it, and wait for its answer."""
-        batcher = self.batchers.get(task.name)
-        if batcher is None:
+        if task not in self.tasks:
             raise APIError(
                 404,
                 f"/v1/{task.name} is not served: this server's model is a {self.model_name}, which has no "
                 f"head for {task.pipeline_task}; start `vilt serve --model` with a model that has one",
             )
+        batcher = self.batchers.get(task.name)
+        if batcher is None:
+            raise _unavailable("the server is starting or stopping")
+        if batcher.full:  # refuse before reading and decoding the upload
+            raise _unavailable(f"the {task.name} queue is full")
         body = await read_request(request, task.request)
         images = await run_in_threadpool(decode_request_images, body, self.settings.max_image_pixels)
         try:
             return await batcher.submit(Work(body, images), self.settings.timeout_s)
         except QueueFullError as err:
-            raise APIError(503, f"{err}; retry shortly", {"Retry-After": str(RETRY_AFTER_S)}) from None
+            raise _unavailable(str(err)) from None
         except asyncio.TimeoutError:
             raise APIError(
                 504, f"no answer within {self.settings.timeout_s:g} s; the server is overloaded, retry later"
             ) from None
         except ValueError as err:  # the pipeline refused this input (e.g. no [MASK] to fill)
             raise APIError(400, str(err)) from None
+
+
+def _unavailable(reason: str) -> APIError:
+    return APIError(503, f"{reason}; retry in {RETRY_AFTER_S} s", {"Retry-After": str(RETRY_AFTER_S)})
 
 
 def _api_key_check(expected: str) -> Callable[..., Awaitable[None]]:
@@ -339,7 +311,7 @@ def create_app(pipelines: dict[str, Any], settings: ServeSettings | None = None)
     async def metrics() -> Response:
         return Response(server.metrics.render(), media_type=server.metrics.content_type)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
 

@@ -97,9 +97,9 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         return self._worker is not None and not self._worker.done()
 
     @property
-    def depth(self) -> int:
-        """Requests waiting in the queue."""
-        return self._queue.qsize()
+    def full(self) -> bool:
+        """Whether a new request would be refused now."""
+        return self._queue.full()
 
     # -- requests ------------------------------------------------------------------------------------
     async def submit(self, item: ItemT, timeout_s: float) -> ResultT:

@@ -13,7 +13,10 @@ import ipaddress
 import logging
 import os
 
+from .settings import ServeSettings
+
 API_KEY_ENV = "VILT_API_KEY"
+MIB = 2**20
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,57 +29,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"Set {API_KEY_ENV} to require that key in the X-API-Key header; it is required when --host is "
         "not a loopback address. Needs the serve extra: pip install 'vilt[serve]'.",
     )
-    parser.add_argument(
-        "--model", default=None, help="hub id or local directory (default: the bundled easy-VQA model)"
+    default = ServeSettings()
+    add = parser.add_argument
+    add("--model", default=None, help="hub id or local directory (default: the bundled easy-VQA model)")
+    add("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    add("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
+    add("--device", default=None, help="cpu, cuda or cuda:N (default: the fastest available)")
+    add("--dtype", default=None, help="float32, bfloat16 or float16 (default: the fastest exact one)")
+    add("--threads", type=int, default=None, help="CPU threads per forward pass (default: one per core)")
+    add(
+        "--max-batch-size",
+        type=int,
+        default=default.max_batch_size,
+        help="requests per forward pass (%(default)s)",
     )
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)"
+    add(
+        "--max-wait-ms", type=float, default=default.max_wait_ms, help="wait to fill a batch (%(default)s ms)"
     )
-    parser.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the fastest available)")
-    parser.add_argument(
-        "--dtype", default=None, help="float32, bfloat16 or float16 (default: the fastest exact one)"
-    )
-    parser.add_argument(
-        "--max-batch-size", type=int, default=32, help="requests per forward pass (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=5.0,
-        help="how long a request waits to share a batch (default: %(default)s)",
-    )
-    parser.add_argument(
+    add(
         "--max-queue",
         type=int,
-        default=256,
-        help="waiting requests per task before 503 (default: %(default)s)",
+        default=default.max_queue,
+        help="waiting requests per task before 503 (%(default)s)",
     )
-    parser.add_argument(
+    add(
         "--timeout",
         type=float,
-        default=30.0,
-        help="seconds a request may take, else 504 (default: %(default)s)",
+        default=default.timeout_s,
+        help="seconds a request may take, else 504 (%(default)s)",
     )
-    parser.add_argument(
+    add(
         "--max-upload-mb",
         type=float,
-        default=16.0,
-        help="largest request body in MiB, else 413 (default: %(default)s)",
+        default=default.max_body_bytes / MIB,
+        help="largest body, MiB (%(default)s)",
     )
-    parser.add_argument(
+    add(
         "--max-image-pixels",
         type=int,
-        default=40_000_000,
-        help="most pixels per image, else 413 (default: %(default)s)",
+        default=default.max_image_pixels,
+        help="most pixels per image (%(default)s)",
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads per forward pass (default: torch's, one per core)",
-    )
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    add("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(handler=serve)
 
 
@@ -90,32 +84,29 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to a public address
 
 
-def settings_from_args(args: argparse.Namespace, api_key: str | None) -> object:
-    """The server settings the command line asks for (validated by ``ServeSettings``)."""
-    from .app import ServeSettings
-
-    return ServeSettings(
-        max_batch_size=args.max_batch_size,
-        max_wait_ms=args.max_wait_ms,
-        max_queue=args.max_queue,
-        timeout_s=args.timeout,
-        max_body_bytes=int(args.max_upload_mb * 2**20),
-        max_image_pixels=args.max_image_pixels,
-        api_key=api_key,
-    )
-
-
 def serve(args: argparse.Namespace) -> int:
     """Load the model, build the app and run it under uvicorn until interrupted."""
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be positive, got {args.threads}")
     api_key = os.environ.get(API_KEY_ENV) or None
     if not is_loopback(args.host) and api_key is None:
         raise ValueError(
             f"--host {args.host} accepts connections from other machines; set {API_KEY_ENV} to an API key "
             "(clients send it in the X-API-Key header), or bind 127.0.0.1"
         )
+    settings = ServeSettings(
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        timeout_s=args.timeout,
+        max_body_bytes=int(args.max_upload_mb * MIB),
+        max_image_pixels=args.max_image_pixels,
+        api_key=api_key,
+    )
     try:
+        import torch
         import uvicorn
 
         from .app import create_app
@@ -124,18 +115,12 @@ def serve(args: argparse.Namespace) -> int:
         raise ImportError(
             f"vilt serve needs the serve extra: pip install 'vilt[serve]' ({err.name} is missing)"
         ) from err
-    settings = settings_from_args(args, api_key)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be positive, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    pipelines = load_pipelines(args.model, device=args.device, dtype=args.dtype)
-    app = create_app(pipelines, settings)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    app = create_app(load_pipelines(args.model, device=args.device, dtype=args.dtype), settings)
     server = app.state.server
     logging.getLogger("vilt.serve").info(
         "serving a %s (%s) on http://%s:%d/%s",

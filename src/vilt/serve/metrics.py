@@ -16,7 +16,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class ServerMetrics:
-    """Request counts and latencies per endpoint, and batch sizes, queue depth and forward time per task."""
+    """Request counts and latencies per endpoint; batch sizes and queue depth per task."""
 
     content_type = CONTENT_TYPE_LATEST
 

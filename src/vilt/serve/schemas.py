@@ -11,9 +11,11 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import io
 import json
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
+from PIL import Image
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -69,45 +71,59 @@ Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValid
 # ----------------------------------------------------------------------------- requests
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _example_image() -> str:
+    """A 32x32 red square as base64 PNG, the image of the JSON examples (so the docs' "Try it out" runs)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (220, 30, 30)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-class VQARequest(_Request):
+EXAMPLE_IMAGE = _example_image()
+
+
+def _config(**example: Any) -> ConfigDict:
+    """Request models refuse unknown fields (a request never names a file or a model) and show an example."""
+    return ConfigDict(extra="forbid", json_schema_extra={"examples": [example]})
+
+
+class VQARequest(BaseModel):
     """A question about an image."""
 
+    model_config = _config(image=EXAMPLE_IMAGE, question="What color is the shape?", top_k=5)
     image: ImageData = Field(description="the image (an upload, or base64 in JSON)")
     question: Text = Field(description="the question, e.g. 'What color is the shape?'")
     top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="how many answers to return, best first")
 
 
-class ExplainRequest(_Request):
+class ExplainRequest(BaseModel):
     """A question (or caption) to explain: where the model looks for each of its words."""
 
+    model_config = _config(image=EXAMPLE_IMAGE, question="What color is the shape?", method="ipot")
     image: ImageData = Field(description="the image (an upload, or base64 in JSON)")
     question: Text = Field(description="the text whose words are mapped onto the image")
-    method: str = Field(
-        "ipot", pattern="^(ipot|rollout)$", description="'ipot' alignment or attention 'rollout'"
-    )
+    method: Literal["ipot", "rollout"] = Field("ipot", description="'ipot' alignment or attention 'rollout'")
 
 
-class NLVR2Request(_Request):
+class NLVR2Request(BaseModel):
     """A statement to check against a pair of images."""
 
+    model_config = _config(images=[EXAMPLE_IMAGE, EXAMPLE_IMAGE], statement="Both images are red.")
     images: list[ImageData] = Field(min_length=2, max_length=2, description="the left and right images")
     statement: Text = Field(description="the statement, e.g. 'The left image has two dogs.'")
 
 
-class RankRequest(_Request):
+class RankRequest(BaseModel):
     """Images and texts to score against each other."""
 
+    model_config = _config(images=[EXAMPLE_IMAGE], texts=["a red square", "a blue circle"])
     images: list[ImageData] = Field(min_length=1, max_length=MAX_RANK_IMAGES, description="N images")
     texts: list[Text] = Field(min_length=1, max_length=MAX_RANK_TEXTS, description="M texts")
 
 
-class FillMaskRequest(_Request):
+class FillMaskRequest(BaseModel):
     """A text with [MASK] words to fill in from the image."""
 
+    model_config = _config(image=EXAMPLE_IMAGE, text="a [MASK] square")
     image: ImageData = Field(description="the image (an upload, or base64 in JSON)")
     text: Text = Field(description="the text with one or more [MASK], e.g. 'a [MASK] circle'")
 

@@ -24,6 +24,7 @@ from .images import decode_image
 logger = logging.getLogger(__name__)
 
 OVERLAY_SIDE = 384  # heatmap overlays are sent at most this large; the page stretches them over the image
+EXPLAIN_SIDE = 768  # explain() makes one full-size heatmap per word, so larger images are shrunk first
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Work:
     images: list[Image.Image]
 
 
-def decode_request_images(request: BaseModel, max_pixels: int) -> list[Image.Image]:
+def decode_request_images(request: Any, max_pixels: int) -> list[Image.Image]:
     """Decode the ``image`` or ``images`` field of a request (see :func:`.images.decode_image`)."""
     if hasattr(request, "image"):
         return [decode_image(request.image, "image", max_pixels)]
@@ -78,7 +79,9 @@ def _run_explain(vqa: Any, batch: Sequence[Work]) -> list[dict[str, Any]]:
 
     results = []
     for work in batch:
-        found = explain(vqa.model, vqa.processor, work.images[0], work.request.question, work.request.method)
+        image = work.images[0].copy()
+        image.thumbnail((EXPLAIN_SIDE, EXPLAIN_SIDE))  # only shrinks; bounds the heatmaps' memory
+        found = explain(vqa.model, vqa.processor, image, work.request.question, work.request.method)
         height, width = found.heatmaps.shape[1:]
         results.append(
             {

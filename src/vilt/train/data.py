@@ -168,7 +168,7 @@ def normalize_answer(answer: str) -> str:
 
 def soft_score(count: int) -> float:
     """VQA soft target of an answer given by ``count`` of the 10 annotators: 0.3, 0.6, 0.9, then 1.0."""
-    return min(1.0, 0.3 * count) if count < 3 else (0.9 if count == 3 else 1.0)
+    return {0: 0.0, 1: 0.3, 2: 0.6, 3: 0.9}.get(count, 1.0)
 
 
 def build_answer_vocab(answers: Sequence[str], min_count: int = 9) -> list[str]:
@@ -247,14 +247,12 @@ def read_vqav2(
         annotations = {a["question_id"]: a for a in _read_json(annotations_file)["annotations"]}
     examples = []
     for q in questions["questions"]:
-        name = f"COCO_{subtype}_{int(q['image_id']):012d}.jpg"
-        nested = Path(image_root) / subtype / name
-        image = nested if nested.parent.is_dir() else Path(image_root) / name
+        image = _find_image(Path(image_root), f"COCO_{subtype}_{int(q['image_id']):012d}.jpg", subtype)
         raw = [a["answer"] for a in annotations[q["question_id"]]["answers"]] if annotations else []
         counts = Counter(normalize_answer(a) for a in raw)
         examples.append(
             Example(
-                images=(str(image),),
+                images=(image,),
                 text=q["question"],
                 answer_scores={a: soft_score(n) for a, n in counts.items()},
                 answers=tuple(raw),
@@ -280,9 +278,8 @@ def vqav2_answer_vocab(annotations_files: Sequence[str | os.PathLike[str]], min_
 
 
 def _find_image(image_root: Path, name: str, subfolder: str = "") -> str:
-    """``image_root/subfolder/name`` if it exists, else ``image_root/name``."""
-    nested = image_root / subfolder / name
-    return str(nested if subfolder and nested.exists() else image_root / name)
+    """``image_root/subfolder/name`` when that folder exists, else ``image_root/name``."""
+    return str(image_root / subfolder / name if subfolder and (image_root / subfolder).is_dir() else image_root / name)
 
 
 def read_nlvr2(jsonl_file: str | os.PathLike[str], image_root: str | os.PathLike[str]) -> list[Example]:
@@ -400,23 +397,30 @@ def easy_vqa_answers() -> list[str]:
 
 
 def easy_vqa_captions(examples: Sequence[Example]) -> list[Example]:
-    """Captions such as "a blue circle" for the easy-VQA images, made from their questions and answers.
+    """Captions such as "a blue circle" for the easy-VQA images, read off their questions and answers.
 
-    The shape comes from "what shape is in the image?"-style questions ("circle"), the colour from
-    "what color is the shape?"-style questions; images missing either are left out.
+    Each easy-VQA image holds one shape. A question names its colour or shape when the answer is that
+    colour or shape ("what color is the triangle?" -> "blue"), or when the question mentions it and
+    is answered affirmatively ("is there not a red shape?" -> "no" means red; "no" negates as "not"). Images whose colour
+    and shape are both known get a caption.
 
     Args:
         examples: easy-VQA examples from :func:`read_easy_vqa`.
     """
-    shapes, colours = {"circle", "rectangle", "triangle"}, set(easy_vqa_answers()) - {
-        "circle", "rectangle", "triangle", "yes", "no",
-    }  # fmt: skip
+    shapes = {"circle", "rectangle", "triangle"}
+    colours = set(easy_vqa_answers()) - shapes - {"yes", "no"}
     found: dict[str, dict[str, str]] = {}
     for ex in examples:
         answer = next(iter(ex.answer_scores), "")
-        kind = "shape" if answer in shapes else "colour" if answer in colours else None
-        if kind is not None and ("shape" in ex.text if kind == "shape" else "color" in ex.text):
-            found.setdefault(ex.images[0], {})[kind] = answer
+        words = set(ex.text.rstrip("?").split())
+        named = set()
+        if answer in shapes | colours:
+            named = {answer} | (words & (shapes | colours))
+        elif answer in ("yes", "no") and (answer == "yes") != bool(words & {"not", "no"}):
+            named = words & (shapes | colours)
+        parts = found.setdefault(ex.images[0], {})
+        for word in named:
+            parts["shape" if word in shapes else "colour"] = word
     return [
         Example(images=(image,), text=f"a {parts['colour']} {parts['shape']}", group=image)
         for image, parts in found.items()
@@ -484,15 +488,21 @@ class ImageLoader:
             self.cache[path] = pixels
         return pixels
 
-    def preload(self, paths: Sequence[str], issues: DataIssues) -> None:
-        """Decode and preprocess every image once (with a progress bar), counting unreadable ones."""
+    def preload(self, paths: Sequence[str]) -> dict[str, str]:
+        """Decode and preprocess every image once (with a progress bar).
+
+        Returns:
+            the images that could not be read: path -> error message.
+        """
+        failed: dict[str, str] = {}
         if self.cache is None:
-            return
+            return failed
         for path in tqdm(sorted(set(paths) - set(self.cache)), desc="preprocessing images", leave=False):
             try:
                 self.load(path)
             except (OSError, ValueError) as err:
-                issues.skip("unreadable image", f"{path}: {err}")
+                failed[path] = str(err)
+        return failed
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -527,8 +537,9 @@ class ViltDataset(Dataset):
     * pretrain: the image, its caption, and a random other image for ITM negatives.
 
     Examples with an empty text, no in-vocabulary answer or no label are dropped at construction
-    and counted in ``issues``. Images that cannot be read are reported by :meth:`__getitem__` as
-    :class:`Skipped` (counted by the collator).
+    and counted in ``issues``; so are those whose images failed to preload (:meth:`drop_unreadable`).
+    Other images that cannot be read are reported by :meth:`__getitem__` as :class:`Skipped` (counted
+    by the collator).
 
     Args:
         examples: from a reader.
@@ -582,6 +593,19 @@ class ViltDataset(Dataset):
 
     def image_paths(self) -> list[str]:
         return [p for ex in self.examples for p in ex.images]
+
+    def drop_unreadable(self, failed: dict[str, str]) -> None:
+        """Drop (and count) the examples with an image in ``failed`` (path -> error), e.g. from preloading."""
+        kept = []
+        for ex in self.examples:
+            bad = next((p for p in ex.images if p in failed), None)
+            if bad is None:
+                kept.append(ex)
+            else:
+                self.issues.skip("unreadable image", f"{bad}: {failed[bad]}")
+        self.examples = kept
+        if not kept:
+            raise ValueError(f"no readable examples for task {self.task!r} (skipped: {self.issues.summary()})")
 
     def _target(self, ex: Example) -> torch.Tensor | int | None:
         if self.task == "vqa":

@@ -12,6 +12,7 @@ gloo on CPU); the data is split by ``DistributedSampler`` and evaluation is shar
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -118,6 +119,7 @@ class TrainArgs:
     threads: int = _opt(0, "torch CPU threads per process (0: torch's default)")
     device: str = _opt("auto", "auto | cpu | cuda")
     tensorboard: bool = _opt(False, "also log to TensorBoard (needs the tensorboard package)")
+    save_dtype: str = _opt("float32", "dtype of the weights in output_dir/best: float32 | float16 | bfloat16")
     split: str = _opt("test", "vilt evaluate: the split to evaluate, val or test")
     metrics_file: str = _opt("", "vilt evaluate: also write the metrics JSON here")
 
@@ -135,11 +137,14 @@ class TrainArgs:
             raise ValueError(f"--train-fraction must be in (0, 1], got {self.train_fraction}")
         if self.attention not in ("auto", "eager", "sdpa"):
             raise ValueError(f"--attention must be auto, eager or sdpa, got {self.attention!r}")
+        if self.save_dtype not in SAVE_DTYPES:
+            raise ValueError(f"--save-dtype must be one of {', '.join(SAVE_DTYPES)}, got {self.save_dtype!r}")
         if self.split not in ("val", "test"):
             raise ValueError(f"--split must be val or test, got {self.split!r}")
 
 
 DATASETS = ("easy-vqa", "vqav2", "nlvr2", "karpathy", "jsonl")
+SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODEL_CLASSES = {
     "vqa": heads.ViltForQuestionAnswering,
     "nlvr2": heads.ViltForImagesAndTextClassification,
@@ -271,7 +276,7 @@ def build_dataset(
         negatives=args.negatives if training and args.task == "retrieval" else 0,
         seed=args.seed,
     )
-    loader.preload(dataset.image_paths(), issues)
+    dataset.drop_unreadable(loader.preload(dataset.image_paths()))
     return dataset
 
 
@@ -368,12 +373,12 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def save_model_dir(
-    model: torch.nn.Module, processor: ViltProcessor, directory: Path, metrics: dict[str, float]
+    model: torch.nn.Module, processor: ViltProcessor, directory: Path, metrics: dict[str, float], dtype: str
 ) -> None:
-    """Write a loadable model directory (weights, config, processor, metrics) atomically."""
+    """Write a loadable model directory (weights in ``dtype``, config, processor, metrics) atomically."""
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    (copy.deepcopy(model).to(SAVE_DTYPES[dtype]) if dtype != "float32" else model).save_pretrained(tmp)
     processor.save_pretrained(tmp)
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     old = directory.with_name(directory.name + ".old")
@@ -736,9 +741,8 @@ def train(args: TrainArgs) -> dict[str, float]:
                 if score > progress.best:
                     progress.best = score
                     if env.main:
-                        save_model_dir(
-                            model_core, processor, output / "best", {**metrics, "step": progress.step}
-                        )
+                        best_metrics = {**metrics, "step": progress.step}
+                        save_model_dir(model_core, processor, output / "best", best_metrics, args.save_dtype)
                         log.info("new best (%.4f) saved to %s", score, output / "best")
             if progress.step % save_every == 0 or progress.step == total:
                 save_checkpoint()

@@ -1,0 +1,111 @@
+"""The inference fast path (``model.optimize_for_inference()``, vilt.optimize): same outputs as the plain
+layers, rebuilt when weights change, never used where gradients or probabilities are needed."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import vilt
+from vilt.optimize import PackedEncoder
+
+
+def tiny_vqa(seed: int = 0, **changes: object) -> vilt.ViltForQuestionAnswering:
+    torch.manual_seed(seed)
+    config = vilt.ViltConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=7,
+        vocab_size=99,
+        initializer_range=0.2,
+        **changes,
+    )
+    return vilt.ViltForQuestionAnswering(config).eval()
+
+
+def padded_inputs(batch: int = 3) -> dict[str, torch.Tensor]:
+    """Text and images of different lengths and sizes, so that both masks pad something."""
+    generator = torch.Generator().manual_seed(1)
+    attention_mask = torch.ones(batch, 9, dtype=torch.long)
+    attention_mask[1, 6:] = 0
+    pixel_mask = torch.ones(batch, 48, 64, dtype=torch.long)
+    pixel_mask[2, :, 40:] = 0
+    return {
+        "input_ids": torch.randint(1, 99, (batch, 9), generator=generator),
+        "attention_mask": attention_mask,
+        "pixel_values": torch.randn(batch, 3, 48, 64, generator=generator),
+        "pixel_mask": pixel_mask,
+    }
+
+
+def logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(**inputs).logits
+
+
+@pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new", "relu", "silu"])
+def test_optimized_matches_plain_float32(hidden_act: str) -> None:
+    plain = tiny_vqa(hidden_act=hidden_act)
+    optimized = copy.deepcopy(plain).optimize_for_inference()
+    inputs = padded_inputs()
+    torch.testing.assert_close(logits(optimized, inputs), logits(plain, inputs), atol=1e-5, rtol=1e-5)
+
+
+def test_optimized_bfloat16_close_to_float32() -> None:
+    plain = tiny_vqa()
+    optimized = copy.deepcopy(plain).to(torch.bfloat16).optimize_for_inference()
+    inputs = padded_inputs()
+    torch.testing.assert_close(logits(optimized, inputs).float(), logits(plain, inputs), atol=0.1, rtol=0.05)
+
+
+def test_hidden_states_match_and_state_dict_is_unchanged() -> None:
+    plain = tiny_vqa()
+    keys = list(plain.state_dict())
+    optimized = copy.deepcopy(plain).optimize_for_inference()
+    assert list(optimized.state_dict()) == keys
+    with torch.inference_mode():
+        expected = plain(**padded_inputs(), output_hidden_states=True).hidden_states
+        actual = optimized(**padded_inputs(), output_hidden_states=True).hidden_states
+    assert len(actual) == len(expected) == 3
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_is_rebuilt_when_a_weight_changes() -> None:
+    plain = tiny_vqa()
+    optimized = copy.deepcopy(plain).optimize_for_inference()
+    inputs = padded_inputs()
+    logits(optimized, inputs)  # builds the cache
+    other = tiny_vqa(seed=5).state_dict()
+    plain.load_state_dict(other)
+    optimized.load_state_dict(other)
+    torch.testing.assert_close(logits(optimized, inputs), logits(plain, inputs), atol=1e-5, rtol=1e-5)
+
+
+def test_fast_path_is_skipped_for_gradients_probabilities_and_training() -> None:
+    model = tiny_vqa().optimize_for_inference()
+    packed = model.vilt.encoder.packed
+    assert isinstance(packed, PackedEncoder)
+    inputs = padded_inputs()
+    out = model(**inputs, output_attentions=True)  # eval with gradients: plain layers
+    assert out.attentions is not None and len(out.attentions) == 2
+    out.logits.sum().backward()
+    assert model.vilt.encoder.layer[0].attention.attention.query.weight.grad is not None
+    assert packed.layers == []  # never built: every call above needed the plain path
+    model.train()
+    assert not packed.applies([None, None], eager=False)
+
+
+def test_deepcopy_gets_its_own_empty_cache() -> None:
+    model = tiny_vqa().optimize_for_inference()
+    inputs = padded_inputs()
+    expected = logits(model, inputs)
+    clone = copy.deepcopy(model)
+    assert clone.vilt.encoder.packed.encoder is clone.vilt.encoder
+    torch.testing.assert_close(logits(clone, inputs), expected)
