@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import torch
 from bench_preprocess import make_paths
-from common import alternate, machine_info, model_dir, set_threads, table
+from common import Section, alternate, machine_info, model_dir, set_threads, table
 
 QUESTIONS = (
     "what is in the picture?",
@@ -124,7 +124,7 @@ def agreement(ours: list[list[str]], reference: list[list[str]]) -> str:
     return f"top-1 answers equal {100 * top1:.0f}%, top-5 overlap {100 * overlap:.0f}%"
 
 
-def run(repetitions: int = 3) -> str:
+def run(repetitions: int = 3) -> Section:
     """Time the three contestants on the same 64 files; return the Markdown section."""
     set_threads()
     directory = str(model_dir())
@@ -160,7 +160,8 @@ def run(repetitions: int = 3) -> str:
         f"dtype {default_dtype()}) vs reference float32: "
         f"{agreement(answers['ours'], answers['reference processor + model'])}.",
     ]
-    return "\n".join(lines) + "\n"
+    figures = {"ours / reference": reference_s / timings.median("ours")}
+    return Section("\n".join(lines) + "\n", figures)
 
 
 def default_dtype() -> str:
@@ -191,7 +192,7 @@ def main() -> None:
         print(f"peak_rss_mib={run_once(args.only):.0f}")
         return
     print(machine_info())
-    print(run(args.repetitions))
+    print(run(args.repetitions).markdown)
 
 
 if __name__ == "__main__":

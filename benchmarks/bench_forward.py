@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from common import (
+    Section,
     alternate,
     count_flops,
     forward_inputs,
@@ -52,8 +53,8 @@ def forward_call(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> Cal
     return call
 
 
-def run(quick: bool = False) -> str:
-    """Run every configuration; return the Markdown section (also printed as it goes)."""
+def run(quick: bool = False) -> Section:
+    """Run every configuration; the rows are also printed as they come."""
     set_threads()
     directory = model_dir()
     peaks = {dtype: matmul_peak(dtype) for dtype in DTYPES}
@@ -65,7 +66,7 @@ def run(quick: bool = False) -> str:
         "dtype", "batch", "image", "GFLOP/example", "reference ms", "ours ms", "ours optimized ms",
         "ours / ref", "optimized / ref", "optimized TFLOP/s", "% of peak", "max |logit diff| vs ref",
     ]  # fmt: skip
-    rows = []
+    rows, figures = [], {}
     for dtype in DTYPES:
         ours, reference = load_models(directory, dtype)
         optimized, _ = load_models(directory, dtype)
@@ -95,6 +96,10 @@ def run(quick: bool = False) -> str:
                 ]  # fmt: skip
                 print(" | ".join(row), flush=True)
                 rows.append(row)
+                key = f"{row[0]} batch {batch} {height}x{width}"
+                figures[f"{key}: ours / reference"] = ref_s / ours_s
+                figures[f"{key}: optimized / reference"] = ref_s / opt_s
+                figures[f"{key}: optimized % of peak"] = 100 * achieved / peaks[dtype][0]
         del ours, reference, optimized
     lines.append(table(header, rows))
     lines += [
@@ -104,7 +109,7 @@ def run(quick: bool = False) -> str:
         + "; one warm-up).",
         "The logit difference is the largest of ours and ours optimized against the reference, same dtype.",
     ]
-    return "\n".join(lines) + "\n"
+    return Section("\n".join(lines) + "\n", figures)
 
 
 def main() -> None:
@@ -112,7 +117,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="half the repetitions")
     args = parser.parse_args()
     print(machine_info())
-    print(run(args.quick))
+    print(run(args.quick).markdown)
 
 
 if __name__ == "__main__":

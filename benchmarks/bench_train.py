@@ -21,7 +21,16 @@ import resource
 from collections.abc import Callable
 
 import torch
-from common import alternate, count_flops, forward_inputs, machine_info, model_dir, set_threads, table
+from common import (
+    Section,
+    alternate,
+    count_flops,
+    forward_inputs,
+    machine_info,
+    model_dir,
+    set_threads,
+    table,
+)
 
 BATCH = 16
 CONTESTANTS = ("reference", "ours, same AdamW", "ours, fused AdamW")
@@ -60,7 +69,7 @@ def make_step(name: str) -> Callable[[], float]:
     return step
 
 
-def run(repetitions: int = 5) -> str:
+def run(repetitions: int = 5) -> Section:
     set_threads()
     steps = {name: make_step(name) for name in CONTESTANTS}
     timings = alternate(steps, repetitions, warmup=2)
@@ -99,7 +108,8 @@ def run(repetitions: int = 5) -> str:
         f"Medians of {repetitions} alternating steps after two warm-up steps. The forward is "
         f"{forward_flops / BATCH / 1e9:.1f} GFLOP per example; a step counts as three forwards.",
     ]
-    return "\n".join(lines) + "\n"
+    figures = {name + " / reference": reference_s / timings.median(name) for name in CONTESTANTS[1:]}
+    return Section("\n".join(lines) + "\n", figures)
 
 
 def run_once(name: str, steps: int = 3) -> float:
@@ -123,7 +133,7 @@ def main() -> None:
         print(f"peak_rss_mib={run_once(args.only):.0f}")
         return
     print(machine_info())
-    print(run(args.repetitions))
+    print(run(args.repetitions).markdown)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 NUM_LABELS = 3129
 TEXT_LENGTH = 40
-DEFAULT_MODEL_DIR = Path(os.environ.get("VILT_BENCH_DIR", "/tmp/vilt-bench")) / "vqa-random-3129"
+BENCH_DIR = Path(os.environ.get("VILT_BENCH_DIR", "/tmp/vilt-bench"))
 BUNDLED_VOCAB = Path(__file__).resolve().parent.parent / "src" / "vilt" / "data" / "vocab.txt"
 
 
@@ -33,22 +33,28 @@ def set_threads() -> int:
     return threads
 
 
-def model_dir(path: Path = DEFAULT_MODEL_DIR) -> Path:
-    """A random-weight ``ViltForQuestionAnswering`` (default config, 3129 labels) saved by transformers,
-    with a reference processor (``ViltImageProcessorPil`` + BERT tokenizer on the bundled vocabulary)."""
+def model_dir(architecture: str = "ViltForQuestionAnswering") -> Path:
+    """A random-weight model of ``architecture`` (default config; 3129 labels for VQA) saved by
+    transformers under BENCH_DIR, with a reference processor (``ViltImageProcessorPil`` and a BERT
+    tokenizer on the bundled vocabulary). Made once, then reused."""
+    path = BENCH_DIR / f"{architecture}-random"
     if (path / "model.safetensors").exists() and (path / "tokenizer.json").exists():
         return path
-    from transformers import BertTokenizerFast, ViltConfig, ViltForQuestionAnswering, ViltImageProcessorPil
-    from transformers import ViltProcessor as ReferenceProcessor
+    import transformers
+    from transformers import BertTokenizerFast, ViltConfig, ViltImageProcessorPil, ViltProcessor
 
     torch.manual_seed(0)
-    labels = {i: f"answer {i}" for i in range(NUM_LABELS)}
-    config = ViltConfig(num_labels=NUM_LABELS, id2label=labels, label2id={v: k for k, v in labels.items()})
-    ViltForQuestionAnswering(config).save_pretrained(path)
+    config = ViltConfig()
+    if architecture == "ViltForQuestionAnswering":
+        labels = {i: f"answer {i}" for i in range(NUM_LABELS)}
+        config = ViltConfig(
+            num_labels=NUM_LABELS, id2label=labels, label2id={v: k for k, v in labels.items()}
+        )
+    getattr(transformers, architecture)(config).save_pretrained(path)
     tokenizer = BertTokenizerFast(
         vocab_file=str(BUNDLED_VOCAB), do_lower_case=True, model_max_length=TEXT_LENGTH
     )
-    ReferenceProcessor(image_processor=ViltImageProcessorPil(), tokenizer=tokenizer).save_pretrained(path)
+    ViltProcessor(image_processor=ViltImageProcessorPil(), tokenizer=tokenizer).save_pretrained(path)
     return path
 
 
@@ -166,6 +172,14 @@ def machine_info() -> dict[str, str]:
         "vilt": vilt.__version__,
         "load average (1, 5, 15 min)": load,
     }
+
+
+@dataclass
+class Section:
+    """One benchmark's part of RESULTS.md, and its headline figures (name -> value) for the summary."""
+
+    markdown: str
+    figures: dict[str, float] = field(default_factory=dict)
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

@@ -27,9 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
@@ -43,6 +41,9 @@ from easy_vqa import get_test_image_paths, get_test_questions
 
 import vilt
 from vilt.pipelines import BUNDLED_MODEL
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from serve_process import serving  # noqa: E402  (tests/serve_process.py runs `vilt serve` in a subprocess)
 
 RESULTS_FILE = Path(__file__).parent / "results" / "load.txt"
 WARMUP_REQUESTS = 64
@@ -93,12 +94,6 @@ def percentile(values: list[float], q: float) -> float:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def easy_vqa_requests(count: int) -> list[tuple[bytes, str]]:
     """(PNG bytes, question) pairs from the easy-VQA test set, each image read once."""
     questions, _, image_ids = get_test_questions()
@@ -107,54 +102,16 @@ def easy_vqa_requests(count: int) -> list[tuple[bytes, str]]:
     return [(images[image_ids[i]], questions[i]) for i in range(count)]
 
 
-class ServerProcess:
-    """``vilt serve`` in a subprocess on a free loopback port, stopped on exit."""
-
-    def __init__(self, model: str, extra_args: list[str]) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        port = self.url.rsplit(":", 1)[1]
-        command = [
-            sys.executable,
-            "-m",
-            "vilt.cli",
-            "serve",
-            "--model",
-            model,
-            "--port",
-            port,
-            "--log-level",
-            "warning",
-        ]
-        command += ["--threads", str(SERVER_THREADS)]
-        self.process = subprocess.Popen([*command, *extra_args])
-
-    def __enter__(self) -> ServerProcess:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"vilt serve exited with code {self.process.returncode}")
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=2):
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("vilt serve did not become ready within 120 s")
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
-
-    def batch_stats(self) -> tuple[float, float]:
-        """(requests run, forward passes) of /v1/vqa so far, from /metrics."""
-        values = {}
-        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as response:
-            lines = response.read().decode().splitlines()
-        for line in lines:
-            for name in ("vilt_batch_size_sum", "vilt_batch_size_count"):
-                if line.startswith(name + "{") and 'task="vqa"' in line:
-                    values[name] = float(line.rsplit(" ", 1)[1])
-        return values["vilt_batch_size_sum"], values["vilt_batch_size_count"]
+def batch_stats(url: str) -> tuple[float, float]:
+    """(requests run, forward passes) of /v1/vqa so far, from the server's /metrics."""
+    values = {}
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    for line in lines:
+        for name in ("vilt_batch_size_sum", "vilt_batch_size_count"):
+            if line.startswith(name + "{") and 'task="vqa"' in line:
+                values[name] = float(line.rsplit(" ", 1)[1])
+    return values["vilt_batch_size_sum"], values["vilt_batch_size_count"]
 
 
 async def drive(
@@ -192,16 +149,17 @@ def run_interleaved(model: str, phases: list[Phase], requests: list[tuple[bytes,
     """Start one server per phase, warm each up, then drive them in turn, one block of the requests
     each per round, so that a change in the (shared) machine's load hits every phase alike."""
     with contextlib.ExitStack() as stack:
-        servers = [stack.enter_context(ServerProcess(model, phase.server_args)) for phase in phases]
-        for phase, server in zip(phases, servers):
-            asyncio.run(drive(server.url, requests[:WARMUP_REQUESTS], phase.concurrency))
-        before = [server.batch_stats() for server in servers]
+        options = ["--log-level", "warning", "--threads", str(SERVER_THREADS)]
+        urls = [stack.enter_context(serving(model, *options, *phase.server_args)) for phase in phases]
+        for phase, url in zip(phases, urls):
+            asyncio.run(drive(url, requests[:WARMUP_REQUESTS], phase.concurrency))
+        before = [batch_stats(url) for url in urls]
         block = -(-len(requests) // rounds)
         for start in range(0, len(requests), block):
-            for phase, server in zip(phases, servers):
-                phase.add(*asyncio.run(drive(server.url, requests[start : start + block], phase.concurrency)))
-        for phase, server, (run_before, passes_before) in zip(phases, servers, before):
-            run, passes = server.batch_stats()
+            for phase, url in zip(phases, urls):
+                phase.add(*asyncio.run(drive(url, requests[start : start + block], phase.concurrency)))
+        for phase, url, (run_before, passes_before) in zip(phases, urls, before):
+            run, passes = batch_stats(url)
             phase.mean_batch = (run - run_before) / max(passes - passes_before, 1)
     for phase in phases:
         print(phase.row(), flush=True)
@@ -257,7 +215,7 @@ def main() -> None:
         count for r in (batched, single) for status, count in r.statuses.items() if status != 200
     )
     unexpected += sum(count for status, count in overload.statuses.items() if status not in (200, 503))
-    ratios = [b / s for b, s in zip(batched.round_throughputs, single.round_throughputs)]
+    ratios = [fast / slow for fast, slow in zip(batched.round_throughputs, single.round_throughputs)]
     footer = [
         "",
         f"dynamic batching: {batched.ok / batched.seconds / (single.ok / single.seconds):.2f}x the throughput of "

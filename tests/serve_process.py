@@ -1,11 +1,12 @@
-"""``vilt serve`` in a subprocess on a free loopback port, for the browser and schemathesis tests
-(imported by those test files; pytest puts tests/ on sys.path)."""
+"""``vilt serve`` in a subprocess on a free loopback port, for the browser and schemathesis tests and
+benchmarks/load.py (pytest puts tests/ on sys.path; the benchmark adds it)."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -40,26 +41,19 @@ def _ready(url: str) -> bool:
 
 
 @contextmanager
-def serving(model_dir: Path, *args: str) -> Iterator[str]:
+def serving(model_dir: Path | str, *args: str) -> Iterator[str]:
     """Run ``vilt serve --model model_dir *args`` on 127.0.0.1 until ready; yields its URL."""
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "vilt.cli",
-        "serve",
-        "--model",
-        str(model_dir),
-        "--port",
-        str(port),
-        *args,
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _ready(url) or process.poll() is not None, 120, "vilt serve to start")
-        assert process.poll() is None, f"vilt serve exited:\n{process.stdout.read()}"  # type: ignore[union-attr]
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    command = [sys.executable, "-m", "vilt.cli", "serve", "--model", str(model_dir), "--port", str(port)]
+    with tempfile.TemporaryFile(mode="w+") as log:  # a file, not a pipe: a full pipe would block the server
+        process = subprocess.Popen([*command, *args], stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for(lambda: _ready(url) or process.poll() is not None, 120, "vilt serve to start")
+            if process.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"vilt serve exited with code {process.returncode}:\n{log.read()}")
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=60)

@@ -186,9 +186,9 @@ def test_help_lists_the_commands_and_options(capsys: pytest.CaptureFixture[str])
 @pytest.mark.skipif(not (BUNDLED / "config.json").is_file(), reason="bundled model not built yet")
 def test_demo_answers_with_the_bundled_model(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("easy_vqa")
-    code, out, _ = run(capsys, "demo", "--n", "20", "--json")
+    code, out, _ = run(capsys, "demo", "--json")  # the defaults: 20 seeded questions
     report = json.loads(out)
     assert code == 0 and report["total"] == 20 and len(report["results"]) == 20
-    assert report["correct"] >= 19
+    assert report["correct"] / report["total"] >= 0.98  # the bar the README promises
     code, out, _ = run(capsys, "demo", "--n", "5")
     assert out.splitlines()[-1].startswith("accuracy: ")

@@ -526,3 +526,16 @@ def test_serve_refuses_a_public_address_without_an_api_key(monkeypatch, capsys) 
     monkeypatch.delenv("VILT_API_KEY", raising=False)
     assert main(["serve", "--host", "0.0.0.0"]) == 2
     assert "VILT_API_KEY" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"max_batch_size": 0}, {"max_queue": 0}, {"max_wait_ms": -1}, {"timeout_s": 0}, {"max_image_pixels": 0}],
+)
+def test_settings_refuse_impossible_limits(bad: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        ServeSettings(**bad)
+
+
+def test_the_api_key_is_never_printed() -> None:
+    assert API_KEY not in repr(ServeSettings(api_key=API_KEY))

@@ -141,7 +141,7 @@ def _pretrain_command(root: Path, output: Path) -> list[str]:
         captions.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return [sys.executable, "-m", "vilt.cli", "train", "--task", "pretrain", "--dataset", "jsonl",
             "--train-data", str(captions), "--val-fraction", "0.25", "--output-dir", str(output), *TINY_FLAGS,
-            "--batch-size", "4", "--epochs", "30", "--save-every", "2", "--eval-every", "20", "--log-every", "1"]  # fmt: skip
+            "--batch-size", "4", "--epochs", "4", "--save-every", "2", "--eval-every", "8", "--log-every", "1"]  # fmt: skip
 
 
 def test_resume_after_kill_9_is_exact(tmp_path):

@@ -30,12 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["auto", "float32", "bfloat16", "float16"],
         help="default auto: bfloat16 on CUDA and on CPUs with AVX512-BF16/AMX, else float32",
     )
-    group.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default 32)")
     group.add_argument("--json", action="store_true", help="print JSON instead of text")
+    batched = argparse.ArgumentParser(add_help=False, parents=[common])
+    batched.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default 32)")
 
     vqa = subparsers.add_parser(
         "vqa",
-        parents=[common],
+        parents=[batched],
         help="answer a question about one or more images",
         description="Answer a question about each image. Without --model, the bundled easy-VQA model answers.",
         epilog='example: vilt vqa photo.jpg -q "what color is the shape?" --top-k 3',
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     nlvr2 = subparsers.add_parser(
         "nlvr2",
-        parents=[common],
+        parents=[batched],
         help="check a statement against a pair of images",
         description="Say whether a statement is true of a pair of images (needs an NLVR2 model).",
         epilog='example: vilt nlvr2 left.jpg right.jpg -s "there are two dogs" --model dandelin/vilt-b32-finetuned-nlvr2',
@@ -59,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     rank = subparsers.add_parser(
         "rank",
-        parents=[common],
+        parents=[batched],
         help="rank texts for images and images for texts",
         description="Score every image against every text with a retrieval or image-text-matching model.",
         epilog='example: vilt rank --images a.jpg b.jpg --texts "a dog" "a cat" --model dandelin/vilt-b32-finetuned-coco',
@@ -73,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     fill = subparsers.add_parser(
         "fill-mask",
-        parents=[common],
+        parents=[batched],
         help="fill the [MASK] words of a text about an image",
         description="Fill each [MASK] of the text, the most confident first (needs a masked-LM model).",
         epilog='example: vilt fill-mask photo.jpg -t "a [MASK] sitting on a [MASK]" --model dandelin/vilt-b32-mlm',
@@ -98,7 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     demo = subparsers.add_parser(
         "demo",
-        parents=[common],
+        parents=[batched],
         help="answer easy-VQA test questions with the bundled model",
         description="Answer randomly chosen easy-VQA test questions; print each answer with the truth, then "
         "the accuracy.",
@@ -201,9 +202,8 @@ def run_explain(args: argparse.Namespace) -> int:
     title = f"{args.text} ({explanation.method})"
     payload: dict[str, Any] = {"output": args.output, "words": explanation.words, "method": args.method}
     if isinstance(model, ViltForQuestionAnswering):  # a VQA model also says what it answers
-        payload["answer"] = pipeline("vqa", model=model, processor=processor)(args.image, args.text, top_k=1)[
-            0
-        ]
+        vqa = pipeline("vqa", model=model, processor=processor)
+        payload["answer"] = vqa(args.image, args.text, top_k=1)[0]
         title = f"{args.text} -> {payload['answer']['answer']} ({explanation.method})"
     draw(explanation, args.output, title=title)
     answer = f", answer {payload['answer']['answer']!r}" if "answer" in payload else ""

@@ -198,7 +198,8 @@ def _bilinear_axis(size: torch.Tensor, out_len: int, grid_len: int) -> tuple[tor
         i0, i1: (B, out_len) long source indices; w0, w1: (B, out_len) weights; valid: (B, out_len).
     """
     pos = torch.arange(out_len, device=size.device)  # (out_len,)
-    scale = torch.where(size > 1, (grid_len - 1) / (size - 1).clamp(min=1).float(), 0.0)  # (B,)
+    numerator = torch.full(size.shape, float(grid_len - 1), device=size.device)  # not `int / tensor`: that
+    scale = torch.where(size > 1, numerator / (size - 1).clamp(min=1).float(), 0.0)  # is reciprocal-then-multiply
     src = scale[:, None] * pos[None, :].float()  # (B, out_len)
     i0 = src.long().clamp(max=grid_len - 1)
     w1 = src - i0.float()

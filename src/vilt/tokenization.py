@@ -481,6 +481,9 @@ class ViltTokenizer:
         """Load from a directory holding tokenizer.json or vocab.txt, and optionally tokenizer_config.json
         and special_tokens_map.json (as saved by this class or by transformers).
 
+        Without a ``model_max_length`` in tokenizer_config.json it is 40, ViLT's text length
+        (transformers would read "no limit").
+
         Args:
             pretrained_model_name_or_path: The directory.
             **kwargs: Constructor arguments that override the saved ones (e.g. ``model_max_length``);

@@ -272,7 +272,7 @@ def _export_graph(
 ) -> None:
     """Trace ``graph`` with torch.export and write it as one ONNX file."""
     length = min(7, config.max_position_embeddings)
-    inputs = example_inputs(config, num_images, batch=2, text_length=length, rows=3, cols=5)
+    inputs = example_inputs(config, num_images, batch=2, text_length=length, rows=5, cols=3)
     with torch.no_grad(), warnings.catch_warnings():
         # torch's own notes on shared axis names and its internal pytree API: nothing to act on
         warnings.filterwarnings("ignore", message=r"# The axis name", category=UserWarning)

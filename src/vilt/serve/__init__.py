@@ -12,7 +12,7 @@ from typing import Any
 
 _LAZY = {
     "create_app": "vilt.serve.app",
-    "ServeSettings": "vilt.serve.app",
+    "ServeSettings": "vilt.serve.settings",
     "load_pipelines": "vilt.serve.tasks",
 }
 SERVE_EXTRA_HINT = "serving needs the serve extra: pip install 'vilt[serve]'"

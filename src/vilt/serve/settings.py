@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -26,7 +26,7 @@ class ServeSettings:
     timeout_s: float = 30.0
     max_body_bytes: int = 16 * 2**20
     max_image_pixels: int = 4096 * 4096
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never printed
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_queue", "max_body_bytes", "max_image_pixels"):

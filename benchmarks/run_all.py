@@ -1,0 +1,141 @@
+"""Run every benchmark side by side with transformers and write benchmarks/RESULTS.md.
+
+One command regenerates the whole file: ``python benchmarks/run_all.py`` (about 15 minutes on a quiet
+2-core CPU; ``--quick`` halves the forward repetitions). The sections:
+
+1. model forward (bench_forward.py), 2. end-to-end VQA on 64 photographs (bench_e2e.py),
+3. a fine-tuning step (bench_train.py), 4. retrieval scoring (bench_retrieval.py),
+5. peak memory of 2 and 3 (bench_memory.py), then a profile of where our remaining forward time goes
+(``torch.profiler``, bfloat16, batch 8, the optimized model) and a summary against the targets of
+issue 7. Timings are medians of alternating repetitions; the machine's load average is recorded at
+the start and at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import bench_e2e
+import bench_forward
+import bench_memory
+import bench_retrieval
+import bench_train
+import torch
+from common import Section, forward_inputs, load_models, machine_info, model_dir, set_threads, table
+from torch.profiler import ProfilerActivity, profile
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+PROFILE_TOP = 12
+
+# (what, section, figure, target): the floor each figure must reach
+TARGETS = (
+    ("bf16 forward, batch 8, 384x384: speed vs reference bf16", 1, "bfloat16 batch 8 384x384: optimized / reference", 1.5),
+    ("bf16 forward, batch 8, 384x384: % of measured bf16 peak", 1, "bfloat16 batch 8 384x384: optimized % of peak", 50),
+    ("fp32 forward, batch 8, 384x384: speed vs reference (ours as loaded)", 1, "float32 batch 8 384x384: ours / reference", 1.05),
+    ("fp32 forward, batch 8, 384x384: speed vs reference (optimized)", 1, "float32 batch 8 384x384: optimized / reference", 1.05),
+    ("bf16 batch-1 latency, 384x384: speed vs reference bf16", 1, "bfloat16 batch 1 384x384: optimized / reference", 2.0),
+    ("end-to-end VQA, 64 photographs: ours (defaults) vs reference (defaults)", 2, "ours / reference", 4.0),
+    ("fine-tuning step: ours vs reference, same AdamW", 3, "ours, same AdamW / reference", 1.3),
+    ("fine-tuning step: ours with vilt train's fused AdamW vs reference", 3, "ours, fused AdamW / reference", 1.3),
+)  # fmt: skip
+
+
+def profile_section() -> Section:
+    """Top operators of our optimized bfloat16 forward, batch 8, 384x384, by self CPU time."""
+    set_threads()
+    model, _ = load_models(model_dir(), torch.bfloat16)
+    model.optimize_for_inference()
+    inputs = forward_inputs(8, 384, 384, torch.bfloat16)
+    with torch.inference_mode():
+        for _ in range(2):
+            model(**inputs)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(**inputs)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    rows = [
+        [
+            f"`{e.key}`",
+            f"{e.self_cpu_time_total / 1e3:.1f}",
+            f"{100 * e.self_cpu_time_total / total:.1f}%",
+            str(e.count),
+        ]
+        for e in events[:PROFILE_TOP]
+    ]
+    lines = [
+        "## Where the remaining time goes (ours optimized, bfloat16, batch 8, 384x384)",
+        "",
+        f"`torch.profiler`, one forward after two warm-ups, top {PROFILE_TOP} operators by self CPU time "
+        f"(total {total / 1e3:.0f} ms, profiler overhead included). `mkldnn::_linear_pointwise` is the "
+        "oneDNN matrix product with its fused bias, GELU or residual add.",
+        "",
+        table(["operator", "self ms", "share", "calls"], rows),
+    ]
+    return Section("\n".join(lines) + "\n", {})
+
+
+def summary(sections: dict[int, Section]) -> str:
+    rows = []
+    for what, number, figure, floor in TARGETS:
+        value = sections[number].figures[figure]
+        unit = "%" if "%" in figure else "x"
+        rows.append([what, f"{value:.2f}{unit}", f">= {floor}{unit}", "yes" if value >= floor else "**no**"])
+    return (
+        "## Summary against the targets (issue 7)\n\n"
+        + table(["figure", "measured", "target", "met"], rows)
+        + "\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="half the forward repetitions")
+    args = parser.parse_args()
+    started = time.time()
+    info_before = machine_info()
+    runs = {
+        1: lambda: bench_forward.run(args.quick),
+        2: bench_e2e.run,
+        3: bench_train.run,
+        4: bench_retrieval.run,
+        5: bench_memory.run,
+    }
+    sections = {}
+    for number, run in runs.items():
+        print(f"--- section {number}", flush=True)
+        sections[number] = run()
+        print(sections[number].markdown, flush=True)
+    profiled = profile_section()
+    info_after = machine_info()
+    command = "python benchmarks/run_all.py" + (" --quick" if args.quick else "")
+    header = [
+        "# Benchmarks: vilt against transformers, side by side",
+        "",
+        f"Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))} "
+        f"in {(time.time() - started) / 60:.0f} minutes. Do not edit by hand.",
+        "",
+        "Each case runs ours and the reference (`transformers`) in one process, on the same weights (a "
+        "random-weight ViLT-B/32 saved by transformers and loaded by both) and the same inputs, alternating "
+        "within every repetition; figures are medians. The machine is shared, so the load average is "
+        "recorded; ratios are more stable than absolute times.",
+        "",
+        table(["", "value"], [[k, v] for k, v in info_before.items() if "load" not in k])
+        + f"\n| load average at start | {info_before['load average (1, 5, 15 min)']} |"
+        + f"\n| load average at end | {info_after['load average (1, 5, 15 min)']} |",
+        "",
+        "No GPU was available to this run; `benchmarks/gpu.sh` runs the CUDA comparison where one is.",
+        "",
+        "Commands (each also runs alone): `python benchmarks/bench_forward.py`, `bench_e2e.py`, "
+        "`bench_train.py`, `bench_retrieval.py`, `bench_memory.py`; `bash benchmarks/gpu.sh` on a GPU.",
+        "",
+    ]
+    body = [summary(sections)] + [sections[n].markdown for n in sorted(sections)] + [profiled.markdown]
+    RESULTS.write_text("\n".join(header) + "\n" + "\n".join(body), encoding="utf-8")
+    print(f"wrote {RESULTS}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
