@@ -41,7 +41,7 @@ DTYPES = (torch.float32, torch.bfloat16)
 
 def repetitions_for(batch: int, quick: bool) -> int:
     """Fewer repetitions for the long calls: about the same wall time per configuration."""
-    full = {1: 15, 8: 7, 32: 5}[batch]
+    full = {1: 10, 8: 5, 32: 3}[batch]
     return max(3, full // 2) if quick else full
 
 

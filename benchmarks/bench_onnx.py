@@ -6,8 +6,8 @@ question: a 384x576 image (12x18 patches of 32) and 16 text tokens, at batch 1 a
 
 Four ways to run it:
 
-* PyTorch float32 and PyTorch bfloat16 (``model.to(torch.bfloat16)``, the pipelines' default on CPUs
-  with AVX512-BF16/AMX), under ``torch.inference_mode``;
+* PyTorch float32 and PyTorch bfloat16 (the pipelines' default on CPUs with AVX512-BF16/AMX), both after
+  ``model.optimize_for_inference()`` as ``vilt.pipeline`` runs them, under ``torch.inference_mode``;
 * onnxruntime float32 and int8 (dynamic quantization), both written by ``vilt.export.export_onnx`` and
   run through ``vilt.export.OnnxModel`` (input checks and numpy conversion included).
 
@@ -86,9 +86,9 @@ def main() -> None:
     torch.manual_seed(0)
     config = vilt.ViltConfig(num_labels=NUM_ANSWERS, architectures=["ViltForQuestionAnswering"])
     fp32_model = vilt.ViltForQuestionAnswering(config).eval()
-    bf16_model = vilt.ViltForQuestionAnswering(config).eval()
+    bf16_model = vilt.ViltForQuestionAnswering(config)
     bf16_model.load_state_dict(fp32_model.state_dict())
-    bf16_model.to(torch.bfloat16)
+    bf16_model.to(torch.bfloat16).optimize_for_inference()
     with tempfile.TemporaryDirectory() as scratch:
         sizes = {}
         for quantize in (None, "int8"):
@@ -99,7 +99,7 @@ def main() -> None:
                 f"exported {quantize or 'float32'}: {result.size_bytes / 2**20:.0f} MiB in {sizes[quantize][1]:.0f} s"
             )
         runners = {
-            "PyTorch float32": torch_runner(fp32_model, torch.float32),
+            "PyTorch float32": torch_runner(fp32_model.optimize_for_inference(), torch.float32),
             "PyTorch bfloat16": torch_runner(bf16_model, torch.bfloat16),
             "onnxruntime float32": onnx_runner(Path(scratch) / "None"),
             "onnxruntime int8": onnx_runner(Path(scratch) / "int8"),

@@ -83,7 +83,7 @@ def forward_rows(device: torch.device, quick: bool) -> list[list[str]]:
             flops = count_flops(contestants["reference"], inputs)
             calls = {}
             for name, model in contestants.items():
-                calls[name] = synchronized(device, lambda m=model: _forward(m, inputs))
+                calls[name] = synchronized(device, lambda m=model, x=inputs: _forward(m, x))
             for call in calls.values():  # compile and autotune outside the timing
                 call()
             timings = alternate(calls, 3 if quick else 20, warmup=2)
@@ -149,7 +149,7 @@ def main() -> None:
     forward = forward_rows(device, args.quick)
     train = train_rows(device, args.quick)
     print(
-        f"\n## GPU: {name}, torch {torch.version.cuda and 'CUDA ' + torch.version.cuda}, {torch.__version__}\n"
+        f"\n## GPU: {name}, CUDA {torch.version.cuda}, torch {torch.__version__}\n"
     )
     print(
         table(["dtype", "batch", "contestant", "median ms", "examples/s", "vs reference", "% peak"], forward)

@@ -1,4 +1,4 @@
-"""Evaluate an exported easy-VQA model on onnxruntime against PyTorch: accuracy, agreement, size, time.
+"""Evaluate an exported easy-VQA model on onnxruntime against PyTorch: accuracy, agreement and size.
 
 Exports the model (default: the bundled easy-VQA model) to ONNX float32 and int8, then answers the
 easy-VQA test split (9,673 questions) with three pipelines built by ``vilt.pipeline``:
@@ -7,7 +7,7 @@ easy-VQA test split (9,673 questions) with three pipelines built by ``vilt.pipel
 * onnxruntime float32 and onnxruntime int8 (``backend="onnxruntime"``).
 
 It reports each one's top-1 accuracy, how often its answer equals PyTorch's, the largest score
-difference, the wall time and the file sizes, prints the report and writes it to
+difference and the file sizes (``benchmarks/bench_onnx.py`` measures speed), prints the report and writes it to
 ``results/eval_onnx.txt``. Run as ``python examples/eval_onnx.py [--model DIR] [--limit N]``.
 """
 
@@ -18,7 +18,6 @@ import logging
 import os
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 import easy_vqa
@@ -51,13 +50,9 @@ def test_items(limit: int | None) -> tuple[list[dict[str, str]], list[str]]:
     return items[:limit], answers[:limit]
 
 
-def answer_all(
-    vqa: vilt.pipelines.Pipeline, items: list[dict[str, str]], batch_size: int
-) -> tuple[list, float]:
-    """Top-1 ``{"answer", "score"}`` per item, and the seconds it took."""
-    start = time.perf_counter()
-    results = vqa(items, top_k=1, batch_size=batch_size)
-    return [r[0] for r in results], time.perf_counter() - start
+def answer_all(vqa: vilt.pipelines.Pipeline, items: list[dict[str, str]], batch_size: int) -> list[dict]:
+    """Top-1 ``{"answer", "score"}`` per item."""
+    return [r[0] for r in vqa(items, top_k=1, batch_size=batch_size)]
 
 
 def weights_file(directory: Path) -> tuple[int, str]:
@@ -91,10 +86,10 @@ def main() -> None:
             ),
         }
         runs = {name: answer_all(vqa, items, args.batch_size) for name, vqa in pipelines.items()}
-    reference = runs["PyTorch float32"][0]
+    reference = runs["PyTorch float32"]
     accuracy = {
         name: 100 * sum(r["answer"] == t for r, t in zip(results, truth)) / len(truth)
-        for name, (results, _) in runs.items()
+        for name, results in runs.items()
     }
     checkpoint_bytes, checkpoint_dtype = weights_file(source)
     sizes = {
@@ -110,15 +105,14 @@ def main() -> None:
         f"torch {torch.__version__}, onnxruntime {ort.__version__}, vilt {vilt.__version__}; ONNX opset "
         f"{exports['float32'].opset}, batch size {args.batch_size}",
         "",
-        f"{'backend':<20} {'accuracy':>9} {'same answer as torch':>21} {'max |score diff|':>17} {'file MiB':>9} "
-        f"{'seconds':>8}",
+        f"{'backend':<20} {'accuracy':>9} {'same answer as torch':>21} {'max |score diff|':>17} {'file MiB':>9}",
     ]
-    for name, (results, seconds) in runs.items():
+    for name, results in runs.items():
         same = sum(r["answer"] == e["answer"] for r, e in zip(results, reference))
         score_diff = max(abs(r["score"] - e["score"]) for r, e in zip(results, reference))
         lines.append(
             f"{name:<20} {accuracy[name]:>8.2f}% {f'{same}/{len(truth)}':>21} {score_diff:>17.1e} "
-            f"{sizes[name] / 2**20:>9.1f} {seconds:>8.1f}"
+            f"{sizes[name] / 2**20:>9.1f}"
         )
     gap = accuracy["onnxruntime float32"] - accuracy["PyTorch float32"]
     lines += [

@@ -1,4 +1,4 @@
-"""Draw where the model looks for each word of a question (word-patch alignment by IPOT).
+"""Draw where the model looks for each word of a question (attention rollout, or IPOT alignment).
 
 python examples/explain.py                      # an easy-VQA test image and the bundled model
 python examples/explain.py photo.jpg "what is the man holding?" --model dandelin/vilt-b32-finetuned-vqa
@@ -13,7 +13,7 @@ parser = argparse.ArgumentParser(description="Per-word heatmaps over the image."
 parser.add_argument("image", nargs="?", help="image file (default: an easy-VQA test image)")
 parser.add_argument("text", nargs="?", default="what is the color of the shape?")
 parser.add_argument("--model", default=None, help="hub id or directory (default: the bundled easy-VQA model)")
-parser.add_argument("--method", default="ipot", choices=["ipot", "rollout"])
+parser.add_argument("--method", default="rollout", choices=["rollout", "ipot"])
 parser.add_argument("--output", default="explain.png")
 args = parser.parse_args()
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
 import torch
+from train_toy import write_image
 
 from vilt.image_processing import ViltImageProcessor
 from vilt.processing import ViltProcessor
 from vilt.train import data as D
-
-from train_toy import write_image
 
 
 def _write_json(path: Path, value: object) -> Path:
@@ -24,12 +24,19 @@ def test_read_vqav2_soft_scores_and_images(tmp_path):
     (tmp_path / "val2014").mkdir()
     questions = _write_json(
         tmp_path / "q.json",
-        {"data_subtype": "val2014", "questions": [{"question_id": 7, "image_id": 42, "question": "How many dogs?"}]},
+        {
+            "data_subtype": "val2014",
+            "questions": [{"question_id": 7, "image_id": 42, "question": "How many dogs?"}],
+        },
     )
     answers = ["2"] * 3 + ["two"] * 1 + ["3"] * 2 + ["many"] * 4  # "two" normalises to "2"
     annotations = _write_json(
         tmp_path / "a.json",
-        {"annotations": [{"question_id": 7, "multiple_choice_answer": "2", "answers": [{"answer": a} for a in answers]}]},
+        {
+            "annotations": [
+                {"question_id": 7, "multiple_choice_answer": "2", "answers": [{"answer": a} for a in answers]}
+            ]
+        },
     )
     [ex] = D.read_vqav2(questions, annotations, tmp_path)
     assert ex.images == (str(tmp_path / "val2014" / "COCO_val2014_000000000042.jpg"),)
@@ -69,7 +76,10 @@ def test_read_nlvr2(tmp_path):
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     (tmp_path / "3").mkdir()
     first, second = D.read_nlvr2(path, tmp_path)
-    assert first.images == (str(tmp_path / "3" / "train-10171-0-img0.png"), str(tmp_path / "3" / "train-10171-0-img1.png"))
+    assert first.images == (
+        str(tmp_path / "3" / "train-10171-0-img0.png"),
+        str(tmp_path / "3" / "train-10171-0-img1.png"),
+    )
     assert (first.label, second.label) == (1, 0) and first.group == second.group
 
 
@@ -96,7 +106,11 @@ def test_read_jsonl_answers_labels_and_pairs(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     many, one, pair = D.read_jsonl(path)
-    assert many.answer_scores == pytest.approx({"cat": 0.6, "dog": 0.3}) and many.answers == ("cat", "cat", "dog")
+    assert many.answer_scores == pytest.approx({"cat": 0.6, "dog": 0.3}) and many.answers == (
+        "cat",
+        "cat",
+        "dog",
+    )
     assert one.answer_scores == {"cat": 1.0}
     assert pair.images == (str(tmp_path / "l.png"), str(tmp_path / "r.png")) and pair.label == 1
 
@@ -159,7 +173,11 @@ def test_a_batch_of_only_bad_images_yields_no_inputs(tmp_path):
 
 @pytest.mark.parametrize(
     ("index", "message"),
-    [(1, "unreadable image: image .*missing.png does not exist"), (3, "answer not in vocabulary"), (4, "empty text")],
+    [
+        (1, "unreadable image: image .*missing.png does not exist"),
+        (3, "answer not in vocabulary"),
+        (4, "empty text"),
+    ],
 )
 def test_strict_raises_a_clear_error(tmp_path, index, message):
     examples = _bad_examples(tmp_path)
@@ -172,7 +190,10 @@ def test_collator_layouts_for_each_task(tmp_path):
     tokenizer = ViltProcessor().tokenizer
     loader = D.ImageLoader(ViltImageProcessor(size=32, size_divisor=8), cache=True)
     paths = [write_image(tmp_path / f"{i}.png", c) for i, c in enumerate(["red", "green", "blue"])]
-    pairs = [D.Example((paths[i], paths[(i + 1) % 3]), f"statement {i}", label=i % 2, group=str(i)) for i in range(3)]
+    pairs = [
+        D.Example((paths[i], paths[(i + 1) % 3]), f"statement {i}", label=i % 2, group=str(i))
+        for i in range(3)
+    ]
     nlvr2 = D.ViltDataset(pairs, "nlvr2", loader, D.DataIssues())
     batch = D.Collator(tokenizer, "nlvr2")([nlvr2[0], nlvr2[1]])
     assert batch["pixel_values"].shape == (2, 2, 3, 32, 32) and batch["labels"].tolist() == [0, 1]
@@ -180,7 +201,42 @@ def test_collator_layouts_for_each_task(tmp_path):
     retrieval = D.ViltDataset(captions, "retrieval", loader, D.DataIssues(), negatives=2)
     batch = D.Collator(tokenizer, "retrieval")([retrieval[0], retrieval[1]])
     assert batch["input_ids"].shape[0] == 6 and batch["pixel_values"].shape == (6, 3, 32, 32)
-    assert torch.equal(batch["pixel_values"][0], batch["pixel_values"][2]) and batch["labels"].tolist() == [0, 0]
+    assert torch.equal(batch["pixel_values"][0], batch["pixel_values"][2]) and batch["labels"].tolist() == [
+        0,
+        0,
+    ]
     pretrain = D.ViltDataset(captions, "pretrain", loader, D.DataIssues())
     batch = D.Collator(tokenizer, "pretrain")([pretrain[0]])
     assert not torch.equal(batch["pixel_values"], batch["false_pixel_values"])  # another image
+
+
+def test_randaugment_is_reproducible_and_keeps_the_background(tmp_path):
+    from PIL import Image
+
+    from vilt.train.randaugment import OPERATIONS, RandAugment
+
+    image = Image.new("RGB", (32, 32), (250, 240, 240))
+    image.paste((0, 0, 255), (8, 8, 24, 24))
+    geometric = RandAugment(m=9, operations=["Rotate", "TranslateXabs", "TranslateYabs", "ShearX"])
+    first, again = geometric(image, random.Random(3)), geometric(image, random.Random(3))
+    assert first.tobytes() == again.tobytes()
+    assert (0, 0, 0) not in {c for _, c in first.getcolors(32 * 32)}  # uncovered areas take the border colour
+    every = RandAugment()
+    assert every.operations == list(OPERATIONS) and len(OPERATIONS) == 14
+    with pytest.raises(ValueError, match="unknown RandAugment operations"):
+        RandAugment(operations=["Invert"])
+
+
+def test_augmented_images_are_redrawn_each_epoch(tmp_path):
+    from vilt.train.randaugment import RandAugment
+
+    path = write_image(tmp_path / "a.png", "red")
+    loader = D.ImageLoader(ViltImageProcessor(size=32, size_divisor=8), cache=True, augment=RandAugment())
+    dataset = D.ViltDataset(
+        [D.Example((path,), "a red square", group="a")], "pretrain", loader, D.DataIssues()
+    )
+    dataset.examples.append(D.Example((write_image(tmp_path / "b.png", "blue"),), "a blue square", group="b"))
+    first = dataset[0].images[0]
+    assert torch.equal(first, dataset[0].images[0])  # the same epoch and index: the same augmentation
+    dataset.set_epoch(1)
+    assert not torch.equal(first, dataset[0].images[0])

@@ -14,20 +14,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_toy import TINY_FLAGS, tiny_config, write_colour_vqa, write_image
 
 from vilt.cli import main
 from vilt.heads import ViltForQuestionAnswering
 from vilt.train.cli import load_config_file
 from vilt.train.loop import TrainArgs, args_from_dict, build_optimizer, linear_schedule
 
-from train_toy import TINY_FLAGS, tiny_config, write_colour_vqa, write_image
-
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def _losses(output_dir: Path, split: str = "train", metric: str = "loss") -> dict[int, float]:
     with open(output_dir / "log.csv", newline="") as fh:
-        return {int(r["step"]): float(r["value"]) for r in csv.DictReader(fh) if r["split"] == split and r["metric"] == metric}
+        return {
+            int(r["step"]): float(r["value"])
+            for r in csv.DictReader(fh)
+            if r["split"] == split and r["metric"] == metric
+        }
 
 
 def _toy_flags(root: Path, output: Path, *extra: str) -> list[str]:
@@ -67,7 +70,11 @@ def test_optimizer_groups_follow_the_original_recipe():
 @pytest.mark.parametrize("suffix", [".yaml", ".toml"])
 def test_config_file_options_and_flags(tmp_path, suffix):
     path = tmp_path / f"c{suffix}"
-    path.write_text("batch-size: 7\nlr: 0.001\ntask: nlvr2\n" if suffix == ".yaml" else 'batch_size = 7\nlr = 0.001\ntask = "nlvr2"\n')
+    path.write_text(
+        "batch-size: 7\nlr: 0.001\ntask: nlvr2\n"
+        if suffix == ".yaml"
+        else 'batch_size = 7\nlr = 0.001\ntask = "nlvr2"\n'
+    )
     assert load_config_file(str(path)) == {"batch_size": 7, "lr": 0.001, "task": "nlvr2"}
     from vilt.cli import build_parser
     from vilt.train.cli import _collect
@@ -89,13 +96,17 @@ def test_every_option_has_help():
 
 def test_train_then_evaluate_through_the_cli(tmp_path, capsys):
     out = tmp_path / "run"
-    flags = _toy_flags(tmp_path, out, "--epochs", "6", "--batch-size", "8", "--lr", "2e-3", "--log-every", "1")
+    flags = _toy_flags(
+        tmp_path, out, "--epochs", "6", "--batch-size", "8", "--lr", "2e-3", "--log-every", "1"
+    )
     assert main(flags) == 0
     best = json.loads(capsys.readouterr().out)["best_val"]
     assert {"accuracy", "vqa_score", "step"} <= set(best)
     losses = list(_losses(out).values())
     assert losses[-1] < losses[0]
-    assert (out / "best" / "model.safetensors").exists() and (out / "best" / "preprocessor_config.json").exists()
+    assert (out / "best" / "model.safetensors").exists() and (
+        out / "best" / "preprocessor_config.json"
+    ).exists()
     assert "training finished" in (out / "train.log").read_text()
     metrics_file = tmp_path / "m.json"
     code = main(["evaluate", "--model", str(out / "best"), "--dataset", "jsonl", "--train-data", str(tmp_path / "train.jsonl"),
@@ -148,7 +159,9 @@ def test_resume_after_kill_9_is_exact(tmp_path):
     """Pretraining draws masks and ITM negatives from the RNG, so resuming must restore it exactly."""
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(_pretrain_command(tmp_path, full), check=True, env=ENV, capture_output=True)
-    proc = subprocess.Popen(_pretrain_command(tmp_path, killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _pretrain_command(tmp_path, killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     while not (killed / "last.pt").exists() and proc.poll() is None:
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
@@ -168,9 +181,23 @@ def test_resume_after_kill_9_is_exact(tmp_path):
 def test_torchrun_two_processes_match_one_process(tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     flags = _toy_flags(tmp_path, single, "--epochs", "2", "--no-bf16", "--log-every", "1")
-    subprocess.run([sys.executable, "-m", "vilt.cli", *flags, "--batch-size", "8"], check=True, env=ENV, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "vilt.cli", *flags, "--batch-size", "8"],
+        check=True,
+        env=ENV,
+        capture_output=True,
+    )
     flags[flags.index(str(single))] = str(double)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vilt.cli"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "vilt.cli",
+    ]
     result = subprocess.run([*torchrun, *flags, "--batch-size", "4"], env=ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = _losses(single), _losses(double)

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from train_toy import tiny_config
 
-from vilt.heads import ViltForImageAndTextRetrieval, ViltForImagesAndTextClassification, ViltForQuestionAnswering
+from vilt.heads import (
+    ViltForImageAndTextRetrieval,
+    ViltForImagesAndTextClassification,
+    ViltForQuestionAnswering,
+)
 from vilt.processing import ViltProcessor
 from vilt.train.objectives import (
     MaskingSpec,
@@ -15,8 +20,6 @@ from vilt.train.objectives import (
     mask_whole_words,
     pretraining_inputs,
 )
-
-from train_toy import tiny_config
 
 STEPS = 60
 
@@ -76,7 +79,9 @@ def test_retrieval_group_loss_falls(tokenizer):
     texts = [captions[(i + j) % 4] for i in range(4) for j in range(4)]
     pixels = _images(4).repeat_interleave(4, dim=0)  # (16, C, H, W)
     text = _text(tokenizer, texts)
-    first, last = _fit(model, lambda m: m(**text, pixel_values=pixels, labels=torch.zeros(4, dtype=torch.long)).loss)
+    first, last = _fit(
+        model, lambda m: m(**text, pixel_values=pixels, labels=torch.zeros(4, dtype=torch.long)).loss
+    )
     assert last < 0.5 * first
 
 
@@ -108,7 +113,9 @@ def test_whole_word_masking_masks_whole_words(tokenizer):
     texts = ["the giraffe stands beside a tremendously tall tree"] * 200
     enc = _text(tokenizer, texts)
     words = tokenizer.convert_ids_to_tokens(enc["input_ids"][0].tolist())
-    masked, labels = mask_whole_words(enc["input_ids"], enc["attention_mask"], spec, generator=torch.Generator().manual_seed(0))
+    masked, labels = mask_whole_words(
+        enc["input_ids"], enc["attention_mask"], spec, generator=torch.Generator().manual_seed(0)
+    )
     chosen = labels != -100  # (200, Lt)
     real = len(words) - 2
     assert (chosen.sum(1) >= 1).all() and (chosen.sum(1) <= round(0.15 * real)).all()

@@ -87,14 +87,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "explain",
         parents=[common],
         help="draw where the model looks for each word",
-        description="Draw, for each word of the text, a heatmap of where in the image the model looks "
-        "(word-patch alignment by IPOT as in the original ViLT demo, or attention rollout). Needs matplotlib.",
+        description="Draw, for each word of the text, a heatmap of where in the image the model looks: "
+        "attention rollout, or word-patch alignment by IPOT as in the original ViLT demo. Needs matplotlib.",
         epilog='example: vilt explain shape.png -q "what color is the circle?" -o heat.png',
     )
     explain.add_argument("image", metavar="IMAGE", help="image file")
     explain.add_argument("-q", "--text", "--question", dest="text", required=True, help="the text to explain")
     explain.add_argument("-o", "--output", required=True, help="where to save the picture (.png, .jpg, .pdf)")
-    explain.add_argument("--method", choices=["ipot", "rollout"], default="ipot", help="default ipot")
+    explain.add_argument(
+        "--method",
+        choices=["rollout", "ipot"],
+        default="rollout",
+        help="rollout (default; any model) or ipot (models pretrained with word-patch alignment)",
+    )
     explain.set_defaults(handler=run_explain)
 
     demo = subparsers.add_parser(

@@ -1,6 +1,6 @@
 """Where the model looks: per-word heatmaps over the image.
 
-``explain(model, processor, image, text, method="ipot") -> Explanation`` runs the model once on the
+``explain(model, processor, image, text, method="rollout") -> Explanation`` runs the model once on the
 image and text and scores, for every word of the text, every image patch:
 
 * ``"ipot"``: word-patch alignment, as in the original ViLT demo (paper section 4.7). The cost between a
@@ -12,6 +12,14 @@ image and text and scores, for every word of the text, every image patch:
 * ``"rollout"``: attention rollout (Abnar and Zuidema, 2020): the head-averaged attention of each layer,
   mixed half and half with the identity for the residual path and renormalised, multiplied through the
   layers; a token's heat on a patch is its rollout weight on that patch.
+
+Which to use: IPOT aligns words with patches only in models trained to do so, i.e. pretrained with the
+word-patch alignment loss (``dandelin/vilt-b32-mlm`` and the models fine-tuned from it, or ``vilt train
+--task pretrain``). A model trained on a task alone, such as the bundled easy-VQA model, has no such
+alignment, and its IPOT maps miss the shape; rollout follows the attention of any model and finds it
+(``examples/eval_explain.py``, report in ``results/explain_eval.json``). Rollout maps of a question are
+much alike from word to word: they show where the model looks while reading the question. Hence the
+default ``method="rollout"``.
 
 A word made of several word pieces gets the mean heat of its pieces. Patch scores go onto the patch grid
 through the model's ``patch_index`` output and are scaled to [0, 1] per word: IPOT heat as in the demo
@@ -144,7 +152,7 @@ def _token_patch_scores(out: Any, text_length: int, method: str) -> torch.Tensor
     return rollout[first:last, text_length + 1 :][:, valid]  # (m, n)
 
 
-def explain(model: Any, processor: Any, image: Any, text: str, method: str = "ipot") -> Explanation:
+def explain(model: Any, processor: Any, image: Any, text: str, method: str = "rollout") -> Explanation:
     """Per-word heatmaps of where ``model`` looks in ``image`` while reading ``text``.
 
     Args:
@@ -152,7 +160,8 @@ def explain(model: Any, processor: Any, image: Any, text: str, method: str = "ip
         processor: the model's :class:`vilt.ViltProcessor`.
         image: a path, bytes, PIL image or array.
         text: the text (a question, a caption...).
-        method: "ipot" (word-patch alignment, as the original demo) or "rollout" (attention rollout).
+        method: "rollout" (attention rollout) or "ipot" (word-patch alignment, as the original demo; for
+            models pretrained with the word-patch alignment loss).
 
     Returns:
         An :class:`Explanation`.

@@ -507,7 +507,8 @@ class ViltEncoder(nn.Module):
         output_attentions: bool,
         output_hidden_states: bool,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
-        if self.packed is not None and self.packed.applies(head_mask, output_attentions):
+        packed = self.packed is not None and not torch.compiler.is_exporting()  # packed kernels don't trace
+        if packed and self.packed.applies(head_mask, output_attentions):
             x, packed_hidden_states = self.packed(x, mask, output_hidden_states)
             return x, packed_hidden_states, None
         hidden_states: list[torch.Tensor] = []

@@ -4,9 +4,9 @@ Each encoder layer runs as seven calls: LayerNorm, one fused query/key/value pro
 output projection with the residual add, LayerNorm, the MLP up-projection with its activation, and the
 MLP down-projection with the residual add. On CPU builds with oneDNN the Linear weights are prepacked
 once into oneDNN's blocked layout, and the bias, activation and residual add are fused into the matrix
-products as oneDNN post-ops, so no bias copy and no separate elementwise pass remains (on this 2-core
-AMX CPU, the bfloat16 matrix products of the plain path waited on those passes). Elsewhere (CUDA,
-builds without oneDNN, float16) the same seven steps run with ``F.linear`` on the concatenated weights.
+products as oneDNN post-ops, so no bias copy and no separate elementwise pass remains. Elsewhere
+(CUDA, builds without oneDNN, float16) the same seven steps run with ``F.linear`` on the concatenated
+weights. ``benchmarks/RESULTS.md`` measures the gain against the plain layers and transformers.
 
 The packed weights are a cache. The parameters keep the reference's names and stay the source of truth:
 ``state_dict``, saving and training are untouched. The cache is rebuilt when a source parameter changes

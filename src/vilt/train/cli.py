@@ -77,7 +77,10 @@ def load_config_file(path: str) -> dict[str, Any]:
     if not file.exists():
         raise FileNotFoundError(f"config file {path} does not exist")
     if file.suffix == ".toml":
-        import tomllib
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib
 
         data = tomllib.loads(file.read_text(encoding="utf-8"))
     elif file.suffix in (".yaml", ".yml"):

@@ -279,7 +279,11 @@ def vqav2_answer_vocab(annotations_files: Sequence[str | os.PathLike[str]], min_
 
 def _find_image(image_root: Path, name: str, subfolder: str = "") -> str:
     """``image_root/subfolder/name`` when that folder exists, else ``image_root/name``."""
-    return str(image_root / subfolder / name if subfolder and (image_root / subfolder).is_dir() else image_root / name)
+    return str(
+        image_root / subfolder / name
+        if subfolder and (image_root / subfolder).is_dir()
+        else image_root / name
+    )
 
 
 def read_nlvr2(jsonl_file: str | os.PathLike[str], image_root: str | os.PathLike[str]) -> list[Example]:
@@ -454,9 +458,9 @@ class ImageLoader:
 
     Args:
         image_processor: a :class:`vilt.image_processing.ViltImageProcessor`.
-        cache: keep each preprocessed image in memory (only without augmentation).
-        augment: a function PIL image -> PIL image (e.g. :class:`vilt.train.randaugment.RandAugment`)
-            given a ``random.Random``; None for no augmentation.
+        cache: keep each image in memory once read: preprocessed without augmentation, decoded with it.
+        augment: a function (PIL image, ``random.Random``) -> PIL image, e.g.
+            :class:`vilt.train.randaugment.RandAugment`; None for no augmentation.
     """
 
     def __init__(
@@ -467,26 +471,29 @@ class ImageLoader:
     ) -> None:
         self.image_processor = image_processor
         self.augment = augment
-        self.cache: dict[str, torch.Tensor] | None = {} if cache and augment is None else None
+        self.cache: dict[str, Any] | None = {} if cache else None
+
+    def _process(self, image: Any) -> torch.Tensor:
+        return self.image_processor(image, do_pad=False, return_tensors="pt")["pixel_values"][0]  # (C, H, W)
 
     def load(self, path: str, rng: random.Random | None = None) -> torch.Tensor:
-        """One image as a (C, H, W) float tensor; raises OSError/ValueError when it cannot be read."""
-        if self.cache is not None and path in self.cache:
-            return self.cache[path]
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"image {path} does not exist")
-        from PIL import Image
+        """One image as a (C, H, W) float tensor, augmented when ``rng`` is given; raises OSError/ValueError
+        when it cannot be read."""
+        item = self.cache.get(path) if self.cache is not None else None
+        if item is None:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"image {path} does not exist")
+            from PIL import Image
 
-        with Image.open(path) as img:
-            image = img.convert("RGB")
-        if self.augment is not None and rng is not None:
-            image = self.augment(image, rng)
-        pixels = self.image_processor(image, do_pad=False, return_tensors="pt")["pixel_values"][
-            0
-        ]  # (C, H, W)
-        if self.cache is not None:
-            self.cache[path] = pixels
-        return pixels
+            with Image.open(path) as img:
+                item = img.convert("RGB")
+            if self.augment is None:
+                item = self._process(item)
+            if self.cache is not None:
+                self.cache[path] = item
+        if self.augment is None:
+            return item
+        return self._process(self.augment(item, rng) if rng is not None else item)
 
     def preload(self, paths: Sequence[str]) -> dict[str, str]:
         """Decode and preprocess every image once (with a progress bar).
@@ -605,7 +612,9 @@ class ViltDataset(Dataset):
                 self.issues.skip("unreadable image", f"{bad}: {failed[bad]}")
         self.examples = kept
         if not kept:
-            raise ValueError(f"no readable examples for task {self.task!r} (skipped: {self.issues.summary()})")
+            raise ValueError(
+                f"no readable examples for task {self.task!r} (skipped: {self.issues.summary()})"
+            )
 
     def _target(self, ex: Example) -> torch.Tensor | int | None:
         if self.task == "vqa":

@@ -87,6 +87,7 @@ class TrainArgs:
     num_layers: int = _opt(12, "new model: transformer layers")
     num_heads: int = _opt(12, "new model: attention heads")
     intermediate_size: int = _opt(3072, "new model: MLP width")
+    initializer_range: float = _opt(0.02, "new model: std of the normal weight init")
     shortest_edge: int = _opt(384, "new processor: resize images so their shorter side is this")
     max_text_length: int = _opt(40, "truncate texts to this many tokens")
     # --- optimisation ---
@@ -103,6 +104,8 @@ class TrainArgs:
     bf16: bool = _opt(True, "bfloat16 autocast")
     grad_checkpointing: bool = _opt(False, "recompute activations in backward to save memory")
     randaugment: bool = _opt(False, "RandAugment (N=2, M=9) on training images, as the paper's fine-tuning")
+    randaugment_magnitude: int = _opt(9, "RandAugment magnitude M, 0 to 30")
+    randaugment_ops: str = _opt("", "comma-separated RandAugment operations to draw from (default: all 14)")
     negatives: int = _opt(15, "retrieval: random negative captions per image")
     wpa: bool = _opt(True, "pretrain: add the word-patch alignment loss")
     attention: str = _opt(
@@ -265,7 +268,7 @@ def build_dataset(
     if training and args.randaugment:
         from .randaugment import RandAugment
 
-        augment = RandAugment()
+        augment = RandAugment(m=args.randaugment_magnitude, operations=_files(args.randaugment_ops) or None)
     loader = D.ImageLoader(processor.image_processor, cache=args.cache_images, augment=augment)
     dataset = D.ViltDataset(
         examples,
@@ -308,6 +311,7 @@ def build_model(args: TrainArgs, answers: list[str] | None) -> torch.nn.Module:
         num_hidden_layers=args.num_layers,
         num_attention_heads=args.num_heads,
         intermediate_size=args.intermediate_size,
+        initializer_range=args.initializer_range,
         max_position_embeddings=args.max_text_length,
         **labels,
     )
@@ -411,7 +415,12 @@ class RunLog:
             out.writeheader()
             out.writerows(rows)
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                raise ImportError(
+                    "--tensorboard needs the tensorboard package: pip install tensorboard"
+                ) from err
 
             self.writer = SummaryWriter(str(output_dir / "tensorboard"))
 
