@@ -43,11 +43,13 @@ RESULTS_FILE = Path(__file__).parent / "results" / "onnx.txt"
 
 
 def make_inputs(config: vilt.ViltConfig, batch: int) -> dict[str, torch.Tensor]:
-    """A processor-like batch: one unpadded image size, texts of 16 tokens (the last one padded to 16)."""
+    """A processor-like batch: one image size, 16 text tokens; in a batch of several, the last text is
+    8 tokens padded to 16 (a lone text has no padding, as the processor makes it)."""
     generator = torch.Generator().manual_seed(batch)
     height, width = IMAGE_SIZE
     attention_mask = torch.ones(batch, TEXT_LENGTH, dtype=torch.long)
-    attention_mask[-1, TEXT_LENGTH // 2 :] = 0
+    if batch > 1:
+        attention_mask[-1, TEXT_LENGTH // 2 :] = 0
     return {
         "input_ids": torch.randint(1000, config.vocab_size, (batch, TEXT_LENGTH), generator=generator),
         "attention_mask": attention_mask,

@@ -76,10 +76,11 @@ def run(repetitions: int = 5) -> Section:
         for name in contestants
     ]
     lines = [
-        f"## Optional speed features (forward, batch {BATCH}, {SIZE}x{SIZE})",
+        f"## 6. Optional speed features (forward, batch {BATCH}, {SIZE}x{SIZE})",
         "",
         table(
-            ["variant", "median ms", "speed vs optimized bf16", "max |logit diff| vs reference float32"], rows
+            ["variant", "median ms", "speed vs optimized bf16", "max abs logit diff vs reference float32"],
+            rows,
         ),
         "",
         f"Medians of {repetitions} alternating repetitions after one warm-up; the first calls, including "

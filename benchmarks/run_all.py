@@ -5,7 +5,8 @@ One command regenerates the whole file: ``python benchmarks/run_all.py`` (about 
 
 1. model forward (bench_forward.py), 2. end-to-end VQA on 64 photographs (bench_e2e.py),
 3. a fine-tuning step (bench_train.py), 4. retrieval scoring (bench_retrieval.py),
-5. peak memory of 2 and 3 (bench_memory.py), then a profile of where our remaining forward time goes
+5. peak memory of 2 and 3 (bench_memory.py), 6. optional speed features: torch.compile and int8
+dynamic quantization against the default fast path (bench_options.py), then a profile of where our remaining forward time goes
 (``torch.profiler``, bfloat16, batch 8, the optimized model) and a summary against the targets of
 issue 7. Timings are medians of alternating repetitions; the machine's load average is recorded at
 the start and at the end.
@@ -21,6 +22,7 @@ from pathlib import Path
 import bench_e2e
 import bench_forward
 import bench_memory
+import bench_options
 import bench_retrieval
 import bench_train
 import torch
@@ -102,6 +104,7 @@ def main() -> None:
         3: bench_train.run,
         4: bench_retrieval.run,
         5: bench_memory.run,
+        6: bench_options.run,
     }
     sections = {}
     for number, run in runs.items():
@@ -129,7 +132,7 @@ def main() -> None:
         "No GPU was available to this run; `benchmarks/gpu.sh` runs the CUDA comparison where one is.",
         "",
         "Commands (each also runs alone): `python benchmarks/bench_forward.py`, `bench_e2e.py`, "
-        "`bench_train.py`, `bench_retrieval.py`, `bench_memory.py`; `bash benchmarks/gpu.sh` on a GPU.",
+        "`bench_train.py`, `bench_retrieval.py`, `bench_memory.py`, `bench_options.py`; `bash benchmarks/gpu.sh` on a GPU.",
         "",
     ]
     body = [summary(sections)] + [sections[n].markdown for n in sorted(sections)] + [profiled.markdown]

@@ -204,3 +204,12 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     assert len(one) >= 8 and one.keys() == two.keys()
     assert list(two.values()) == pytest.approx(list(one.values()), rel=1e-5, abs=1e-6)
     assert _losses(double, "val", "accuracy") == _losses(single, "val", "accuracy")  # sharded eval, gathered
+
+
+def test_max_minutes_stops_early_with_a_final_validation(tmp_path):
+    out = tmp_path / "run"
+    assert (
+        main(_toy_flags(tmp_path, out, "--epochs", "50", "--max-minutes", "0.0001", "--log-every", "1")) == 0
+    )
+    assert list(_losses(out)) == [1] and list(_losses(out, "val", "accuracy")) == [1]
+    assert torch.load(out / "last.pt", weights_only=False)["progress"].step == 1

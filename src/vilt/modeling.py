@@ -248,6 +248,19 @@ class ViltEmbeddings(nn.Module):
         inside = (r_ok[:, :, None] & c_ok[:, None, :])[..., None]  # (B, hp, wp, 1)
         return pos * inside.to(pos.dtype)
 
+    def unpadded_position_embeddings(self, hp: int, wp: int) -> torch.Tensor:
+        """Position embeddings of an unpadded hp x wp patch grid, (1, hp * wp, D).
+
+        The trained grid itself when hp = wp = G (an align_corners resize of G to G is the identity,
+        bit for bit), else its bilinear resize computed once for the whole batch.
+        """
+        g = self.config.image_size // self.config.patch_size
+        if (hp, wp) == (g, g):
+            return self.position_embeddings[:, 1:]  # (1, N, D)
+        device = self.position_embeddings.device
+        size = torch.tensor([hp], device=device), torch.tensor([wp], device=device)
+        return self.patch_position_embeddings(*size, hp, wp).reshape(1, hp * wp, -1)  # (1, N, D)
+
     def _token_order(
         self, valid: torch.Tensor, num_tokens: int, max_image_length: int, generator: torch.Generator | None
     ) -> torch.Tensor:
@@ -301,11 +314,7 @@ class ViltEmbeddings(nn.Module):
         )  # (1, N, 2)
 
         if pixel_mask is None:  # every patch is real: one shared position grid, no selection needed
-            full = torch.tensor([hp], device=x.device)
-            pos = self.patch_position_embeddings(
-                full, torch.tensor([wp], device=x.device), hp, wp
-            )  # (1, hp, wp, D)
-            pos = pos.reshape(1, n, -1).to(x.dtype)  # (1, N, D)
+            pos = self.unpadded_position_embeddings(hp, wp).to(x.dtype)  # (1, N, D)
             valid = torch.ones(b, n, dtype=torch.bool, device=x.device)  # (B, N)
             num_tokens = n if max_image_length <= 0 else min(n, max_image_length)
             least = n
@@ -328,9 +337,12 @@ class ViltEmbeddings(nn.Module):
                     "each patch); every image needs at least one real patch. Pass the pixel_mask the "
                     "processor returns, or None when the images are not padded."
                 )
-            pos = (
-                self.patch_position_embeddings(height, width, hp, wp).reshape(b, n, -1).to(x.dtype)
-            )  # (B, N, D)
+            if least == n and not torch.compiler.is_exporting():  # no padding: one shared grid
+                pos = self.unpadded_position_embeddings(hp, wp).to(x.dtype)  # (1, N, D)
+            else:
+                pos = (
+                    self.patch_position_embeddings(height, width, hp, wp).reshape(b, n, -1).to(x.dtype)
+                )  # (B, N, D)
             num_tokens = most if max_image_length <= 0 else min(most, max_image_length)
 
         patch_index = patch_index.expand(b, n, 2)

@@ -616,7 +616,8 @@ class ViltDataset(Dataset):
                 f"no readable examples for task {self.task!r} (skipped: {self.issues.summary()})"
             )
 
-    def _target(self, ex: Example) -> torch.Tensor | int | None:
+    def target(self, ex: Example) -> torch.Tensor | int | None:
+        """The training target of ``ex`` for this task (vqa: soft scores over the answer vocabulary)."""
         if self.task == "vqa":
             scores = torch.zeros(len(self.answer_ids))
             for answer, score in ex.answer_scores.items():
@@ -650,7 +651,7 @@ class ViltDataset(Dataset):
             if self.issues.strict:
                 raise DataError(f"unreadable image: {err} (drop --strict to skip such examples)") from err
             return Skipped("unreadable image")
-        return Item(images, texts, self._target(ex), index)
+        return Item(images, texts, self.target(ex), index)
 
 
 # ----------------------------------------------------------------------------- batching

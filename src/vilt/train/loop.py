@@ -93,6 +93,7 @@ class TrainArgs:
     # --- optimisation ---
     epochs: float = _opt(10.0, "passes over the training data")
     max_steps: int = _opt(0, "stop after this many optimizer steps (0: use --epochs)")
+    max_minutes: float = _opt(0.0, "stop early once training has run this many minutes (0: no limit)")
     batch_size: int = _opt(32, "examples per micro-batch per process")
     grad_accum: int = _opt(1, "micro-batches per optimizer step")
     lr: float = _opt(1e-4, "peak learning rate")
@@ -483,47 +484,53 @@ def evaluate_model(
     loader = DataLoader(
         dataset, args.eval_batch_size, sampler=shard, collate_fn=collator, num_workers=args.num_workers
     )
-    rows: list[tuple[int, Any]] = []
-    sums: Counter[str] = Counter()
-    generator = torch.Generator().manual_seed(args.seed)  # the same masks and negatives every evaluation
-    for batch in tqdm(loader, desc="evaluating", disable=not env.main, leave=False):
-        if "input_ids" not in batch:
-            continue
-        with _autocast(env.device, args.bf16):
-            if args.task == "pretrain":
-                inputs = pretraining_inputs(batch, spec, generator)  # type: ignore[arg-type]
-                out = model(**_to(inputs, env.device))
-                n = len(batch["index"])
-                masked = inputs["mlm_labels"] != -100
-                mlm_hits = (out.mlm_logits.argmax(-1).cpu() == inputs["mlm_labels"])[masked]
-                sums.update(
-                    examples=n,
-                    loss=out.loss.item() * n,
-                    mlm_loss=out.mlm_loss.item() * n,
-                    itm_loss=out.itm_loss.item() * n,
-                    mlm_hits=mlm_hits.sum().item(),
-                    masked=masked.sum().item(),
-                    itm_hits=(out.itm_logits.argmax(-1).cpu() == inputs["itm_labels"]).sum().item(),
-                )
-                continue
-            logits = model(
-                **_to({k: v for k, v in model_inputs(args.task, batch).items() if k != "labels"}, env.device)
-            ).logits
-        rows += zip(batch["index"].tolist(), logits.argmax(-1).cpu().tolist())
+    batches = (
+        b for b in tqdm(loader, desc="evaluating", disable=not env.main, leave=False) if "input_ids" in b
+    )
     if args.task == "pretrain":
-        total = Counter()
-        for part in gather(sums, env):
-            total.update(part)
-        n = max(1, total["examples"])
-        return {
-            "loss": total["loss"] / n,
-            "mlm_loss": total["mlm_loss"] / n,
-            "itm_loss": total["itm_loss"] / n,
-            "mlm_accuracy": total["mlm_hits"] / max(1, total["masked"]),
-            "itm_accuracy": total["itm_hits"] / n,
-        }
+        return _evaluate_pretraining(model, batches, spec, args, env)  # type: ignore[arg-type]
+    rows: list[tuple[int, int]] = []
+    for batch in batches:
+        inputs = {k: v for k, v in model_inputs(args.task, batch).items() if k != "labels"}
+        with _autocast(env.device, args.bf16):
+            logits = model(**_to(inputs, env.device)).logits  # (B, num_labels)
+        rows += zip(batch["index"].tolist(), logits.argmax(-1).cpu().tolist())
     predictions = dict(row for part in gather(rows, env) for row in part)
     return _classification_metrics(args.task, dataset, predictions)
+
+
+def _evaluate_pretraining(
+    model: torch.nn.Module, batches: Iterator[dict[str, Any]], spec: MaskingSpec, args: TrainArgs, env: Dist
+) -> dict[str, float]:
+    """Pretraining losses and MLM / ITM accuracies, with masks and negatives drawn from a fixed seed."""
+    generator = torch.Generator().manual_seed(args.seed)  # the same masks and negatives every evaluation
+    sums: Counter[str] = Counter()
+    for batch in batches:
+        inputs = pretraining_inputs(batch, spec, generator)
+        with _autocast(env.device, args.bf16):
+            out = model(**_to(inputs, env.device))
+        n = len(batch["index"])
+        masked = inputs["mlm_labels"] != -100  # (B, Lt)
+        sums.update(
+            examples=n,
+            loss=out.loss.item() * n,
+            mlm_loss=out.mlm_loss.item() * n,
+            itm_loss=out.itm_loss.item() * n,
+            mlm_hits=(out.mlm_logits.argmax(-1).cpu() == inputs["mlm_labels"])[masked].sum().item(),
+            masked=masked.sum().item(),
+            itm_hits=(out.itm_logits.argmax(-1).cpu() == inputs["itm_labels"]).sum().item(),
+        )
+    total: Counter[str] = Counter()
+    for part in gather(sums, env):
+        total.update(part)
+    n = max(1, total["examples"])
+    return {
+        "loss": total["loss"] / n,
+        "mlm_loss": total["mlm_loss"] / n,
+        "itm_loss": total["itm_loss"] / n,
+        "mlm_accuracy": total["mlm_hits"] / max(1, total["masked"]),
+        "itm_accuracy": total["itm_hits"] / n,
+    }
 
 
 def _classification_metrics(
@@ -536,7 +543,7 @@ def _classification_metrics(
         return {
             "accuracy": accuracy(predicted, torch.tensor([dataset.examples[i].label for i in index.tolist()]))
         }
-    targets = torch.stack([dataset._target(dataset.examples[i]) for i in index.tolist()])  # (N, num_labels)
+    targets = torch.stack([dataset.target(dataset.examples[i]) for i in index.tolist()])  # (N, num_labels)
     metrics = {
         "accuracy": accuracy(predicted, targets.argmax(1)),
         "vqa_score": targets.gather(1, predicted[:, None]).mean().item(),
@@ -727,6 +734,13 @@ def train(args: TrainArgs) -> dict[str, float]:
             loss = _optimizer_step(model, batches, optimizer, args, env, spec, progress)
             scheduler.step()
             progress.step += 1
+            if args.max_minutes and any(gather(elapsed() > 60 * args.max_minutes, env)):
+                log.info(
+                    "stopping at step %d: the --max-minutes budget (%g) is spent",
+                    progress.step,
+                    args.max_minutes,
+                )
+                total = progress.step  # this step is the last: log, validate and save it
             losses.append(loss)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
