@@ -69,10 +69,10 @@ def make_step(name: str) -> Callable[[], float]:
     return step
 
 
-def run(repetitions: int = 5) -> Section:
+def run(repetitions: int = 3) -> Section:
     set_threads()
     steps = {name: make_step(name) for name in CONTESTANTS}
-    timings = alternate(steps, repetitions, warmup=2)
+    timings = alternate(steps, repetitions, warmup=1)
     from vilt import ViltForQuestionAnswering
 
     forward_flops = count_flops(
@@ -105,7 +105,7 @@ def run(repetitions: int = 5) -> Section:
             rows,
         ),
         "",
-        f"Medians of {repetitions} alternating steps after two warm-up steps. The forward is "
+        f"Medians of {repetitions} alternating steps after one warm-up step. The forward is "
         f"{forward_flops / BATCH / 1e9:.1f} GFLOP per example; a step counts as three forwards.",
     ]
     figures = {name + " / reference": reference_s / timings.median(name) for name in CONTESTANTS[1:]}
@@ -123,7 +123,7 @@ def run_once(name: str, steps: int = 2) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--only", choices=CONTESTANTS, help="with --once: run this contestant only")
     parser.add_argument("--once", action="store_true", help="run --only for 2 steps and print peak RSS (MiB)")
     args = parser.parse_args()

@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-import vilt
 from vilt.explain import draw, explain
+from vilt.pipelines import load_model
 
 SHAPES = ("circle", "rectangle", "triangle")
 BACKGROUND_TOLERANCE = 48  # pixel levels; anti-aliased edges within it count as background
@@ -57,7 +57,7 @@ def evaluate(
     Args:
         num_images: how many test images (those with a shape question, by id).
         methods: the explain methods to score.
-        model: an easy-VQA model directory; None = the bundled model.
+        model: a directory of a model trained on easy-VQA (any head); None = the bundled model.
         picture: where to draw the first image's explanation (one file per method), or None.
 
     Returns:
@@ -65,7 +65,7 @@ def evaluate(
     """
     import easy_vqa
 
-    vqa = vilt.pipeline("visual-question-answering", model=model, dtype="float32")
+    vilt_model, processor = load_model(model, dtype="float32")
     paths = easy_vqa.get_test_image_paths()
     shapes = true_shapes()
     chosen = sorted(shapes)[:num_images]
@@ -75,7 +75,7 @@ def evaluate(
         for image_id in tqdm(chosen, desc=method, unit="image"):
             image = Image.open(paths[image_id]).convert("RGB")
             question = f"what is the color of the {shapes[image_id]}?"
-            explanation = explain(vqa.model, vqa.processor, image, question, method=method)
+            explanation = explain(vilt_model, processor, image, question, method=method)
             heat = explanation.heatmap(shapes[image_id])  # (H, W)
             mask = shape_mask(image)
             inside.append(float(heat[mask].mean()))
@@ -98,7 +98,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100, help="test images (default 100)")
     parser.add_argument("--methods", nargs="+", default=["ipot", "rollout"], choices=["ipot", "rollout"])
-    parser.add_argument("--model", default=None, help="easy-VQA model directory (default: the bundled model)")
+    parser.add_argument(
+        "--model", default=None, help="model trained on easy-VQA (default: the bundled model)"
+    )
     parser.add_argument("--output", type=Path, default=Path("results/explain_eval.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

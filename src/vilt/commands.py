@@ -98,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--method",
         choices=["rollout", "ipot"],
         default="rollout",
-        help="rollout (default; any model) or ipot (models pretrained with word-patch alignment)",
+        help="rollout (default) or ipot (word-patch alignment, as the original ViLT demo)",
     )
     explain.set_defaults(handler=run_explain)
 

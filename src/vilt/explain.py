@@ -13,13 +13,12 @@ image and text and scores, for every word of the text, every image patch:
   mixed half and half with the identity for the residual path and renormalised, multiplied through the
   layers; a token's heat on a patch is its rollout weight on that patch.
 
-Which to use: IPOT aligns words with patches only in models trained to do so, i.e. pretrained with the
-word-patch alignment loss (``dandelin/vilt-b32-mlm`` and the models fine-tuned from it, or ``vilt train
---task pretrain``). A model trained on a task alone, such as the bundled easy-VQA model, has no such
-alignment, and its IPOT maps miss the shape; rollout follows the attention of any model and finds it
-(``examples/eval_explain.py``, report in ``results/explain_eval.json``). Rollout maps of a question are
-much alike from word to word: they show where the model looks while reading the question. Hence the
-default ``method="rollout"``.
+Which to use: IPOT is word-specific, but its maps are only as good as the alignment between word and
+patch features that training left; the original demo used the model pretrained on 4M image-caption pairs
+with the word-patch alignment loss. On the bundled easy-VQA model, trained on VQA alone, IPOT maps of
+the word naming the shape mostly miss the shape, while rollout finds it (``examples/eval_explain.py``,
+report in ``results/explain_eval.json``). Rollout maps of a question are much alike from word to word:
+they show where the model looks while reading the question. Hence the default ``method="rollout"``.
 
 A word made of several word pieces gets the mean heat of its pieces. Patch scores go onto the patch grid
 through the model's ``patch_index`` output and are scaled to [0, 1] per word: IPOT heat as in the demo
@@ -160,8 +159,7 @@ def explain(model: Any, processor: Any, image: Any, text: str, method: str = "ro
         processor: the model's :class:`vilt.ViltProcessor`.
         image: a path, bytes, PIL image or array.
         text: the text (a question, a caption...).
-        method: "rollout" (attention rollout) or "ipot" (word-patch alignment, as the original demo; for
-            models pretrained with the word-patch alignment loss).
+        method: "rollout" (attention rollout) or "ipot" (word-patch alignment, as the original demo).
 
     Returns:
         An :class:`Explanation`.
