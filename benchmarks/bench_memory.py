@@ -1,7 +1,7 @@
 """Benchmark 5: peak memory of the end-to-end VQA run (2) and of the fine-tuning step (3).
 
 Each contestant runs alone in a fresh Python process (``bench_e2e.py --only NAME --once`` answers the
-64 photographs once; ``bench_train.py --only NAME --once`` takes two training steps) and reports its
+64 photographs once; ``bench_train.py --only NAME --once`` takes one training step, optimizer state included) and reports its
 peak resident set size (``getrusage(RUSAGE_SELF).ru_maxrss``), which counts what PyTorch allocates
 (``tracemalloc`` would not). Everything is included: interpreter, imports, model and activations.
 

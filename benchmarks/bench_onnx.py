@@ -11,7 +11,8 @@ Four ways to run it:
 * onnxruntime float32 and int8 (dynamic quantization), both written by ``vilt.export.export_onnx`` and
   run through ``vilt.export.OnnxModel`` (input checks and numpy conversion included).
 
-All four use the same number of threads. They run alternately for several repetitions after a warm-up;
+All four use the same number of threads (onnxruntime's without spin-waiting, which would take the cores
+from the PyTorch runs that alternate with it). They run alternately for several repetitions after a warm-up;
 medians give throughput in examples per second. Outputs are compared with PyTorch float32. The report is
 printed and written to ``benchmarks/results/onnx.txt``. Run as ``python benchmarks/bench_onnx.py``.
 """
@@ -71,6 +72,8 @@ def torch_runner(model: torch.nn.Module, dtype: torch.dtype) -> Callable[[dict],
 def onnx_runner(directory: Path) -> Callable[[dict], torch.Tensor]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
+    # idle onnxruntime threads would otherwise spin on the shared cores while PyTorch's turn runs
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     model = OnnxModel.from_pretrained(directory, session_options=options)
     return lambda inputs: model(**inputs).logits
 

@@ -112,7 +112,7 @@ def run(repetitions: int = 3) -> Section:
     return Section("\n".join(lines) + "\n", figures)
 
 
-def run_once(name: str, steps: int = 2) -> float:
+def run_once(name: str, steps: int = 1) -> float:
     """A few training steps of one contestant in this process; peak resident memory in MiB."""
     set_threads()
     step = make_step(name)
@@ -125,7 +125,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--only", choices=CONTESTANTS, help="with --once: run this contestant only")
-    parser.add_argument("--once", action="store_true", help="run --only for 2 steps and print peak RSS (MiB)")
+    parser.add_argument(
+        "--once", action="store_true", help="run --only for one step and print peak RSS (MiB)"
+    )
     args = parser.parse_args()
     if args.once:
         if args.only is None:

@@ -1,7 +1,7 @@
 """Run every benchmark side by side with transformers and write benchmarks/RESULTS.md.
 
-One command regenerates the whole file: ``python benchmarks/run_all.py`` (about 15 minutes on a quiet
-2-core CPU; ``--quick`` halves the forward repetitions). The sections:
+One command regenerates the whole file: ``python benchmarks/run_all.py`` (``--quick``: fewer repetitions;
+``--parallel``: section 1 beside the others, for a machine too busy to run them in turn). The sections:
 
 1. model forward (bench_forward.py), 2. end-to-end VQA on 64 photographs (bench_e2e.py),
 3. a fine-tuning step (bench_train.py), 4. retrieval scoring (bench_retrieval.py),
@@ -15,8 +15,10 @@ the start and at the end.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import bench_e2e
@@ -79,6 +81,30 @@ def profile_section() -> Section:
     return Section("\n".join(lines) + "\n", {})
 
 
+def run_section(number: int, quick: bool) -> Section:
+    """Benchmark section ``number``; ``quick`` takes fewer repetitions."""
+    if number == 1:
+        return bench_forward.run(quick)
+    if number == 2:
+        return bench_e2e.run(2 if quick else 3)
+    if number == 3:
+        return bench_train.run(2 if quick else 3)
+    if number == 4:
+        return bench_retrieval.run(repetitions=2 if quick else 3)
+    if number == 5:
+        return bench_memory.run()
+    return bench_options.run(3 if quick else 5)
+
+
+def run_sections(numbers: list[int], quick: bool) -> dict[int, Section]:
+    sections = {}
+    for number in numbers:
+        print(f"--- section {number}", flush=True)
+        sections[number] = run_section(number, quick)
+        print(sections[number].markdown, flush=True)
+    return sections
+
+
 def summary(sections: dict[int, Section]) -> str:
     rows = []
     for what, number, figure, floor in TARGETS:
@@ -94,26 +120,27 @@ def summary(sections: dict[int, Section]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="half the forward repetitions")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (batch 32: one)")
+    parser.add_argument(
+        "--parallel",
+        action="store_true",
+        help="run section 1 beside sections 2-6 (two processes; for a busy machine)",
+    )
     args = parser.parse_args()
     started = time.time()
     info_before = machine_info()
-    runs = {
-        1: lambda: bench_forward.run(args.quick),
-        2: bench_e2e.run,
-        3: bench_train.run,
-        4: bench_retrieval.run,
-        5: bench_memory.run,
-        6: bench_options.run,
-    }
-    sections = {}
-    for number, run in runs.items():
-        print(f"--- section {number}", flush=True)
-        sections[number] = run()
-        print(sections[number].markdown, flush=True)
+    if args.parallel:  # section 1 in one process, the others in a second one, at the same time
+        with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = [
+                pool.submit(run_sections, [1], args.quick),
+                pool.submit(run_sections, [2, 3, 4, 5, 6], args.quick),
+            ]
+            sections = {number: section for job in jobs for number, section in job.result().items()}
+    else:
+        sections = run_sections([1, 2, 3, 4, 5, 6], args.quick)
     profiled = profile_section()
     info_after = machine_info()
-    command = "python benchmarks/run_all.py" + (" --quick" if args.quick else "")
+    command = " ".join(["python benchmarks/run_all.py"] + sys.argv[1:])
     header = [
         "# Benchmarks: vilt against transformers, side by side",
         "",
@@ -123,7 +150,14 @@ def main() -> None:
         "Each case runs ours and the reference (`transformers`) in one process, on the same weights (a "
         "random-weight ViLT-B/32 saved by transformers and loaded by both) and the same inputs, alternating "
         "within every repetition; figures are medians. The machine is shared, so the load average is "
-        "recorded; ratios are more stable than absolute times.",
+        "recorded; ratios are more stable than absolute times."
+        + (
+            " With `--parallel`, section 1 ran at the same time as sections 2-6 (two processes), so "
+            "absolute times include that contention too; each ratio still compares contestants that "
+            "alternated under the same load."
+            if args.parallel
+            else ""
+        ),
         "",
         table(["", "value"], [[k, v] for k, v in info_before.items() if "load" not in k])
         + f"\n| load average at start | {info_before['load average (1, 5, 15 min)']} |"

@@ -13,6 +13,7 @@ It prints one line per method and writes the report (JSON) and, for the first im
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 from collections import Counter
@@ -23,8 +24,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from vilt.checkpoint import find_weight_files
 from vilt.explain import draw, explain
-from vilt.pipelines import load_model
+from vilt.pipelines import BUNDLED_MODEL, load_model
 
 SHAPES = ("circle", "rectangle", "triangle")
 BACKGROUND_TOLERANCE = 48  # pixel levels; anti-aliased edges within it count as background
@@ -44,6 +46,14 @@ def true_shapes() -> dict[int, str]:
 
     _, answers, image_ids = easy_vqa.get_test_questions()
     return {image_id: answer for answer, image_id in zip(answers, image_ids) if answer in SHAPES}
+
+
+def weights_digest(model: str | None) -> str:
+    """SHA-256 of the model's weight file(s)."""
+    digest = hashlib.sha256()
+    for file in find_weight_files(str(BUNDLED_MODEL) if model is None else model):
+        digest.update(Path(file).read_bytes())
+    return digest.hexdigest()
 
 
 def evaluate(
@@ -69,7 +79,11 @@ def evaluate(
     paths = easy_vqa.get_test_image_paths()
     shapes = true_shapes()
     chosen = sorted(shapes)[:num_images]
-    report: dict[str, Any] = {"model": model or "bundled", "question": "what is the color of the <shape>?"}
+    report: dict[str, Any] = {
+        "model": model or "bundled",
+        "weights_sha256": weights_digest(model),  # which version of the model was measured
+        "question": "what is the color of the <shape>?",
+    }
     for method in methods:
         inside, outside = [], []
         for image_id in tqdm(chosen, desc=method, unit="image"):

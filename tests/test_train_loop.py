@@ -213,3 +213,67 @@ def test_max_minutes_stops_early_with_a_final_validation(tmp_path):
     )
     assert list(_losses(out)) == [1] and list(_losses(out, "val", "accuracy")) == [1]
     assert torch.load(out / "last.pt", weights_only=False)["progress"].step == 1
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_nlvr2_and_retrieval_train_and_evaluate(tmp_path, capsys):
+    colours = ["red", "green", "blue"] * 4
+    images = [write_image(tmp_path / "img" / f"{i}.png", c) for i, c in enumerate(colours)]
+    pairs = [
+        {
+            "images": [images[i], images[(i + 1) % 12]],
+            "text": f"both are {colours[i]}",
+            "label": int(colours[i] == colours[(i + 1) % 12]),
+        }
+        for i in range(12)
+    ] * 2
+    nlvr2 = _write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    common = [
+        "--dataset",
+        "jsonl",
+        "--val-fraction",
+        "0.25",
+        *TINY_FLAGS,
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+    ]
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "nlvr2",
+                "--train-data",
+                str(nlvr2),
+                "--output-dir",
+                str(tmp_path / "n"),
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert "accuracy" in json.loads(capsys.readouterr().out)["best_val"]
+    captions = _write_jsonl(
+        tmp_path / "captions.jsonl", [{"image": p, "text": f"a {c} square"} for p, c in zip(images, colours)]
+    )
+    flags = [
+        "train",
+        "--task",
+        "retrieval",
+        "--train-data",
+        str(captions),
+        "--negatives",
+        "3",
+        "--output-dir",
+        str(tmp_path / "r"),
+    ]
+    assert main([*flags, *common]) == 0
+    best = json.loads(capsys.readouterr().out)["best_val"]
+    assert {"tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10"} <= set(best)
+    assert best["ir_r10"] == 1.0  # 3 validation images: every image is in every text's top 10

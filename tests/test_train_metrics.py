@@ -86,3 +86,23 @@ def test_recall_at_k_by_hand():
     # text 2 -> best image 0 (miss), 2nd image 1 (hit); text 3 -> best image 1 (miss), 2nd image 0 (miss)
     assert out["ir_r1"] == pytest.approx(1 / 4)
     assert out["ir_r2"] == pytest.approx(2 / 4)
+
+
+def test_retrieval_scores_embed_each_image_once_and_match_full_passes():
+    from train_toy import tiny_config
+
+    from vilt.heads import ViltForImageAndTextRetrieval
+    from vilt.processing import ViltProcessor
+    from vilt.train.metrics import retrieval_scores
+
+    torch.manual_seed(0)
+    model = ViltForImageAndTextRetrieval(tiny_config(initializer_range=0.2)).eval()
+    pixels = [torch.randn(3, 32, 32) for _ in range(3)]
+    texts = ["a red square", "a dog", "two blue cats on a sofa", "nothing"]
+    text = dict(ViltProcessor().tokenizer(texts, padding="longest", return_tensors="pt"))
+    scores = retrieval_scores(model, pixels, text, batch_size=3, progress=False)  # (3, 4)
+    assert scores.shape == (3, 4)
+    with torch.no_grad():
+        for i, pv in enumerate(pixels):
+            direct = model(**text, pixel_values=pv[None].expand(4, -1, -1, -1)).logits[:, 0]
+            torch.testing.assert_close(scores[i], direct, rtol=1e-4, atol=1e-5)

@@ -649,7 +649,7 @@ class ViltDataset(Dataset):
             images = [self.images.load(p, rng) for p in paths]
         except (OSError, ValueError) as err:
             if self.issues.strict:
-                raise DataError(f"unreadable image: {err} (drop --strict to skip such examples)") from err
+                self.issues.skip("unreadable image", str(err))  # raises DataError
             return Skipped("unreadable image")
         return Item(images, texts, self.target(ex), index)
 

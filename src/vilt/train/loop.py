@@ -564,19 +564,22 @@ def _evaluate_retrieval(
     model: torch.nn.Module, dataset: D.ViltDataset, collator: D.Collator, args: TrainArgs, env: Dist
 ) -> dict[str, float]:
     """Recall@K: every image scored against every text; images are split over the processes."""
-    groups = list(dict.fromkeys(ex.group for ex in dataset.examples))
-    first_example = {g: i for i, ex in reversed(list(enumerate(dataset.examples))) for g in [ex.group]}
-    text_image = torch.tensor([groups.index(ex.group) for ex in dataset.examples])  # (N_txt,)
+    image_of_group: dict[str, str] = {}  # each image once, in order of appearance
+    for ex in dataset.examples:
+        image_of_group.setdefault(ex.group, ex.images[0])
+    group_index = {g: i for i, g in enumerate(image_of_group)}
+    text_image = torch.tensor([group_index[ex.group] for ex in dataset.examples])  # (N_txt,)
     texts = collator.tokenizer(
         [ex.text for ex in dataset.examples], padding="longest", truncation=True,
         max_length=args.max_text_length, return_tensors="pt",
     )  # fmt: skip
-    mine = list(range(env.rank, len(groups), env.world))
-    pixels = [dataset.images.load(dataset.examples[first_example[groups[g]]].images[0]) for g in mine]
+    mine = list(range(env.rank, len(group_index), env.world))
+    paths = list(image_of_group.values())
+    pixels = [dataset.images.load(paths[i]) for i in mine]
     with _autocast(env.device, args.bf16):
         scores = retrieval_scores(model, pixels, dict(texts), args.eval_batch_size, progress=env.main)
-    rows = {g: row for part in gather(list(zip(mine, scores)), env) for g, row in part}
-    return recall_at_k(torch.stack([rows[g] for g in range(len(groups))]), text_image)
+    rows = {i: row for part in gather(list(zip(mine, scores)), env) for i, row in part}
+    return recall_at_k(torch.stack([rows[i] for i in range(len(paths))]), text_image)  # (N_img, N_txt) scores
 
 
 def selection_metric(task: str, metrics: dict[str, float]) -> float:

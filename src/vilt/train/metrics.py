@@ -98,9 +98,7 @@ def retrieval_scores(
     device = model.device
     rows = []
     for pixels in tqdm(pixel_values, desc="retrieval", disable=not progress, leave=False):
-        image = model.vilt.embeddings.visual_embed(
-            pixels[None].to(device), torch.ones_like(pixels[0:1, :, :]).long().to(device)
-        )
+        image = model.vilt.embeddings.visual_embed(pixels[None].to(device), None)  # every pixel is real
         row = []
         for start in range(0, len(text_inputs["input_ids"]), batch_size):
             text = {k: v[start : start + batch_size].to(device) for k, v in text_inputs.items()}
