@@ -6,9 +6,9 @@ One command regenerates the whole file: ``python benchmarks/run_all.py`` (``--qu
 1. model forward (bench_forward.py), 2. end-to-end VQA on 64 photographs (bench_e2e.py),
 3. a fine-tuning step (bench_train.py), 4. retrieval scoring (bench_retrieval.py),
 5. peak memory of 2 and 3 (bench_memory.py), 6. optional speed features: torch.compile and int8
-dynamic quantization against the default fast path (bench_options.py), then a profile of where our remaining forward time goes
-(``torch.profiler``, bfloat16, batch 8, the optimized model) and a summary against the targets of
-issue 7. Timings are medians of alternating repetitions; the machine's load average is recorded at
+dynamic quantization against the default fast path (bench_options.py), then a profile of where our
+remaining forward time goes (``torch.profiler``, bfloat16, batch 8, the optimized model) and a summary
+against the targets of issue 7. Timings are medians of alternating repetitions; the machine's load average is recorded at
 the start and at the end.
 """
 

@@ -19,7 +19,13 @@ EVALUATE_OPTIONS = (
 )  # fmt: skip
 
 
-def _add_options(parser: argparse.ArgumentParser, names: tuple[str, ...] | None) -> None:
+# `vilt evaluate` defaults that differ from training: evaluate in float32
+EVALUATE_DEFAULTS: dict[str, Any] = {"bf16": False}
+
+
+def _add_options(
+    parser: argparse.ArgumentParser, names: tuple[str, ...] | None, defaults: dict[str, Any]
+) -> None:
     """One flag per TrainArgs field (``--batch-size``...), default shown, value SUPPRESSed if not given."""
     from dataclasses import MISSING, fields
 
@@ -29,7 +35,7 @@ def _add_options(parser: argparse.ArgumentParser, names: tuple[str, ...] | None)
         if names is not None and f.name not in names or f.name == "init":
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else None
+        default = defaults.get(f.name, f.default if f.default is not MISSING else None)
         help_text = f"{f.metadata['help']} (default: {default})"
         if isinstance(default, bool):
             parser.add_argument(
@@ -56,7 +62,7 @@ def register(subparsers: Any) -> None:
         default=argparse.SUPPRESS,
         help="start from this model directory or hub id (default: a new model)",
     )
-    _add_options(train, None)
+    _add_options(train, None, {})
     train.set_defaults(handler=_train)
     evaluate = subparsers.add_parser(
         "evaluate",
@@ -67,7 +73,7 @@ def register(subparsers: Any) -> None:
     evaluate.add_argument(
         "--model", dest="init", default=argparse.SUPPRESS, required=True, help="model directory or hub id"
     )
-    _add_options(evaluate, EVALUATE_OPTIONS)
+    _add_options(evaluate, EVALUATE_OPTIONS, EVALUATE_DEFAULTS)
     evaluate.set_defaults(handler=_evaluate)
 
 
@@ -121,6 +127,6 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .loop import evaluate
 
-    metrics = evaluate(_collect(args, {"bf16": False}))
+    metrics = evaluate(_collect(args, EVALUATE_DEFAULTS))
     print(json.dumps(metrics, indent=2))
     return 0
