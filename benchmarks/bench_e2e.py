@@ -23,13 +23,12 @@ Run: ``python benchmarks/bench_e2e.py [--repetitions N]``.
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 from collections.abc import Callable
 
 import torch
 from bench_preprocess import make_paths
-from common import Section, alternate, machine_info, model_dir, set_threads, table
+from common import Section, alternate, machine_info, model_dir, peak_rss_mib, set_threads, table
 
 QUESTIONS = (
     "what is in the picture?",
@@ -176,7 +175,7 @@ def run_once(name: str) -> float:
     with tempfile.TemporaryDirectory() as folder:
         paths = make_paths(folder)
         RUNNERS[name](directory)(paths, questions_for(paths))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mib()
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Each contestant runs alone in a fresh Python process (``bench_e2e.py --only NAME --once`` answers the
 64 photographs once; ``bench_train.py --only NAME --once`` takes one training step, optimizer state included) and reports its
-peak resident set size (``getrusage(RUSAGE_SELF).ru_maxrss``), which counts what PyTorch allocates
+peak resident set size (``common.peak_rss_mib``: VmHWM), which counts what PyTorch allocates
 (``tracemalloc`` would not). Everything is included: interpreter, imports, model and activations.
 
 Run: ``python benchmarks/bench_memory.py``.
@@ -23,7 +23,7 @@ CASES = (
 )
 
 
-def peak_rss_mib(script: str, contestant: str) -> float:
+def child_peak_rss_mib(script: str, contestant: str) -> float:
     """Run one contestant in a fresh process and return its peak RSS in MiB."""
     done = subprocess.run(
         [sys.executable, str(HERE / script), "--only", contestant, "--once"],
@@ -39,7 +39,7 @@ def peak_rss_mib(script: str, contestant: str) -> float:
 def run() -> Section:
     rows, figures = [], {}
     for case, script, (ours, reference) in CASES:
-        ours_mib, reference_mib = peak_rss_mib(script, ours), peak_rss_mib(script, reference)
+        ours_mib, reference_mib = child_peak_rss_mib(script, ours), child_peak_rss_mib(script, reference)
         figures[f"{case}: ours / reference"] = ours_mib / reference_mib
         rows.append(
             [

@@ -17,7 +17,6 @@ Run: ``python benchmarks/bench_train.py``.
 from __future__ import annotations
 
 import argparse
-import resource
 from collections.abc import Callable
 
 import torch
@@ -28,6 +27,7 @@ from common import (
     forward_inputs,
     machine_info,
     model_dir,
+    peak_rss_mib,
     set_threads,
     table,
 )
@@ -118,7 +118,7 @@ def run_once(name: str, steps: int = 1) -> float:
     step = make_step(name)
     for _ in range(steps):
         step()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mib()
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -154,6 +155,22 @@ class PeakProbe:
 
     def __call__(self) -> torch.Tensor:
         return torch.mm(self.a, self.b)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size in MiB.
+
+    Linux: ``VmHWM`` of /proc/self/status, which starts afresh at ``exec`` (``ru_maxrss`` would keep the
+    peak of the process that forked us). Elsewhere: ``getrusage`` (kilobytes on Linux, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="utf-8") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def cpu_name() -> str:

@@ -105,17 +105,45 @@ def run_sections(numbers: list[int], quick: bool) -> dict[int, Section]:
     return sections
 
 
+def summary_row(what: str, value: float, figure: str, floor: float) -> str:
+    """One Markdown row of the summary table."""
+    unit = "%" if "%" in figure else "x"
+    met = "yes" if value >= floor else "**no**"
+    return f"| {what} | {value:.2f}{unit} | >= {floor}{unit} | {met} |"
+
+
 def summary(sections: dict[int, Section]) -> str:
-    rows = []
-    for what, number, figure, floor in TARGETS:
-        value = sections[number].figures[figure]
-        unit = "%" if "%" in figure else "x"
-        rows.append([what, f"{value:.2f}{unit}", f">= {floor}{unit}", "yes" if value >= floor else "**no**"])
-    return (
-        "## Summary against the targets (issue 7)\n\n"
-        + table(["figure", "measured", "target", "met"], rows)
-        + "\n"
-    )
+    rows = [
+        summary_row(what, sections[n].figures[figure], figure, floor) for what, n, figure, floor in TARGETS
+    ]
+    header = table(["figure", "measured", "target", "met"], [])
+    return "## Summary against the targets (issue 7)\n\n" + header + "\n" + "\n".join(rows) + "\n"
+
+
+def update_sections(numbers: list[int], quick: bool) -> None:
+    """Rerun sections ``numbers`` and replace them, and their rows of the summary, in RESULTS.md.
+
+    Each replaced section says when and under which load it was regenerated; RESULTS.md is rewritten
+    after every section, so a finished section is kept even if a later one fails.
+    """
+    for number in numbers:
+        section = run_section(number, quick)
+        load = machine_info()["load average (1, 5, 15 min)"]
+        note = (
+            f"\n_Regenerated alone by `python benchmarks/run_all.py --update {number}"
+            f"{' --quick' if quick else ''}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+            f"load average {load}._\n"
+        )
+        text = RESULTS.read_text(encoding="utf-8")
+        start = text.index(f"\n## {number}. ") + 1
+        end = text.find("\n## ", start)
+        text = text[:start] + section.markdown + note + (text[end:] if end >= 0 else "")
+        for what, section_number, figure, floor in TARGETS:
+            if section_number == number:
+                old = next(line for line in text.splitlines() if line.startswith(f"| {what} |"))
+                text = text.replace(old, summary_row(what, section.figures[figure], figure, floor))
+        RESULTS.write_text(text, encoding="utf-8")
+        print(section.markdown, flush=True)
 
 
 def main() -> None:
@@ -126,7 +154,18 @@ def main() -> None:
         action="store_true",
         help="run section 1 beside sections 2-6 (two processes; for a busy machine)",
     )
+    parser.add_argument(
+        "--update",
+        type=int,
+        nargs="+",
+        choices=range(1, 7),
+        metavar="N",
+        help="rerun only sections N, in RESULTS.md",
+    )
     args = parser.parse_args()
+    if args.update:
+        update_sections(args.update, args.quick)
+        return
     started = time.time()
     info_before = machine_info()
     if args.parallel:  # section 1 in one process, the others in a second one, at the same time
