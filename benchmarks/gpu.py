@@ -148,9 +148,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke test)"
     forward = forward_rows(device, args.quick)
     train = train_rows(device, args.quick)
-    print(
-        f"\n## GPU: {name}, CUDA {torch.version.cuda}, torch {torch.__version__}\n"
-    )
+    print(f"\n## GPU: {name}, CUDA {torch.version.cuda}, torch {torch.__version__}\n")
     print(
         table(["dtype", "batch", "contestant", "median ms", "examples/s", "vs reference", "% peak"], forward)
     )

@@ -199,7 +199,9 @@ def _bilinear_axis(size: torch.Tensor, out_len: int, grid_len: int) -> tuple[tor
     """
     pos = torch.arange(out_len, device=size.device)  # (out_len,)
     numerator = torch.full(size.shape, float(grid_len - 1), device=size.device)  # not `int / tensor`: that
-    scale = torch.where(size > 1, numerator / (size - 1).clamp(min=1).float(), 0.0)  # is reciprocal-then-multiply
+    scale = torch.where(
+        size > 1, numerator / (size - 1).clamp(min=1).float(), 0.0
+    )  # is reciprocal-then-multiply
     src = scale[:, None] * pos[None, :].float()  # (B, out_len)
     i0 = src.long().clamp(max=grid_len - 1)
     w1 = src - i0.float()
