@@ -146,6 +146,33 @@ def update_sections(numbers: list[int], quick: bool) -> None:
         print(section.markdown, flush=True)
 
 
+OTHER_RESULTS = {  # benchmarks that write their own output file: script -> file under benchmarks/results
+    "bench_preprocess.py": "preprocess.txt",
+    "bench_onnx.py": "onnx.txt",
+    "load.py": "load.txt",
+}
+
+
+def other_results_section() -> str:
+    """Section 7: the latest output of the benchmarks that keep their own result file, verbatim."""
+    parts = ["## 7. Other benchmarks (each script's latest output file, verbatim)\n"]
+    for script, name in OTHER_RESULTS.items():
+        path = RESULTS.parent / "results" / name
+        text = path.read_text(encoding="utf-8").strip() if path.exists() else "(not run yet)"
+        parts.append(
+            f"### `python benchmarks/{script}` -> `benchmarks/results/{name}`\n\n```text\n{text}\n```\n"
+        )
+    return "\n".join(parts)
+
+
+def update_other_results() -> None:
+    """Replace (or add) section 7 of RESULTS.md with the current result files."""
+    text = RESULTS.read_text(encoding="utf-8")
+    start = text.find("\n## 7. ")
+    text = (text if start < 0 else text[:start]).rstrip("\n") + "\n\n" + other_results_section()
+    RESULTS.write_text(text, encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (batch 32: one)")
@@ -162,9 +189,14 @@ def main() -> None:
         metavar="N",
         help="rerun only sections N, in RESULTS.md",
     )
+    parser.add_argument(
+        "--others", action="store_true", help="only refresh section 7 from benchmarks/results/*.txt"
+    )
     args = parser.parse_args()
-    if args.update:
-        update_sections(args.update, args.quick)
+    if args.update or args.others:
+        if args.update:
+            update_sections(args.update, args.quick)
+        update_other_results()
         return
     started = time.time()
     info_before = machine_info()
@@ -209,6 +241,7 @@ def main() -> None:
         "",
     ]
     body = [summary(sections)] + [sections[n].markdown for n in sorted(sections)] + [profiled.markdown]
+    body.append(other_results_section())
     RESULTS.write_text("\n".join(header) + "\n" + "\n".join(body), encoding="utf-8")
     print(f"wrote {RESULTS}", file=sys.stderr)
 
