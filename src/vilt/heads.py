@@ -136,7 +136,9 @@ class ViltForQuestionAnswering(_HeadModel):
         self.classifier = _classifier(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def head(self, out, labels, text_length):  # type: ignore[no-untyped-def]
+    def head(
+        self, out: ViltModelOutput, labels: torch.Tensor | None, text_length: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``labels``: (B, num_labels) float soft scores in [0, 1] (VQA: 0.3/0.6/0.9/1.0)."""
         logits = self.classifier(out.pooler_output)  # (B, num_labels)
         if labels is None:
@@ -199,7 +201,9 @@ class ViltForMaskedLM(_HeadModel):
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.mlm_score.decoder = new_embeddings
 
-    def head(self, out, labels, text_length):  # type: ignore[no-untyped-def]
+    def head(
+        self, out: ViltModelOutput, labels: torch.Tensor | None, text_length: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``labels``: (B, Lt) token ids to predict, -100 where there is nothing to predict."""
         logits = self.mlm_score(out.last_hidden_state[:, :text_length])  # (B, Lt, vocab)
         if labels is None:
@@ -305,7 +309,9 @@ class ViltForImageAndTextRetrieval(_HeadModel):
         self.rank_output = nn.Linear(config.hidden_size, 1)
         self.post_init()
 
-    def head(self, out, labels, text_length):  # type: ignore[no-untyped-def]
+    def head(
+        self, out: ViltModelOutput, labels: torch.Tensor | None, text_length: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         logits = self.rank_output(out.pooler_output)  # (B, 1)
         return logits, None if labels is None else group_ranking_loss(logits[:, 0], labels)
 
@@ -353,7 +359,9 @@ class ViltForImageTextMatching(_HeadModel):
         self.itm_score = ViltITMHead(config)
         self.post_init()
 
-    def head(self, out, labels, text_length):  # type: ignore[no-untyped-def]
+    def head(
+        self, out: ViltModelOutput, labels: torch.Tensor | None, text_length: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``labels``: (B,) 1 where the text matches the image, 0 where it does not."""
         logits = self.itm_score(out.pooler_output)  # (B, 2)
         return logits, None if labels is None else F.cross_entropy(
@@ -377,7 +385,9 @@ class ViltForTokenClassification(_HeadModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def head(self, out, labels, text_length):  # type: ignore[no-untyped-def]
+    def head(
+        self, out: ViltModelOutput, labels: torch.Tensor | None, text_length: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``labels``: (B, Lt) class ids, -100 where there is nothing to predict."""
         logits = self.classifier(self.dropout(out.last_hidden_state)[:, :text_length])  # (B, Lt, num_labels)
         if labels is None:
