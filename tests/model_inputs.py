@@ -46,3 +46,24 @@ def padded_images(
         mask[:h, :w] = 1
     pixel_values = torch.randn(len(sizes), 3, height, width, generator=generator) * pixel_mask[:, None]
     return pixel_values, pixel_mask
+
+
+# every class the reference has (ViltForImageTextMatching is ours only)
+REFERENCE_CLASSES = [
+    "ViltModel",
+    "ViltForQuestionAnswering",
+    "ViltForMaskedLM",
+    "ViltForImagesAndTextClassification",
+    "ViltForImageAndTextRetrieval",
+    "ViltForTokenClassification",
+]
+
+
+class WritesAFile:
+    """A pickle payload that creates ``path`` when unpickled: loading it must be refused."""
+
+    def __init__(self, path: object) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_inputs import REFERENCE_CLASSES, WritesAFile
 from safetensors.torch import load_file, save_file
 
 from vilt import ViltConfig
@@ -29,14 +30,6 @@ TINY = dict(
     vocab_size=99,
     max_position_embeddings=40,
 )
-REFERENCE_CLASSES = [
-    "ViltModel",
-    "ViltForQuestionAnswering",
-    "ViltForMaskedLM",
-    "ViltForImagesAndTextClassification",
-    "ViltForImageAndTextRetrieval",
-    "ViltForTokenClassification",
-]
 NLVR2 = "ViltForImagesAndTextClassification"
 LOGGER = "vilt.checkpoint"
 
@@ -365,22 +358,12 @@ def test_save_replaces_weights_of_an_earlier_save_and_keeps_files_readable(tmp_p
 # ----------------------------------------------------------------------------- safety and errors
 
 
-class _WritesAFile:
-    """A pickle payload that creates ``path`` when unpickled."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_pickle_that_would_run_code_is_refused_unrun(tmp_path):
     model_dir, marker = tmp_path / "model", tmp_path / "pwned.txt"
     model_dir.mkdir()
     ViltConfig(**TINY).save_pretrained(model_dir)
     torch.save(
-        {"embeddings.cls_token": torch.zeros(1, 1, 32), "payload": _WritesAFile(marker)},
+        {"embeddings.cls_token": torch.zeros(1, 1, 32), "payload": WritesAFile(marker)},
         model_dir / "pytorch_model.bin",
     )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_inputs import WritesAFile
 
 from vilt import ViltConfig, ViltProcessor
 from vilt.cli import main
@@ -381,19 +382,11 @@ def test_lightning_bookkeeping_is_read_without_lightning(tmp_path):
     assert model.config.num_attention_heads == HEADS
 
 
-class _WritesAFile:
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
     src, marker = tmp_path / "vilt_vqa.ckpt", tmp_path / "pwned.txt"
     with pytest.MonkeyPatch.context() as patch:
         attribute_dict, _ = _fake_lightning(patch)
-        hyper_parameters = attribute_dict(config={"num_heads": HEADS}, hook=_WritesAFile(marker))
+        hyper_parameters = attribute_dict(config={"num_heads": HEADS}, hook=WritesAFile(marker))
         torch.save({"state_dict": original_state("vqa"), "hyper_parameters": hyper_parameters}, src)
 
     with pytest.raises(ValueError, match=r"refusing to load .*vilt_vqa\.ckpt: its pickle refers to io\.open"):

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from model_inputs import PADDED_SIZES, TEXT_LENGTHS, TINY, padded_images, text_inputs
+from model_inputs import PADDED_SIZES, REFERENCE_CLASSES, TEXT_LENGTHS, TINY, padded_images, text_inputs
 from torch import nn
 
 from vilt import ViltConfig
@@ -29,15 +29,6 @@ hf_vilt = pytest.importorskip("transformers.models.vilt.modeling_vilt")
 pytestmark = pytest.mark.reference
 
 TOL = 1e-5
-# every class the reference has (ViltForImageTextMatching is ours only: tested in test_modeling_behaviour.py)
-REFERENCE_CLASSES = [
-    "ViltModel",
-    "ViltForQuestionAnswering",
-    "ViltForMaskedLM",
-    "ViltForImagesAndTextClassification",
-    "ViltForImageAndTextRetrieval",
-    "ViltForTokenClassification",
-]
 
 
 @pytest.fixture(autouse=True)
