@@ -7,7 +7,7 @@ One command regenerates the whole file: ``python benchmarks/run_all.py`` (``--qu
 3. a fine-tuning step (bench_train.py), 4. retrieval scoring (bench_retrieval.py),
 5. peak memory of 2 and 3 (bench_memory.py), 6. optional speed features: torch.compile and int8
 dynamic quantization against the default fast path (bench_options.py), then a profile of where our
-remaining forward time goes (``torch.profiler``, bfloat16, batch 8, the optimized model) and a summary
+remaining forward time goes (``torch.profiler``, bfloat16, batch 8 and 1, the optimized model) and a summary
 against the targets of issue 7. Timings are medians of alternating repetitions; the machine's load average is recorded at
 the start and at the end.
 """
@@ -47,12 +47,9 @@ TARGETS = (
 )  # fmt: skip
 
 
-def profile_section() -> Section:
-    """Top operators of our optimized bfloat16 forward, batch 8, 384x384, by self CPU time."""
-    set_threads()
-    model, _ = load_models(model_dir(), torch.bfloat16)
-    model.optimize_for_inference()
-    inputs = forward_inputs(8, 384, 384, torch.bfloat16)
+def profile_rows(model: torch.nn.Module, batch: int) -> tuple[list[list[str]], float]:
+    """Top operators of one forward at ``batch`` (after two warm-ups), and the profiled total in ms."""
+    inputs = forward_inputs(batch, 384, 384, torch.bfloat16)
     with torch.inference_mode():
         for _ in range(2):
             model(**inputs)
@@ -69,15 +66,55 @@ def profile_section() -> Section:
         ]
         for e in events[:PROFILE_TOP]
     ]
-    lines = [
-        "## Where the remaining time goes (ours optimized, bfloat16, batch 8, 384x384)",
-        "",
-        f"`torch.profiler`, one forward after two warm-ups, top {PROFILE_TOP} operators by self CPU time "
-        f"(total {total / 1e3:.0f} ms, profiler overhead included). `mkldnn::_linear_pointwise` is the "
-        "oneDNN matrix product with its fused bias, GELU or residual add.",
-        "",
-        table(["operator", "self ms", "share", "calls"], rows),
-    ]
+    return rows, total / 1e3
+
+
+def copy_bandwidth_gbs(megabytes: int = 256, repetitions: int = 5) -> float:
+    """Measured memory bandwidth: bytes read plus written by a large tensor copy, per second (median)."""
+    source = torch.ones(megabytes * 2**20 // 4)
+    target = torch.empty_like(source)
+    times = []
+    for _ in range(repetitions):
+        start = time.perf_counter()
+        target.copy_(source)
+        times.append(time.perf_counter() - start)
+    return 2 * source.nbytes / sorted(times)[repetitions // 2] / 1e9
+
+
+def profile_section() -> Section:
+    """Top operators of our optimized bfloat16 forward at batch 8 and 1, by self CPU time, and the
+    memory-bandwidth floor of batch 1 (every matrix-product weight is read once per forward)."""
+    set_threads()
+    model, _ = load_models(model_dir(), torch.bfloat16)
+    model.optimize_for_inference()
+    lines = ["## Where the remaining time goes (ours optimized, bfloat16, 384x384)", ""]
+    totals = {}
+    for batch in (8, 1):
+        rows, total_ms = profile_rows(model, batch)
+        totals[batch] = total_ms
+        lines += [
+            f"### Batch {batch}",
+            "",
+            f"`torch.profiler`, one forward after two warm-ups, top {PROFILE_TOP} operators by self CPU "
+            f"time (total {total_ms:.0f} ms, profiler overhead included). `mkldnn::_linear_pointwise` is "
+            "the oneDNN matrix product with its fused bias, GELU or residual add.",
+            "",
+            table(["operator", "self ms", "share", "calls"], rows),
+            "",
+        ]
+    products = (torch.nn.Linear, torch.nn.Conv2d)  # the weights a forward reads in full
+    weight_mb = sum(m.weight.nbytes for m in model.modules() if isinstance(m, products)) / 1e6
+    floor_ms = weight_mb / copy_bandwidth_gbs()
+    verdict = (
+        "the matrix products and the attention kernel, more than memory, set the batch-1 latency"
+        if floor_ms < totals[1] / 2
+        else "reading the weights is a large share of the batch-1 latency"
+    )
+    lines.append(
+        f"Batch 1 reads every matrix-product weight once per forward: {weight_mb:.0f} MB in bfloat16. At the "
+        f"measured copy bandwidth of {weight_mb / floor_ms:.1f} GB/s (read + write of a 256 MiB tensor) that "
+        f"takes {floor_ms:.0f} ms of the {totals[1]:.0f} ms profiled forward: {verdict}."
+    )
     return Section("\n".join(lines) + "\n", {})
 
 

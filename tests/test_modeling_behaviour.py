@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from model_inputs import PADDED_SIZES, TEXT_LENGTHS, TINY, padded_images, text_inputs
 from torch import nn
 
+import vilt.modeling
 from vilt import (
     ViltConfig,
     ViltForImageTextMatching,
@@ -276,6 +277,41 @@ def test_eager_and_sdpa_attention_agree() -> None:
     assert (sdpa.pooler_output - eager.pooler_output).abs().max() <= TOL
     with pytest.raises(ValueError, match="'sdpa' or 'eager'"):
         model.set_attn_implementation("flash")
+
+
+@pytest.mark.parametrize("explicit_up_to", [512, 0])
+def test_the_backward_path_gives_the_inference_paths_outputs(explicit_up_to: int, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With gradients on, attention runs one fused QKV product and, on CPU for sequences up to
+    EXPLICIT_TRAINING_MAX_LENGTH, the explicit softmax (else SDPA); without, three products and SDPA.
+    Every path must give the same hidden states."""
+    monkeypatch.setattr(vilt.modeling, "EXPLICIT_TRAINING_MAX_LENGTH", explicit_up_to)
+    model = tiny_model("ViltModel")
+    inputs = padded_batch()
+    with torch.no_grad():
+        inference = model(**inputs, output_hidden_states=True)
+    backward = model(**inputs, output_hidden_states=True)
+    assert backward.last_hidden_state.requires_grad
+    for a, b in zip(inference.hidden_states, backward.hidden_states, strict=True):
+        assert (a - b).abs().max() <= TOL
+    assert (inference.pooler_output - backward.pooler_output).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("size", [(64, 64), (70, 45)])
+def test_the_patch_product_is_the_patch_convolution(size: tuple[int, int]) -> None:
+    """The reduced-precision patch embedding (a matrix product) equals the float32 convolution,
+    including images whose sides are not whole patches."""
+    embed = tiny_model("ViltModel").embeddings.patch_embeddings
+    pixels = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        convolution = embed(pixels)  # float32: the convolution
+        product = embed.patch_product(pixels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = embed(pixels)
+    p = TINY["patch_size"]
+    assert convolution.shape == (2, size[0] // p, size[1] // p, TINY["hidden_size"])
+    assert (product - convolution).abs().max() <= TOL
+    assert autocast.dtype == torch.bfloat16  # autocast takes the product
+    assert (autocast.float() - convolution).abs().max() <= 5e-2 * convolution.abs().max()
 
 
 # ----------------------------------------------------------------------------- gradient checkpointing

@@ -20,7 +20,6 @@ N = Hp * Wp, G = image_size // patch_size (the trained position grid).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -164,17 +163,41 @@ class TextEmbeddings(nn.Module):
 
 
 class ViltPatchEmbeddings(nn.Module):
-    """Non-overlapping patches projected by one strided convolution."""
+    """Non-overlapping P x P patches projected by a strided convolution.
+
+    In float32 it is the reference's convolution. In reduced precision (bfloat16 / float16 weights or
+    autocast) the same sum runs as one matrix product over the flattened patches: faster, and ~8x
+    faster in its bfloat16 backward on CPU than the oneDNN convolution's.
+    """
 
     def __init__(self, config: ViltConfig) -> None:
         super().__init__()
+        self.patch_size = config.patch_size
         self.projection = nn.Conv2d(
             config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
         )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        weight = self.projection.weight
-        return self.projection(pixel_values.to(dtype=weight.dtype))  # (B, D, Hp, Wp)
+        """(B, C, H, W) pixels -> (B, Hp, Wp, D) patch embeddings, Hp = H // P and Wp = W // P."""
+        weight = self.projection.weight  # (D, C, P, P)
+        pixel_values = pixel_values.to(dtype=weight.dtype)
+        if weight.dtype == torch.float32 and not torch.is_autocast_enabled(weight.device.type):
+            return self.projection(pixel_values).permute(0, 2, 3, 1)  # (B, Hp, Wp, D)
+        return self.patch_product(pixel_values)
+
+    def patch_product(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The convolution as a matrix product: (B, C, H, W) -> (B, Hp, Wp, D).
+
+        Rows and columns past the last whole patch are dropped, as the strided convolution does.
+        """
+        weight = self.projection.weight  # (D, C, P, P)
+        b, c, h, w = pixel_values.shape
+        p = self.patch_size
+        hp, wp = h // p, w // p  # at least 1 each: ViltModel checks the image size
+        x = pixel_values[:, :, : hp * p, : wp * p]
+        x = x.reshape(b, c, hp, p, wp, p).permute(0, 2, 4, 1, 3, 5)  # (B, Hp, Wp, C, P, P)
+        x = x.reshape(b, hp, wp, c * p * p)  # (B, Hp, Wp, C*P*P), one row per patch
+        return F.linear(x, weight.reshape(weight.shape[0], -1), self.projection.bias)  # (B, Hp, Wp, D)
 
 
 @dataclass
@@ -305,10 +328,10 @@ class ViltEmbeddings(nn.Module):
             max_image_length: image tokens per image; -1 keeps every valid patch.
             generator: RNG for the random patch sampling of training with max_image_length > 0.
         """
-        x = self.patch_embeddings(pixel_values)  # (B, D, Hp, Wp)
-        b, _, hp, wp = x.shape
+        x = self.patch_embeddings(pixel_values)  # (B, Hp, Wp, D)
+        b, hp, wp, _ = x.shape
         n = hp * wp
-        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
+        x = x.reshape(b, n, -1)  # (B, N, D), row-major patches
         rows = torch.arange(hp, device=x.device)
         cols = torch.arange(wp, device=x.device)
         patch_index = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(
@@ -425,6 +448,11 @@ class _Dense(nn.Module):
         return self.dropout(self.dense(x))
 
 
+# Longest sequence whose CPU backward takes the explicit softmax instead of SDPA (its probabilities take
+# B x H x L x L memory per layer; ViLT-B/32 at 384x640 with 40 tokens is L = 281).
+EXPLICIT_TRAINING_MAX_LENGTH = 512
+
+
 class ViltAttention(nn.Module):
     """Multi-head self-attention: SDPA by default, explicit softmax when probabilities are needed."""
 
@@ -447,26 +475,70 @@ class ViltAttention(nn.Module):
         eager: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, length, d = x.shape
-        qkv = self.attention
-        q = self._split_heads(qkv.query(x))  # (B, H, L, Dh)
-        k = self._split_heads(qkv.key(x))
-        v = self._split_heads(qkv.value(x))
+        backward = torch.is_grad_enabled() and x.requires_grad
+        q, k, v = self._project_fused(x) if backward else self._project(x)  # each (B, H, L, Dh)
         probs = None
-        if eager or head_mask is not None:
-            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, H, L, L)
-            if mask.additive is not None:
-                scores = scores + mask.additive.to(scores.dtype)
-            probs = qkv.dropout(scores.softmax(dim=-1))
-            if head_mask is not None:
-                probs = probs * head_mask
-            context = probs @ v  # (B, H, L, Dh)
+        if eager or head_mask is not None or (backward and self._explicit_trains_faster(x)):
+            context, probs = self._explicit_attention(q, k, v, mask, head_mask)
         else:
-            drop = qkv.dropout.p if self.training else 0.0
+            drop = self.attention.dropout.p if self.training else 0.0
             context = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask.keep, dropout_p=drop
             )  # (B, H, L, Dh)
         context = context.transpose(1, 2).reshape(b, length, d)  # (B, L, D)
         return self.output(context), probs
+
+    @staticmethod
+    def _explicit_trains_faster(x: torch.Tensor) -> bool:
+        """Whether the explicit softmax beats SDPA for a backward: on CPU, for sequences that are not long.
+
+        There the flash kernel's backward is ~3x slower (``benchmarks/bench_train.py``); the explicit
+        path keeps (B, H, L, L) probabilities, so long sequences and GPUs stay on SDPA.
+        """
+        return x.device.type == "cpu" and x.shape[1] <= EXPLICIT_TRAINING_MAX_LENGTH
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query, key and value as three products (inference; ``optimize_for_inference`` fuses them)."""
+        qkv = self.attention
+        return self._split_heads(qkv.query(x)), self._split_heads(qkv.key(x)), self._split_heads(qkv.value(x))
+
+    def _project_fused(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query, key and value as one product on the concatenated weights (when a backward follows).
+
+        One wide product, one autocast cast of ``x`` and one gradient for it instead of three; the
+        parameters keep the reference's three names.
+        """
+        qkv = self.attention
+        weight = torch.cat([qkv.query.weight, qkv.key.weight, qkv.value.weight])  # (3D, D)
+        bias = None
+        if qkv.query.bias is not None:
+            bias = torch.cat([qkv.query.bias, qkv.key.bias, qkv.value.bias])  # (3D,)
+        b, length, _ = x.shape
+        fused = F.linear(x, weight, bias).view(
+            b, length, 3, self.num_heads, self.head_dim
+        )  # (B, L, 3, H, Dh)
+        q, k, v = fused.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
+        return q, k, v
+
+    def _explicit_attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: AttentionMask,
+        head_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """softmax(q k^T / sqrt(Dh) + mask) v with the probabilities kept: (B, H, L, Dh), (B, H, L, L).
+
+        Used when the probabilities or a head mask are asked for, and for CPU backward passes.
+        """
+        scores = (q * self.head_dim**-0.5) @ k.transpose(-1, -2)  # (B, H, L, L); scaling q is L/Dh x cheaper
+        if mask.additive is not None:
+            scores = scores + mask.additive.to(scores.dtype)
+        probs = self.attention.dropout(scores.softmax(dim=-1))
+        if head_mask is not None:
+            probs = probs * head_mask
+        return probs @ v, probs  # (B, H, L, Dh)
 
 
 @dataclass
