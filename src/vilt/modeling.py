@@ -20,6 +20,7 @@ N = Hp * Wp, G = image_size // patch_size (the trained position grid).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -532,7 +533,9 @@ class ViltAttention(nn.Module):
 
         Used when the probabilities or a head mask are asked for, and for CPU backward passes.
         """
-        scores = (q * self.head_dim**-0.5) @ k.transpose(-1, -2)  # (B, H, L, L); scaling q is L/Dh x cheaper
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(
+            self.head_dim
+        )  # (B, H, L, L), the reference's arithmetic
         if mask.additive is not None:
             scores = scores + mask.additive.to(scores.dtype)
         probs = self.attention.dropout(scores.softmax(dim=-1))
@@ -758,7 +761,8 @@ class ViltModel(ViltPreTrainedModel):
         self.post_init()
 
     def set_attn_implementation(self, name: str) -> None:
-        """ "sdpa" (default, fused kernels) or "eager" (explicit softmax, as the reference)."""
+        """ "sdpa" (default: fused kernels; CPU backward passes take the explicit softmax, faster there)
+        or "eager" (explicit softmax everywhere, as the reference)."""
         if name not in ("sdpa", "eager"):
             raise ValueError(f"attention implementation must be 'sdpa' or 'eager', got {name!r}")
         self.attn_implementation = name
