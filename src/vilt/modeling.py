@@ -533,9 +533,8 @@ class ViltAttention(nn.Module):
 
         Used when the probabilities or a head mask are asked for, and for CPU backward passes.
         """
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(
-            self.head_dim
-        )  # (B, H, L, L), the reference's arithmetic
+        # the reference's arithmetic, so that eager outputs are bit-identical to it
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, H, L, L)
         if mask.additive is not None:
             scores = scores + mask.additive.to(scores.dtype)
         probs = self.attention.dropout(scores.softmax(dim=-1))
