@@ -22,13 +22,12 @@ Run: ``python benchmarks/bench_e2e.py [--repetitions N]``.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from collections.abc import Callable
 
 import torch
 from bench_preprocess import make_paths
-from common import Section, alternate, machine_info, model_dir, peak_rss_mib, set_threads, table
+from common import Section, alternate, memory_bench_main, model_dir, peak_rss_mib, set_threads, table
 
 QUESTIONS = (
     "what is in the picture?",
@@ -179,18 +178,7 @@ def run_once(name: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repetitions", type=int, default=3)
-    parser.add_argument("--only", choices=list(RUNNERS), help="with --once: run this contestant only")
-    parser.add_argument("--once", action="store_true", help="run --only once and print peak RSS (MiB)")
-    args = parser.parse_args()
-    if args.once:
-        if args.only is None:
-            parser.error("--once needs --only NAME")
-        print(f"peak_rss_mib={run_once(args.only):.0f}")
-        return
-    print(machine_info())
-    print(run(args.repetitions).markdown)
+    memory_bench_main(__doc__, RUNNERS, run, run_once)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Run: ``python benchmarks/bench_train.py``.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
 import torch
@@ -25,7 +24,7 @@ from common import (
     alternate,
     count_flops,
     forward_inputs,
-    machine_info,
+    memory_bench_main,
     model_dir,
     peak_rss_mib,
     set_threads,
@@ -122,20 +121,7 @@ def run_once(name: str, steps: int = 1) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repetitions", type=int, default=3)
-    parser.add_argument("--only", choices=CONTESTANTS, help="with --once: run this contestant only")
-    parser.add_argument(
-        "--once", action="store_true", help="run --only for one step and print peak RSS (MiB)"
-    )
-    args = parser.parse_args()
-    if args.once:
-        if args.only is None:
-            parser.error("--once needs --only NAME")
-        print(f"peak_rss_mib={run_once(args.only):.0f}")
-        return
-    print(machine_info())
-    print(run(args.repetitions).markdown)
+    memory_bench_main(__doc__, CONTESTANTS, run, run_once)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,13 @@ shared machine's load falls on both alike; we report medians.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,3 +218,25 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def memory_bench_main(
+    doc: str, contestants: Sequence[str], run: Callable[[int], Section], run_once: Callable[[str], float]
+) -> None:
+    """The command line of a benchmark that bench_memory.py also runs one contestant at a time.
+
+    ``--repetitions N`` runs the side-by-side comparison; ``--only NAME --once`` runs contestant NAME once
+    in this process and prints its peak resident memory as ``peak_rss_mib=...``.
+    """
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--only", choices=list(contestants), help="with --once: run this contestant only")
+    parser.add_argument("--once", action="store_true", help="run --only once and print peak RSS (MiB)")
+    args = parser.parse_args()
+    if args.once:
+        if args.only is None:
+            parser.error("--once needs --only NAME")
+        print(f"peak_rss_mib={run_once(args.only):.0f}")
+        return
+    print(machine_info())
+    print(run(args.repetitions).markdown)
