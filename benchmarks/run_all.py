@@ -7,8 +7,9 @@ One command regenerates the whole file: ``python benchmarks/run_all.py`` (``--qu
 3. a fine-tuning step (bench_train.py), 4. retrieval scoring (bench_retrieval.py),
 5. peak memory of 2 and 3 (bench_memory.py), 6. optional speed features: torch.compile and int8
 dynamic quantization against the default fast path (bench_options.py), then a profile of where our
-remaining forward time goes (``torch.profiler``, bfloat16, batch 8 and 1, the optimized model) and a summary
-against the targets of issue 7. Timings are medians of alternating repetitions; the machine's load average is recorded at
+remaining forward time goes (``torch.profiler``, bfloat16, batch 8 and 1, the optimized model), the
+kernel measurements behind the fast path's choices (bench_kernels.py) and a summary against the targets
+of issue 7. Timings are medians of alternating repetitions; the machine's load average is recorded at
 the start and at the end.
 """
 
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import bench_e2e
 import bench_forward
+import bench_kernels
 import bench_memory
 import bench_options
 import bench_retrieval
@@ -247,6 +249,7 @@ def main() -> None:
     else:
         sections = run_sections([1, 2, 3, 4, 5, 6], args.quick)
     profiled = profile_section()
+    kernels = bench_kernels.run(args.quick)
     info_after = machine_info()
     command = " ".join(["python benchmarks/run_all.py"] + sys.argv[1:])
     header = [
@@ -274,10 +277,15 @@ def main() -> None:
         "No GPU was available to this run; `benchmarks/gpu.sh` runs the CUDA comparison where one is.",
         "",
         "Commands (each also runs alone): `python benchmarks/bench_forward.py`, `bench_e2e.py`, "
-        "`bench_train.py`, `bench_retrieval.py`, `bench_memory.py`, `bench_options.py`; `bash benchmarks/gpu.sh` on a GPU.",
+        "`bench_train.py`, `bench_retrieval.py`, `bench_memory.py`, `bench_options.py`, `bench_kernels.py`; "
+        "`bash benchmarks/gpu.sh` on a GPU.",
         "",
     ]
-    body = [summary(sections)] + [sections[n].markdown for n in sorted(sections)] + [profiled.markdown]
+    body = (
+        [summary(sections)]
+        + [sections[n].markdown for n in sorted(sections)]
+        + [profiled.markdown, kernels.markdown]
+    )
     body.append(other_results_section())
     RESULTS.write_text("\n".join(header) + "\n" + "\n".join(body), encoding="utf-8")
     print(f"wrote {RESULTS}", file=sys.stderr)

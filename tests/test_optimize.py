@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import vilt
+from vilt import optimize
 from vilt.optimize import PackedEncoder
 
 
@@ -109,3 +110,33 @@ def test_deepcopy_gets_its_own_empty_cache() -> None:
     clone = copy.deepcopy(model)
     assert clone.vilt.encoder.packed.encoder is clone.vilt.encoder
     torch.testing.assert_close(logits(clone, inputs), expected)
+
+
+def test_attention_length_pads_bfloat16_cpu_sequences_a_little() -> None:
+    bf16, fp32 = torch.zeros(1, 1, 1, dtype=torch.bfloat16), torch.zeros(1, 1, 1)
+    assert [optimize.attention_length(n, bf16) for n in (185, 192, 221, 257, 281)] == [
+        192,
+        192,
+        224,
+        257,
+        288,
+    ]
+    assert optimize.attention_length(185, fp32) == 185  # float32: the products dominate, never padded
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_padded_sequence_gives_the_unpadded_outputs(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    """Forced padding (16 extra rows, both masks padding something) changes outputs only by rounding."""
+    model = tiny_vqa().to(dtype).optimize_for_inference()
+    inputs = padded_inputs()
+    with torch.inference_mode():
+        expected = model(**inputs, output_hidden_states=True)
+        monkeypatch.setattr(optimize, "attention_length", lambda length, x: length + 16)
+        padded = model(**inputs, output_hidden_states=True)
+    tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 0.05, "rtol": 0.05}
+    torch.testing.assert_close(padded.logits, expected.logits, **tolerance)
+    assert [h.shape for h in padded.hidden_states] == [h.shape for h in expected.hidden_states]
+    for actual, wanted in zip(padded.hidden_states, expected.hidden_states):
+        torch.testing.assert_close(actual, wanted, **tolerance)

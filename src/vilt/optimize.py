@@ -8,6 +8,8 @@ products as oneDNN post-ops, so no bias copy and no separate elementwise pass re
 (CUDA, builds without oneDNN, float16) the same seven steps run with ``F.linear`` on the concatenated
 weights. ``benchmarks/RESULTS.md`` measures the gain against the plain layers and transformers.
 
+In bfloat16 on CPU the sequence may also run padded to a multiple of 32: see :func:`attention_length`.
+
 The packed weights are a cache. The parameters keep the reference's names and stay the source of truth:
 ``state_dict``, saving and training are untouched. The cache is rebuilt when a source parameter changes
 (an in-place update, ``load_state_dict``, ``.to()``), and it is used only in eval mode, without
@@ -45,20 +47,57 @@ def onednn_applies(weight: torch.Tensor) -> bool:
     )
 
 
+# PyTorch's CPU flash attention (torch 2.x) runs its bfloat16 products as many small GEMMs, which are
+# markedly faster when the sequence length is a multiple of 32: at 185 rows, ViLT-B/32's sequence for a
+# 384x384 image and 40 tokens, padding to 192 and masking the padded keys makes the kernel ~1.5x faster
+# (the attention table of benchmarks/bench_kernels.py).
+ATTENTION_ROW_MULTIPLE = 32
+# Every Linear pays for the padded rows too, so pad only while they are few. In float32 the matrix
+# products dominate and the attention gains less: the encoder never pads there.
+ATTENTION_MAX_EXTRA_FRACTION = 1 / 16
+
+
+def attention_length(length: int, x: torch.Tensor) -> int:
+    """The length the packed encoder runs a (B, length, D) sequence at: ``length`` or a little more.
+
+    bfloat16 CPU sequences round up to a multiple of ``ATTENTION_ROW_MULTIPLE`` when that adds at most
+    ``ATTENTION_MAX_EXTRA_FRACTION`` rows (185 -> 192, 221 -> 224, 281 -> 288; not 257 -> 288). The
+    extra rows are masked as keys and dropped at the end, so outputs change only by rounding.
+    """
+    padded = -(-length // ATTENTION_ROW_MULTIPLE) * ATTENTION_ROW_MULTIPLE
+    worth_it = padded - length <= length * ATTENTION_MAX_EXTRA_FRACTION
+    bfloat16_cpu = x.device.type == "cpu" and x.dtype == torch.bfloat16
+    return padded if bfloat16_cpu and worth_it else length
+
+
+def padded_keep(keep: torch.Tensor | None, x: torch.Tensor, padded: int) -> torch.Tensor:
+    """The (B, 1, 1, padded) key mask once ``x`` (B, L, D) is padded: its L keys as ``keep``, then none."""
+    b, length, _ = x.shape
+    full = torch.zeros(b, 1, 1, padded, dtype=torch.bool, device=x.device)
+    full[..., :length] = True if keep is None else keep
+    return full
+
+
 class FusedLinear:
     """Linear layers concatenated along their outputs, with weights ready for inference.
 
     Args:
         linears: the layers, all with the same input size; their outputs are concatenated in order.
+        packed_rows: the row count oneDNN chooses the weight's blocked layout for (its default if None).
     """
 
-    def __init__(self, linears: Sequence[nn.Linear]) -> None:
+    def __init__(self, linears: Sequence[nn.Linear], packed_rows: int | None = None) -> None:
         weights = [linear.weight.detach() for linear in linears]
         weight = weights[0] if len(weights) == 1 else torch.cat(weights)  # (sum N, K)
         biases = [linear.bias for linear in linears]
         self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])  # (sum N,)
         self.onednn = onednn_applies(weight)
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight) if self.onednn else weight
+        if not self.onednn:
+            self.weight = weight
+        elif packed_rows is None:
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight)
+        else:
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, packed_rows)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.onednn:
@@ -89,7 +128,12 @@ class PackedLayer:
         self.qkv = FusedLinear([projections.query, projections.key, projections.value])
         self.attention_output = FusedLinear([attention.output.dense])
         self.up = FusedLinear([layer.intermediate.dense])
-        self.down = FusedLinear([layer.output.dense])
+        # In its default bfloat16 layout the down-projection's weight (4D -> D) runs at half speed for
+        # 512-1280 rows (batch 3-6 at 384x384). The layout for 1 row is ~1.2x faster at batch 1-2, ~1.8x
+        # at 4-6, even at 8 and ~0.9x at 32 (the down-projection table of benchmarks/bench_kernels.py).
+        # float32 keeps the default, which measured a few percent faster there.
+        bfloat16 = layer.output.dense.weight.dtype == torch.bfloat16
+        self.down = FusedLinear([layer.output.dense], packed_rows=1 if bfloat16 else None)
         self.norm_before, self.norm_after = layer.layernorm_before, layer.layernorm_after
         self.hidden_act, self.activation = hidden_act, layer.intermediate_act_fn
 
@@ -149,11 +193,18 @@ class PackedEncoder:
         if signature != self.signature:
             self.layers = [PackedLayer(layer, self.hidden_act) for layer in self.encoder.layer]
             self.signature = signature
+        length, keep = x.shape[1], mask.keep
+        padded = attention_length(length, x)
+        if padded > length:
+            keep = padded_keep(keep, x, padded)
+            x = F.pad(x, (0, 0, 0, padded - length))  # (B, padded, D), zero rows at the end
         hidden_states = []
         for layer in self.layers:
             if output_hidden_states:
-                hidden_states.append(x)
-            x = layer(x, mask.keep)
+                hidden_states.append(x[:, :length])
+            x = layer(x, keep)
+        if padded > length:
+            x = x[:, :length].contiguous()  # (B, L, D)
         if output_hidden_states:
             hidden_states.append(x)
         return x, tuple(hidden_states) if output_hidden_states else None

@@ -1,0 +1,239 @@
+"""Kernel-level measurements behind the choices of the inference fast path (CPU).
+
+1. **Attention at ViLT's sequence lengths**: ``F.scaled_dot_product_attention`` (PyTorch's CPU flash
+   kernel) at length L against the same attention padded to the next multiple of 32 with the padded keys
+   masked, which ``vilt.optimize.attention_length`` does in bfloat16 when the padding is small.
+2. **Patch embedding**: the reference's strided convolution against the same sum as one matrix product
+   over flattened patches (``ViltPatchEmbeddings.patch_product``).
+3. **The MLP down-projection's weight layout**: oneDNN's bfloat16 product 185..6144 x 3072 -> 768 with
+   the weight prepacked in its default blocked layout against the layout chosen for 1 row, which the
+   packed encoder uses (``PackedLayer.down``).
+4. **Batch-1 matrix products, weights in cache or not**: the encoder's three Linear shapes at 185 rows
+   with one prepacked weight reused (it stays in cache) against 24 different weights in turn, as a
+   forward reads 12 layers' weights once each. The gap is what streaming the weights costs at batch 1.
+
+Contestants alternate within every repetition (``common.alternate``); figures are medians.
+
+Run: ``python benchmarks/bench_kernels.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from common import Section, alternate, set_threads, table
+
+from vilt.optimize import attention_length, padded_keep
+
+HEADS, HEAD_DIM = 12, 64
+HIDDEN = HEADS * HEAD_DIM
+# 40 text tokens + 1 + Hp*Wp image tokens: 224x224, 320x320, 384x384, 384x480, 384x576, 384x640, 768x768
+LENGTHS = (90, 141, 185, 221, 257, 281, 617)
+CALLS = 5  # kernel calls per timed unit
+
+
+def repeated(call: Callable[[], object]) -> Callable[[], None]:
+    def unit() -> None:
+        for _ in range(CALLS):
+            call()
+
+    return unit
+
+
+def per_call_ms(contestants: dict[str, Callable[[], object]], repetitions: int) -> list[float]:
+    """Median ms per call of each contestant, alternating, in the order given."""
+    timings = alternate({name: repeated(call) for name, call in contestants.items()}, repetitions)
+    return [1e3 * timings.median(name) / CALLS for name in contestants]
+
+
+def attention_pair(dtype: torch.dtype, batch: int, length: int, padded: int, repetitions: int) -> list[float]:
+    """ms per SDPA call at ``length``, then at ``padded`` with the padded keys masked."""
+    qkv = torch.randn(batch, length, 3, HEADS, HEAD_DIM, dtype=dtype)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh), as the fast path has them
+    rows = qkv.view(batch, length, -1)  # (B, L, 3D)
+    padded_qkv = F.pad(rows, (0, 0, 0, padded - length)).view(batch, padded, 3, HEADS, HEAD_DIM)
+    pq, pk, pv = padded_qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, padded, Dh)
+    keep = padded_keep(None, rows, padded)  # (B, 1, 1, padded)
+    return per_call_ms(
+        {
+            "plain": lambda: F.scaled_dot_product_attention(q, k, v),
+            "padded": lambda: F.scaled_dot_product_attention(pq, pk, pv, attn_mask=keep),
+        },
+        repetitions,
+    )
+
+
+def attention_rows(dtype: torch.dtype, batch: int, repetitions: int) -> list[list[str]]:
+    rows = []
+    for length in LENGTHS:
+        padded = -(-length // 32) * 32
+        plain, pad = attention_pair(dtype, batch, length, padded, repetitions)
+        chosen = attention_length(length, torch.empty(batch, length, HIDDEN, dtype=dtype))
+        rows.append(
+            [
+                str(dtype).removeprefix("torch."), str(batch), str(length), str(padded),
+                f"{plain:.3f}", f"{pad:.3f}", f"{plain / pad:.2f}x", "padded" if chosen != length else "plain",
+            ]
+        )  # fmt: skip
+    return rows
+
+
+def patch_pair(dtype: torch.dtype, batch: int, repetitions: int) -> list[float]:
+    """ms per patch embedding of a 384x384 batch: the strided convolution, then the matrix product."""
+    conv = torch.nn.Conv2d(3, HIDDEN, 32, 32).to(dtype)
+    pixels = torch.randn(batch, 3, 384, 384, dtype=dtype)
+    weight = conv.weight.reshape(HIDDEN, -1)  # (D, C*P*P)
+
+    def product() -> torch.Tensor:
+        x = pixels.reshape(batch, 3, 12, 32, 12, 32).permute(0, 2, 4, 1, 3, 5)  # (B, 12, 12, C, P, P)
+        return F.linear(x.reshape(batch, 12, 12, -1), weight, conv.bias)  # (B, 12, 12, D)
+
+    return per_call_ms({"conv": lambda: conv(pixels), "product": product}, repetitions)
+
+
+def patch_rows(repetitions: int) -> list[list[str]]:
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for batch in (1, 8):
+            convolution, matmul = patch_pair(dtype, batch, repetitions)
+            rows.append(
+                [str(dtype).removeprefix("torch."), str(batch), f"{convolution:.2f}", f"{matmul:.2f}",
+                 f"{convolution / matmul:.2f}x"]
+            )  # fmt: skip
+    return rows
+
+
+def layout_rows(repetitions: int) -> list[list[str]]:
+    linear = torch.ops.mkldnn._linear_pointwise
+    weight = torch.randn(HIDDEN, 4 * HIDDEN, dtype=torch.bfloat16) * 0.02  # (D, 4D)
+    bias = torch.zeros(HIDDEN, dtype=torch.bfloat16)
+    default = torch.ops.mkldnn._reorder_linear_weight(weight)
+    one_row = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+    rows = []
+    for batch in (1, 2, 4, 6, 8, 32):
+        x = torch.randn(batch * 192, 4 * HIDDEN, dtype=torch.bfloat16)  # 192 rows per 384x384 example
+        default_ms, one_ms = per_call_ms(
+            {
+                "default": lambda x=x: linear(x, default, bias, "none", [], ""),
+                "for 1 row": lambda x=x: linear(x, one_row, bias, "none", [], ""),
+            },
+            repetitions,
+        )
+        gflop = 2 * x.shape[0] * 4 * HIDDEN * HIDDEN / 1e9
+        rows.append(
+            [str(batch), str(x.shape[0]), f"{default_ms:.3f}", f"{gflop / default_ms:.2f}",
+             f"{one_ms:.3f}", f"{gflop / one_ms:.2f}", f"{default_ms / one_ms:.2f}x"]
+        )  # fmt: skip
+    return rows
+
+
+def streaming_pair(
+    k: int, n: int, packed_rows: int | None, rows: int, weights: int, repetitions: int
+) -> list[float]:
+    """ms per (rows x k) @ (k x n) product: one weight reused, then ``weights`` different ones in turn."""
+    linear = torch.ops.mkldnn._linear_pointwise
+    x = torch.randn(rows, k, dtype=torch.bfloat16)
+    bias = torch.zeros(n, dtype=torch.bfloat16)
+    sources = [torch.randn(n, k, dtype=torch.bfloat16) * 0.02 for _ in range(weights)]
+    packed = [
+        torch.ops.mkldnn._reorder_linear_weight(w)
+        if packed_rows is None
+        else torch.ops.mkldnn._reorder_linear_weight(w, packed_rows)
+        for w in sources
+    ]
+
+    def cycle(count: int) -> Callable[[], None]:
+        def unit() -> None:
+            for i in range(2 * weights):
+                linear(x, packed[i % count], bias, "none", [], "")
+
+        return unit
+
+    timings = alternate({"cached": cycle(1), "streamed": cycle(weights)}, repetitions)
+    return [1e3 * timings.median(key) / (2 * weights) for key in ("cached", "streamed")]
+
+
+def streaming_rows(repetitions: int, rows: int = 192, weights: int = 24) -> list[list[str]]:
+    """The encoder's products at batch 1 (192 rows: 185 padded), with the layouts the encoder packs."""
+    table_rows = []
+    for name, k, n, packed_rows in (
+        ("QKV", HIDDEN, 3 * HIDDEN, None),
+        ("MLP up", HIDDEN, 4 * HIDDEN, None),
+        ("MLP down", 4 * HIDDEN, HIDDEN, 1),
+    ):
+        cached, streamed = streaming_pair(k, n, packed_rows, rows, weights, repetitions)
+        gflop, weight_mb = 2 * rows * k * n / 1e9, 2 * k * n / 1e6
+        table_rows.append(
+            [name, f"{rows}x{k}x{n}", f"{cached:.3f}", f"{gflop / cached:.2f}",
+             f"{streamed:.3f}", f"{gflop / streamed:.2f}", f"{weight_mb / streamed:.1f}",
+             f"{streamed / cached:.2f}x"]
+        )  # fmt: skip
+    return table_rows
+
+
+def run(quick: bool = False) -> Section:
+    """The four measurements as one Markdown section."""
+    set_threads()
+    repetitions = 5 if quick else 15
+    with torch.inference_mode():
+        attention = [row for dtype in (torch.bfloat16, torch.float32) for batch in (1, 8)
+                     for row in attention_rows(dtype, batch, repetitions)]  # fmt: skip
+        patches = patch_rows(repetitions)
+        layouts = layout_rows(repetitions)
+        streaming = streaming_rows(repetitions)
+    lines = [
+        "## Kernel measurements behind the fast path (`python benchmarks/bench_kernels.py`)",
+        "",
+        f"Medians of {repetitions} alternating repetitions of {CALLS} calls (streaming: 48 calls).",
+        "",
+        "### Attention: plain length against padded to a multiple of 32 (padded keys masked)",
+        "",
+        "The last column is what `vilt.optimize.attention_length` picks for the packed encoder.",
+        "",
+        table(
+            ["dtype", "batch", "L", "padded", "plain ms", "padded ms", "plain / padded", "vilt runs"],
+            attention,
+        ),
+        "",
+        "### Patch embedding, 384x384: strided convolution against the matrix product",
+        "",
+        table(["dtype", "batch", "convolution ms", "product ms", "speed-up"], patches),
+        "",
+        "### MLP down-projection (3072 -> 768, bfloat16): weight layout by row count",
+        "",
+        table(
+            ["batch", "rows", "default layout ms", "TFLOP/s", "layout for 1 row ms", "TFLOP/s", "speed-up"],
+            layouts,
+        ),
+        "",
+        "### Batch 1: bfloat16 matrix products with the weight in cache, or streamed like a forward's",
+        "",
+        table(
+            [
+                "product",
+                "MxKxN",
+                "cached ms",
+                "cached TFLOP/s",
+                "streamed ms",
+                "streamed TFLOP/s",
+                "weight GB/s streamed",
+                "streamed / cached",
+            ],
+            streaming,
+        ),
+        "",
+    ]
+    return Section("\n".join(lines), {})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    print(run(parser.parse_args().quick).markdown)
+
+
+if __name__ == "__main__":
+    main()
