@@ -4,11 +4,12 @@
    kernel) at length L against the same attention padded to the next multiple of 32 with the padded keys
    masked, which ``vilt.optimize.attention_length`` does in bfloat16 when the padding is small.
 2. **Patch embedding**: the reference's strided convolution against the same sum as one matrix product
-   over flattened patches (``ViltPatchEmbeddings.patch_product``).
-3. **The MLP down-projection's weight layout**: oneDNN's bfloat16 product 185..6144 x 3072 -> 768 with
-   the weight prepacked in its default blocked layout against the layout chosen for 1 row, which the
-   packed encoder uses (``PackedLayer.down``).
-4. **Batch-1 matrix products, weights in cache or not**: the encoder's three Linear shapes at 185 rows
+   over flattened patches (``ViltPatchEmbeddings.patch_product``), plain and on the prepacked weight of
+   an optimized model (``vilt.optimize.PackedPatchProjection``).
+3. **The MLP products' weight layout**: oneDNN's bfloat16 up-projection (with GELU) and down-projection
+   (with the residual add) at 192..6144 rows, the weight prepacked in its default blocked layout against
+   the layout chosen for 1 row, which the packed encoder uses for the down-projection.
+4. **Batch-1 matrix products, weights in cache or not**: the encoder's three Linear shapes at 192 rows (185 padded)
    with one prepacked weight reused (it stays in cache) against 24 different weights in turn, as a
    forward reads 12 layers' weights once each. The gap is what streaming the weights costs at batch 1.
 
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from common import Section, alternate, set_threads, table
 
-from vilt.optimize import attention_length, padded_keep
+from vilt.optimize import PackedPatchProjection, attention_length, padded_bias
 
 HEADS, HEAD_DIM = 12, 64
 HIDDEN = HEADS * HEAD_DIM
@@ -56,11 +57,11 @@ def attention_pair(dtype: torch.dtype, batch: int, length: int, padded: int, rep
     rows = qkv.view(batch, length, -1)  # (B, L, 3D)
     padded_qkv = F.pad(rows, (0, 0, 0, padded - length)).view(batch, padded, 3, HEADS, HEAD_DIM)
     pq, pk, pv = padded_qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, padded, Dh)
-    keep = padded_keep(None, rows, padded)  # (B, 1, 1, padded)
+    bias = padded_bias(None, rows, padded)  # (B, 1, 1, padded)
     return per_call_ms(
         {
             "plain": lambda: F.scaled_dot_product_attention(q, k, v),
-            "padded": lambda: F.scaled_dot_product_attention(pq, pk, pv, attn_mask=keep),
+            "padded": lambda: F.scaled_dot_product_attention(pq, pk, pv, attn_mask=bias),
         },
         repetitions,
     )
@@ -81,52 +82,73 @@ def attention_rows(dtype: torch.dtype, batch: int, repetitions: int) -> list[lis
     return rows
 
 
-def patch_pair(dtype: torch.dtype, batch: int, repetitions: int) -> list[float]:
-    """ms per patch embedding of a 384x384 batch: the strided convolution, then the matrix product."""
-    conv = torch.nn.Conv2d(3, HIDDEN, 32, 32).to(dtype)
+def patch_times(dtype: torch.dtype, batch: int, repetitions: int) -> list[float]:
+    """ms per patch embedding of a 384x384 batch: the strided convolution, the matrix product, and the
+    matrix product on the prepacked weight (what an optimized model runs)."""
+    conv = torch.nn.Conv2d(3, HIDDEN, 32, 32).to(dtype).eval().requires_grad_(False)
     pixels = torch.randn(batch, 3, 384, 384, dtype=dtype)
     weight = conv.weight.reshape(HIDDEN, -1)  # (D, C*P*P)
+    packed = PackedPatchProjection(conv)
 
-    def product() -> torch.Tensor:
+    def patches() -> torch.Tensor:
         x = pixels.reshape(batch, 3, 12, 32, 12, 32).permute(0, 2, 4, 1, 3, 5)  # (B, 12, 12, C, P, P)
-        return F.linear(x.reshape(batch, 12, 12, -1), weight, conv.bias)  # (B, 12, 12, D)
+        return x.reshape(batch, 12, 12, -1)  # (B, 12, 12, C*P*P)
 
-    return per_call_ms({"conv": lambda: conv(pixels), "product": product}, repetitions)
+    return per_call_ms(
+        {
+            "conv": lambda: conv(pixels),
+            "product": lambda: F.linear(patches(), weight, conv.bias),
+            "packed": lambda: packed(patches()),
+        },
+        repetitions,
+    )
 
 
 def patch_rows(repetitions: int) -> list[list[str]]:
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
         for batch in (1, 8):
-            convolution, matmul = patch_pair(dtype, batch, repetitions)
+            convolution, product, packed = patch_times(dtype, batch, repetitions)
             rows.append(
-                [str(dtype).removeprefix("torch."), str(batch), f"{convolution:.2f}", f"{matmul:.2f}",
-                 f"{convolution / matmul:.2f}x"]
+                [str(dtype).removeprefix("torch."), str(batch), f"{convolution:.2f}", f"{product:.2f}",
+                 f"{packed:.2f}", f"{convolution / product:.2f}x", f"{convolution / packed:.2f}x"]
             )  # fmt: skip
     return rows
 
 
-def layout_rows(repetitions: int) -> list[list[str]]:
+def layout_pair(k: int, n: int, post_op: str, rows: int, repetitions: int) -> list[float]:
+    """ms per bfloat16 (rows x k) @ (k x n) product with its post-op ("gelu" or the residual "add"),
+    the weight packed in oneDNN's default layout, then in its layout for 1 row."""
     linear = torch.ops.mkldnn._linear_pointwise
-    weight = torch.randn(HIDDEN, 4 * HIDDEN, dtype=torch.bfloat16) * 0.02  # (D, 4D)
-    bias = torch.zeros(HIDDEN, dtype=torch.bfloat16)
+    weight = torch.randn(n, k, dtype=torch.bfloat16) * 0.02
+    bias = torch.zeros(n, dtype=torch.bfloat16)
+    x = torch.randn(rows, k, dtype=torch.bfloat16)
+    residual = torch.randn(rows, n, dtype=torch.bfloat16)
+
+    def product(packed: torch.Tensor) -> Callable[[], torch.Tensor]:
+        if post_op == "gelu":
+            return lambda: linear(x, packed, bias, "gelu", [], "none")
+        return lambda: linear.binary(x, residual, packed, bias, "add")
+
     default = torch.ops.mkldnn._reorder_linear_weight(weight)
     one_row = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+    return per_call_ms({"default": product(default), "for 1 row": product(one_row)}, repetitions)
+
+
+def layout_rows(repetitions: int) -> list[list[str]]:
     rows = []
-    for batch in (1, 2, 4, 6, 8, 32):
-        x = torch.randn(batch * 192, 4 * HIDDEN, dtype=torch.bfloat16)  # 192 rows per 384x384 example
-        default_ms, one_ms = per_call_ms(
-            {
-                "default": lambda x=x: linear(x, default, bias, "none", [], ""),
-                "for 1 row": lambda x=x: linear(x, one_row, bias, "none", [], ""),
-            },
-            repetitions,
-        )
-        gflop = 2 * x.shape[0] * 4 * HIDDEN * HIDDEN / 1e9
-        rows.append(
-            [str(batch), str(x.shape[0]), f"{default_ms:.3f}", f"{gflop / default_ms:.2f}",
-             f"{one_ms:.3f}", f"{gflop / one_ms:.2f}", f"{default_ms / one_ms:.2f}x"]
-        )  # fmt: skip
+    for name, k, n, post_op in (
+        ("up + GELU", HIDDEN, 4 * HIDDEN, "gelu"),
+        ("down + add", 4 * HIDDEN, HIDDEN, "add"),
+    ):
+        for batch in (1, 2, 4, 6, 8, 32):
+            m = batch * 192  # 192 rows per 384x384 example (185 padded)
+            default_ms, one_ms = layout_pair(k, n, post_op, m, repetitions)
+            gflop = 2 * m * k * n / 1e9
+            rows.append(
+                [name, str(batch), str(m), f"{default_ms:.3f}", f"{gflop / default_ms:.2f}",
+                 f"{one_ms:.3f}", f"{gflop / one_ms:.2f}", f"{default_ms / one_ms:.2f}x"]
+            )  # fmt: skip
     return rows
 
 
@@ -200,14 +222,34 @@ def run(quick: bool = False) -> Section:
         "",
         "### Patch embedding, 384x384: strided convolution against the matrix product",
         "",
-        table(["dtype", "batch", "convolution ms", "product ms", "speed-up"], patches),
+        table(
+            [
+                "dtype",
+                "batch",
+                "convolution ms",
+                "product ms",
+                "packed product ms",
+                "product speed-up",
+                "packed speed-up",
+            ],
+            patches,
+        ),  # fmt: skip
         "",
-        "### MLP down-projection (3072 -> 768, bfloat16): weight layout by row count",
+        "### MLP products (bfloat16, with their fused post-ops): oneDNN weight layout by row count",
         "",
         table(
-            ["batch", "rows", "default layout ms", "TFLOP/s", "layout for 1 row ms", "TFLOP/s", "speed-up"],
+            [
+                "product",
+                "batch",
+                "rows",
+                "default layout ms",
+                "TFLOP/s",
+                "layout for 1 row ms",
+                "TFLOP/s",
+                "speed-up",
+            ],
             layouts,
-        ),
+        ),  # fmt: skip
         "",
         "### Batch 1: bfloat16 matrix products with the weight in cache, or streamed like a forward's",
         "",

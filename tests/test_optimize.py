@@ -4,9 +4,12 @@ layers, rebuilt when weights change, never used where gradients or probabilities
 from __future__ import annotations
 
 import copy
+import pickle
+from collections.abc import Callable
 
 import pytest
 import torch
+from torch import nn
 
 import vilt
 from vilt import optimize
@@ -56,6 +59,7 @@ def test_optimized_matches_plain_float32(hidden_act: str) -> None:
     optimized = copy.deepcopy(plain).optimize_for_inference()
     inputs = padded_inputs()
     torch.testing.assert_close(logits(optimized, inputs), logits(plain, inputs), atol=1e-5, rtol=1e-5)
+    assert optimized.vilt.embeddings.patch_embeddings.packed.product is not None  # the packed patches ran
 
 
 def test_optimized_bfloat16_close_to_float32() -> None:
@@ -103,12 +107,15 @@ def test_fast_path_is_skipped_for_gradients_probabilities_and_training() -> None
     assert not packed.applies([None, None], eager=False)
 
 
-def test_deepcopy_gets_its_own_empty_cache() -> None:
+@pytest.mark.parametrize("duplicate", [copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))])
+def test_copies_and_pickles_get_their_own_caches(duplicate: Callable[[nn.Module], nn.Module]) -> None:
     model = tiny_vqa().optimize_for_inference()
     inputs = padded_inputs()
-    expected = logits(model, inputs)
-    clone = copy.deepcopy(model)
+    expected = logits(model, inputs)  # builds both caches, which hold packed oneDNN tensors
+    clone = duplicate(model)
     assert clone.vilt.encoder.packed.encoder is clone.vilt.encoder
+    patches = clone.vilt.embeddings.patch_embeddings
+    assert patches.packed.projection is patches.projection
     torch.testing.assert_close(logits(clone, inputs), expected)
 
 
@@ -140,3 +147,9 @@ def test_padded_sequence_gives_the_unpadded_outputs(
     assert [h.shape for h in padded.hidden_states] == [h.shape for h in expected.hidden_states]
     for actual, wanted in zip(padded.hidden_states, expected.hidden_states):
         torch.testing.assert_close(actual, wanted, **tolerance)
+
+
+def test_a_model_built_under_inference_mode_optimizes() -> None:
+    with torch.inference_mode():
+        model = tiny_vqa().optimize_for_inference()  # inference tensors: no version counters
+        torch.testing.assert_close(model(**padded_inputs()).logits, logits(tiny_vqa(), padded_inputs()))

@@ -168,8 +168,9 @@ class ViltPatchEmbeddings(nn.Module):
 
     In float32 it is the reference's convolution, bit for bit. In reduced precision (bfloat16 / float16
     weights or autocast), and in a model after ``optimize_for_inference()``, the same sum runs as one
-    matrix product over the flattened patches: faster (~1.25x in float32, ~1.7x in bfloat16 at batch 8
-    on CPU), and ~8x faster in its bfloat16 backward on CPU than the oneDNN convolution's.
+    matrix product over the flattened patches: faster on CPU (the patch table of
+    benchmarks/bench_kernels.py), and ~8x faster in its bfloat16 backward than the oneDNN convolution's.
+    After ``optimize_for_inference()``, eval calls without gradients use a prepacked weight.
     """
 
     def __init__(self, config: ViltConfig) -> None:
@@ -178,14 +179,14 @@ class ViltPatchEmbeddings(nn.Module):
         self.projection = nn.Conv2d(
             config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
         )
-        self.exact_float32 = True  # float32 runs the convolution; optimize_for_inference() sets False
+        self.packed: Any = None  # a vilt.optimize.PackedPatchProjection, set by optimize_for_inference()
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) pixels -> (B, Hp, Wp, D) patch embeddings, Hp = H // P and Wp = W // P."""
         weight = self.projection.weight  # (D, C, P, P)
         pixel_values = pixel_values.to(dtype=weight.dtype)
         float32 = weight.dtype == torch.float32 and not torch.is_autocast_enabled(weight.device.type)
-        if float32 and self.exact_float32:
+        if float32 and self.packed is None:
             return self.projection(pixel_values).permute(0, 2, 3, 1)  # (B, Hp, Wp, D)
         return self.patch_product(pixel_values)
 
@@ -201,6 +202,8 @@ class ViltPatchEmbeddings(nn.Module):
         x = pixel_values[:, :, : hp * p, : wp * p]
         x = x.reshape(b, c, hp, p, wp, p).permute(0, 2, 4, 1, 3, 5)  # (B, Hp, Wp, C, P, P)
         x = x.reshape(b, hp, wp, c * p * p)  # (B, Hp, Wp, C*P*P), one row per patch
+        if self.packed is not None and self.packed.applies():
+            return self.packed(x)  # (B, Hp, Wp, D)
         return F.linear(x, weight.reshape(weight.shape[0], -1), self.projection.bias)  # (B, Hp, Wp, D)
 
 
@@ -706,11 +709,12 @@ class ViltPreTrainedModel(nn.Module):
         weight changes, and only no-gradient eval calls use it. Cast the dtype first (e.g. bfloat16).
         The patch embedding runs as a matrix product in float32 too (same sum, different rounding).
         """
-        from .optimize import PackedEncoder
+        from .optimize import PackedEncoder, PackedPatchProjection
 
         base = self if isinstance(self, ViltModel) else getattr(self, self.base_model_prefix)
         base.encoder.packed = PackedEncoder(base.encoder, self.config.hidden_act)
-        base.embeddings.patch_embeddings.exact_float32 = False
+        patches = base.embeddings.patch_embeddings
+        patches.packed = PackedPatchProjection(patches.projection)
         return self.eval()
 
     def get_input_embeddings(self) -> nn.Embedding:

@@ -19,7 +19,7 @@ gradients, head mask or attention probabilities; anything else runs the plain la
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -70,27 +70,46 @@ def attention_length(length: int, x: torch.Tensor) -> int:
     return padded if bfloat16_cpu and worth_it else length
 
 
-def padded_keep(keep: torch.Tensor | None, x: torch.Tensor, padded: int) -> torch.Tensor:
-    """The (B, 1, 1, padded) key mask once ``x`` (B, L, D) is padded: its L keys as ``keep``, then none."""
+def padded_bias(bias: torch.Tensor | None, x: torch.Tensor, padded: int) -> torch.Tensor:
+    """The (B, 1, 1, padded) additive key mask once ``x`` (B, L, D) is padded: ``bias`` (or zeros) for
+    its L keys, the dtype's lowest value for the padded ones."""
     b, length, _ = x.shape
-    full = torch.zeros(b, 1, 1, padded, dtype=torch.bool, device=x.device)
-    full[..., :length] = True if keep is None else keep
+    full = torch.full((b, 1, 1, padded), torch.finfo(x.dtype).min, dtype=x.dtype, device=x.device)
+    full[..., :length] = 0.0 if bias is None else bias
     return full
 
 
+def parameter_signature(parameters: Iterable[torch.Tensor]) -> list[tuple[int, int, torch.dtype]]:
+    """What identifies the current values of ``parameters``: storage, in-place version, dtype.
+
+    Tensors made under ``torch.inference_mode()`` keep no version counter; for them an in-place change
+    goes unseen (replacing them, as ``load_state_dict`` outside inference mode does, is seen).
+    """
+    return [(p.data_ptr(), 0 if p.is_inference() else p._version, p.dtype) for p in parameters]
+
+
 class FusedLinear:
-    """Linear layers concatenated along their outputs, with weights ready for inference.
+    """A (N, K) weight and its bias ready for inference: ``x @ weight.T + bias``, prepacked for oneDNN.
 
     Args:
-        linears: the layers, all with the same input size; their outputs are concatenated in order.
+        weight: (N, K), detached.
+        bias: (N,) or None.
         packed_rows: the row count oneDNN chooses the weight's blocked layout for (its default if None).
     """
 
-    def __init__(self, linears: Sequence[nn.Linear], packed_rows: int | None = None) -> None:
+    @classmethod
+    def concatenated(cls, linears: Sequence[nn.Linear], packed_rows: int | None = None) -> FusedLinear:
+        """Linear layers with the same input size as one, their outputs concatenated in order."""
         weights = [linear.weight.detach() for linear in linears]
         weight = weights[0] if len(weights) == 1 else torch.cat(weights)  # (sum N, K)
         biases = [linear.bias for linear in linears]
-        self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])  # (sum N,)
+        bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])  # (sum N,)
+        return cls(weight, bias, packed_rows)
+
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, packed_rows: int | None = None
+    ) -> None:
+        self.bias = bias
         self.onednn = onednn_applies(weight)
         if not self.onednn:
             self.weight = weight
@@ -125,23 +144,25 @@ class PackedLayer:
         attention = layer.attention
         projections = attention.attention
         self.num_heads, self.head_dim = attention.num_heads, attention.head_dim
-        self.qkv = FusedLinear([projections.query, projections.key, projections.value])
-        self.attention_output = FusedLinear([attention.output.dense])
-        self.up = FusedLinear([layer.intermediate.dense])
-        # In its default bfloat16 layout the down-projection's weight (4D -> D) runs at half speed for
-        # 512-1280 rows (batch 3-6 at 384x384). The layout for 1 row is ~1.2x faster at batch 1-2, ~1.8x
-        # at 4-6, even at 8 and ~0.9x at 32 (the down-projection table of benchmarks/bench_kernels.py).
-        # float32 keeps the default, which measured a few percent faster there.
+        self.qkv = FusedLinear.concatenated([projections.query, projections.key, projections.value])
+        self.attention_output = FusedLinear.concatenated([attention.output.dense])
+        self.up = FusedLinear.concatenated([layer.intermediate.dense])
+        # In oneDNN's default bfloat16 layout the down-projection's weight (4D -> D) runs at about half
+        # speed for 512-1280 rows (batch 3-6 at 384x384). Its layout for 1 row is faster at batch 1-6
+        # and about even at 8 and 32 (the layout table of benchmarks/bench_kernels.py). The
+        # up-projection's gains and losses from it were mixed in the whole model, so it keeps the
+        # default; so does float32, where the default measured a few percent faster.
         bfloat16 = layer.output.dense.weight.dtype == torch.bfloat16
-        self.down = FusedLinear([layer.output.dense], packed_rows=1 if bfloat16 else None)
+        self.down = FusedLinear.concatenated([layer.output.dense], packed_rows=1 if bfloat16 else None)
         self.norm_before, self.norm_after = layer.layernorm_before, layer.layernorm_after
         self.hidden_act, self.activation = hidden_act, layer.intermediate_act_fn
 
-    def __call__(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """One layer on x (B, L, D); ``bias`` is the (B, 1, 1, L) additive key mask or None."""
         b, length, d = x.shape
         qkv = self.qkv(self.norm_before(x)).view(b, length, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh), strided views
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B, H, L, Dh)
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, L, Dh)
         context = context.transpose(1, 2).reshape(b, length, d)  # (B, L, D)
         x = self.attention_output.plus(context, x)
         hidden = self.up.activated(self.norm_after(x), self.hidden_act, self.activation)  # (B, L, 4D)
@@ -177,9 +198,6 @@ class PackedEncoder:
             if "layernorm" not in name
         ]
 
-    def _current_signature(self) -> list[tuple[int, int, torch.dtype]]:
-        return [(p.data_ptr(), p._version, p.dtype) for p in self._sources()]
-
     def applies(self, head_mask: Sequence[torch.Tensor | None], eager: bool) -> bool:
         """Whether this call may take the fast path: eval, no gradients, no head mask, SDPA attention."""
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self._sources())
@@ -189,22 +207,64 @@ class PackedEncoder:
         self, x: torch.Tensor, mask: AttentionMask, output_hidden_states: bool
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """Run every layer; returns (output (B, L, D), the per-layer inputs plus output if asked)."""
-        signature = self._current_signature()
+        signature = parameter_signature(self._sources())
         if signature != self.signature:
             self.layers = [PackedLayer(layer, self.hidden_act) for layer in self.encoder.layer]
             self.signature = signature
-        length, keep = x.shape[1], mask.keep
+        # The additive mask, not the boolean one: SDPA would convert a boolean mask in every layer.
+        length, bias = x.shape[1], mask.additive
         padded = attention_length(length, x)
         if padded > length:
-            keep = padded_keep(keep, x, padded)
+            bias = padded_bias(bias, x, padded)
             x = F.pad(x, (0, 0, 0, padded - length))  # (B, padded, D), zero rows at the end
         hidden_states = []
         for layer in self.layers:
             if output_hidden_states:
                 hidden_states.append(x[:, :length])
-            x = layer(x, keep)
+            x = layer(x, bias)
         if padded > length:
             x = x[:, :length].contiguous()  # (B, L, D)
         if output_hidden_states:
             hidden_states.append(x)
         return x, tuple(hidden_states) if output_hidden_states else None
+
+
+class PackedPatchProjection:
+    """The patch embedding's (D, C, P, P) convolution as one packed product over flattened patches,
+    rebuilt whenever its weight or bias changes. In bfloat16 the weight takes oneDNN's layout for 1 row:
+    its default runs this 3072 -> 768 product at about half speed for 512-1280 patches (batch 4-8 at
+    384x384), like the MLP down-projection (benchmarks/bench_kernels.py).
+
+    Args:
+        projection: ``ViltPatchEmbeddings.projection``.
+    """
+
+    def __init__(self, projection: nn.Conv2d) -> None:
+        self.projection = projection
+        self.product: FusedLinear | None = None
+        self.signature: list[tuple[int, int, torch.dtype]] = []
+
+    def __deepcopy__(self, memo: dict[int, object]) -> PackedPatchProjection:
+        """A copied model gets an empty cache of its own (packed oneDNN tensors cannot be copied)."""
+        return PackedPatchProjection(copy.deepcopy(self.projection, memo))
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickle without the packed weight; it is rebuilt on the first call."""
+        return {"projection": self.projection, "product": None, "signature": []}
+
+    def applies(self) -> bool:
+        """Whether this call may use the packed weight: eval, no gradients, not being exported."""
+        needs_grad = torch.is_grad_enabled() and self.projection.weight.requires_grad
+        return not (self.projection.training or needs_grad or torch.compiler.is_exporting())
+
+    def __call__(self, patches: torch.Tensor) -> torch.Tensor:
+        """(..., C*P*P) flattened patches -> (..., D) embeddings."""
+        signature = parameter_signature(self.projection.parameters())
+        if signature != self.signature:
+            weight = self.projection.weight.detach()  # (D, C, P, P)
+            bias = None if self.projection.bias is None else self.projection.bias.detach()
+            rows = 1 if weight.dtype == torch.bfloat16 else None
+            self.product = FusedLinear(weight.reshape(weight.shape[0], -1), bias, packed_rows=rows)
+            self.signature = signature
+        assert self.product is not None
+        return self.product(patches)
