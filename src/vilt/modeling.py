@@ -707,7 +707,8 @@ class ViltPreTrainedModel(nn.Module):
         The encoder's weights are prepacked (oneDNN on CPU) with fused QKV, bias, activation and
         residual adds. Parameters, names and saving are unchanged; the packed copy is rebuilt when a
         weight changes, and only no-gradient eval calls use it. Cast the dtype first (e.g. bfloat16).
-        The patch embedding runs as a matrix product in float32 too (same sum, different rounding).
+        The patch embedding runs as a product on a prepacked weight, in float32 too (same sum,
+        different rounding).
         """
         from .optimize import PackedEncoder, PackedPatchProjection
 

@@ -9,6 +9,7 @@ products as oneDNN post-ops, so no bias copy and no separate elementwise pass re
 weights. ``benchmarks/RESULTS.md`` measures the gain against the plain layers and transformers.
 
 In bfloat16 on CPU the sequence may also run padded to a multiple of 32: see :func:`attention_length`.
+The patch embedding's convolution runs as one prepacked product too (:class:`PackedPatchProjection`).
 
 The packed weights are a cache. The parameters keep the reference's names and stay the source of truth:
 ``state_dict``, saving and training are untouched. The cache is rebuilt when a source parameter changes
