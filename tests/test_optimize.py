@@ -153,3 +153,11 @@ def test_a_model_built_under_inference_mode_optimizes() -> None:
     with torch.inference_mode():
         model = tiny_vqa().optimize_for_inference()  # inference tensors: no version counters
         torch.testing.assert_close(model(**padded_inputs()).logits, logits(tiny_vqa(), padded_inputs()))
+
+
+def test_padded_hidden_states_are_contiguous(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_vqa().optimize_for_inference()
+    monkeypatch.setattr(optimize, "attention_length", lambda length, x: length + 16)
+    with torch.inference_mode():
+        hidden_states = model(**padded_inputs(), output_hidden_states=True).hidden_states
+    assert all(h.is_contiguous() for h in hidden_states)

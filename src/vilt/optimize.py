@@ -221,7 +221,7 @@ class PackedEncoder:
         hidden_states = []
         for layer in self.layers:
             if output_hidden_states:
-                hidden_states.append(x[:, :length])
+                hidden_states.append(x[:, :length].contiguous())  # (B, L, D); x itself if not padded
             x = layer(x, bias)
         if padded > length:
             x = x[:, :length].contiguous()  # (B, L, D)
