@@ -12,6 +12,8 @@
 4. **Batch-1 matrix products, weights in cache or not**: the encoder's three Linear shapes at 192 rows (185 padded)
    with one prepacked weight reused (it stays in cache) against 24 different weights in turn, as a
    forward reads 12 layers' weights once each. The gap is what streaming the weights costs at batch 1.
+5. **Encoder passes**: the optimized bfloat16 model at batch 16 and 32 (384x384) with its encoder in one
+   pass over the batch or in two pieces (``vilt.optimize.batch_passes``).
 
 Contestants alternate within every repetition (``common.alternate``); figures are medians.
 
@@ -25,8 +27,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from common import Section, alternate, set_threads, table
+from common import Section, alternate, forward_inputs, load_models, model_dir, set_threads, table
 
+from vilt import optimize
 from vilt.optimize import PackedPatchProjection, attention_length, padded_bias
 
 HEADS, HEAD_DIM = 12, 64
@@ -196,8 +199,34 @@ def streaming_rows(repetitions: int, rows: int = 192, weights: int = 24) -> list
     return table_rows
 
 
+def passes_rows(repetitions: int) -> list[list[str]]:
+    """ms per forward of the optimized bfloat16 model with its encoder in one pass or two."""
+    model, _ = load_models(model_dir(), torch.bfloat16)
+    model.optimize_for_inference()
+    chosen = optimize.batch_passes
+
+    def forward(inputs: dict[str, torch.Tensor], passes: int) -> Callable[[], torch.Tensor]:
+        def call() -> torch.Tensor:
+            optimize.batch_passes = lambda x: passes
+            try:
+                return model(**inputs).logits
+            finally:
+                optimize.batch_passes = chosen
+
+        return call
+
+    rows = []
+    for batch in (16, 32):
+        inputs = forward_inputs(batch, 384, 384, torch.bfloat16)
+        timings = alternate({"one": forward(inputs, 1), "two": forward(inputs, 2)}, max(3, repetitions // 3))
+        one, two = (1e3 * timings.median(name) for name in ("one", "two"))
+        picked = chosen(torch.empty(batch, 185, HIDDEN, dtype=torch.bfloat16))
+        rows.append([str(batch), f"{one:.0f}", f"{two:.0f}", f"{one / two:.2f}x", str(picked)])
+    return rows
+
+
 def run(quick: bool = False) -> Section:
-    """The four measurements as one Markdown section."""
+    """The five measurements as one Markdown section."""
     set_threads()
     repetitions = 5 if quick else 15
     with torch.inference_mode():
@@ -206,6 +235,7 @@ def run(quick: bool = False) -> Section:
         patches = patch_rows(repetitions)
         layouts = layout_rows(repetitions)
         streaming = streaming_rows(repetitions)
+        passes = passes_rows(repetitions)
     lines = [
         "## Kernel measurements behind the fast path (`python benchmarks/bench_kernels.py`)",
         "",
@@ -265,6 +295,12 @@ def run(quick: bool = False) -> Section:
                 "streamed / cached",
             ],
             streaming,
+        ),
+        "",
+        "### Encoder passes: the optimized bfloat16 model, 384x384, the batch in one pass or two pieces",
+        "",
+        table(
+            ["batch", "one pass ms", "two pieces ms", "speed-up of two pieces", "passes vilt runs"], passes
         ),
         "",
     ]

@@ -161,3 +161,27 @@ def test_padded_hidden_states_are_contiguous(monkeypatch: pytest.MonkeyPatch) ->
     with torch.inference_mode():
         hidden_states = model(**padded_inputs(), output_hidden_states=True).hidden_states
     assert all(h.is_contiguous() for h in hidden_states)
+
+
+def test_large_bfloat16_cpu_batches_run_in_pieces() -> None:
+    def passes(batch: int, dtype: torch.dtype = torch.bfloat16) -> int:
+        return optimize.batch_passes(torch.zeros(batch, 185, 1, dtype=dtype))
+
+    assert [passes(b) for b in (1, 16, 22, 23, 32, 64)] == [1, 1, 1, 2, 2, 3]
+    assert passes(32, torch.float32) == 1
+
+
+@pytest.mark.parametrize("pieces", [2, 3])
+def test_a_batch_in_pieces_gives_the_whole_batchs_outputs(
+    monkeypatch: pytest.MonkeyPatch, pieces: int
+) -> None:
+    model = tiny_vqa().optimize_for_inference()
+    inputs = padded_inputs()  # 3 examples, text and image padding in different ones
+    with torch.inference_mode():
+        expected = model(**inputs, output_hidden_states=True)
+        monkeypatch.setattr(optimize, "batch_passes", lambda x: pieces)
+        split = model(**inputs, output_hidden_states=True)
+    torch.testing.assert_close(split.logits, expected.logits, atol=1e-5, rtol=1e-5)
+    assert len(split.hidden_states) == len(expected.hidden_states)
+    for actual, wanted in zip(split.hidden_states, expected.hidden_states):
+        torch.testing.assert_close(actual, wanted, atol=1e-5, rtol=1e-5)

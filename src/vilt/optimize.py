@@ -71,6 +71,22 @@ def attention_length(length: int, x: torch.Tensor) -> int:
     return padded if bfloat16_cpu and worth_it else length
 
 
+# oneDNN's bfloat16 products lose speed past a few thousand rows, so a bfloat16 CPU batch with more
+# rows than this runs through the encoder in equal pieces. At 384x384 (192 rows per example) batch 32 as
+# two pieces of 16 measured ~15% faster, and batch 16 whole faster than two pieces of 8 (the
+# encoder-passes table of benchmarks/bench_kernels.py). float32 gained nothing from it.
+MAX_ROWS_PER_PASS = 4096
+
+
+def batch_passes(x: torch.Tensor) -> int:
+    """How many pieces the packed encoder splits a (B, L, D) batch into: 1 unless bfloat16 on CPU with
+    more than ``MAX_ROWS_PER_PASS`` rows."""
+    b, length, _ = x.shape
+    if x.device.type != "cpu" or x.dtype != torch.bfloat16:
+        return 1
+    return min(b, -(-b * length // MAX_ROWS_PER_PASS))
+
+
 def padded_bias(bias: torch.Tensor | None, x: torch.Tensor, padded: int) -> torch.Tensor:
     """The (B, 1, 1, padded) additive key mask once ``x`` (B, L, D) is padded: ``bias`` (or zeros) for
     its L keys, the dtype's lowest value for the padded ones."""
@@ -207,13 +223,31 @@ class PackedEncoder:
     def __call__(
         self, x: torch.Tensor, mask: AttentionMask, output_hidden_states: bool
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """Run every layer; returns (output (B, L, D), the per-layer inputs plus output if asked)."""
+        """Run every layer; returns (output (B, L, D), the per-layer inputs plus output if asked).
+
+        A large batch runs in :func:`batch_passes` pieces, whose results are concatenated.
+        """
         signature = parameter_signature(self._sources())
         if signature != self.signature:
             self.layers = [PackedLayer(layer, self.hidden_act) for layer in self.encoder.layer]
             self.signature = signature
         # The additive mask, not the boolean one: SDPA would convert a boolean mask in every layer.
-        length, bias = x.shape[1], mask.additive
+        passes = batch_passes(x)
+        if passes == 1:
+            return self._encode(x, mask.additive, output_hidden_states)
+        biases = [None] * passes if mask.additive is None else mask.additive.tensor_split(passes)
+        pieces = [self._encode(*piece, output_hidden_states) for piece in zip(x.tensor_split(passes), biases)]
+        x = torch.cat([out for out, _ in pieces])  # (B, L, D)
+        if not output_hidden_states:
+            return x, None
+        per_piece = [states for _, states in pieces if states is not None]
+        return x, tuple(torch.cat(states) for states in zip(*per_piece))
+
+    def _encode(
+        self, x: torch.Tensor, bias: torch.Tensor | None, output_hidden_states: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Every layer on x (B, L, D) in one pass; ``bias`` is the (B, 1, 1, L) additive mask or None."""
+        length = x.shape[1]
         padded = attention_length(length, x)
         if padded > length:
             bias = padded_bias(bias, x, padded)
