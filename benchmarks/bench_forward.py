@@ -109,7 +109,8 @@ def run(quick: bool = False) -> Section:
     lines = ["## 1. Model forward (VQA head, ViLT-B/32, 40 tokens)", ""]
     for dtype, probe in probes.items():
         lines.append(
-            f"- matmul peak probe, {dtype}: `torch.mm` {probe.shape}, the fastest of {len(PEAK_SHAPES)} shapes"
+            f"- matmul peak probe, {dtype}: {probe.shape}, the fastest of {len(PEAK_SHAPES)} shapes as "
+            "`torch.mm` or oneDNN's product on a prepacked weight"
         )
     lines.append("")
     header = [
