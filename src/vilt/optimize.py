@@ -71,10 +71,11 @@ def attention_length(length: int, x: torch.Tensor) -> int:
     return padded if bfloat16_cpu and worth_it else length
 
 
-# oneDNN's bfloat16 products lose speed past a few thousand rows, so a bfloat16 CPU batch with more
+# oneDNN's bfloat16 products can lose speed past a few thousand rows, so a bfloat16 CPU batch with more
 # rows than this runs through the encoder in equal pieces. At 384x384 (192 rows per example) batch 32 as
-# two pieces of 16 measured ~15% faster, and batch 16 whole faster than two pieces of 8 (the
-# encoder-passes table of benchmarks/bench_kernels.py). float32 gained nothing from it.
+# two pieces of 16 measured from even to ~1.25x faster across runs on the 2-core test machine, never
+# slower, while batch 16 ran best whole (the encoder-passes table of benchmarks/bench_kernels.py shows
+# one run). float32 gained nothing from it.
 MAX_ROWS_PER_PASS = 4096
 
 
