@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from common import Section, alternate, forward_inputs, load_models, model_dir, set_threads, table
 
-from vilt import optimize
-from vilt.optimize import PackedPatchProjection, attention_length, padded_bias
+from vilt import ViltConfig, optimize
+from vilt.modeling import ViltPatchEmbeddings
+from vilt.optimize import ATTENTION_ROW_MULTIPLE, PackedPatchProjection, attention_length, padded_bias
 
 HEADS, HEAD_DIM = 12, 64
 HIDDEN = HEADS * HEAD_DIM
@@ -73,7 +74,7 @@ def attention_pair(dtype: torch.dtype, batch: int, length: int, padded: int, rep
 def attention_rows(dtype: torch.dtype, batch: int, repetitions: int) -> list[list[str]]:
     rows = []
     for length in LENGTHS:
-        padded = -(-length // 32) * 32
+        padded = -(-length // ATTENTION_ROW_MULTIPLE) * ATTENTION_ROW_MULTIPLE
         plain, pad = attention_pair(dtype, batch, length, padded, repetitions)
         chosen = attention_length(length, torch.empty(batch, length, HIDDEN, dtype=dtype))
         rows.append(
@@ -88,20 +89,22 @@ def attention_rows(dtype: torch.dtype, batch: int, repetitions: int) -> list[lis
 def patch_times(dtype: torch.dtype, batch: int, repetitions: int) -> list[float]:
     """ms per patch embedding of a 384x384 batch: the strided convolution, the matrix product, and the
     matrix product on the prepacked weight (what an optimized model runs)."""
-    conv = torch.nn.Conv2d(3, HIDDEN, 32, 32).to(dtype).eval().requires_grad_(False)
+    embed = ViltPatchEmbeddings(ViltConfig()).to(dtype).eval().requires_grad_(False)  # 32x32 patches
     pixels = torch.randn(batch, 3, 384, 384, dtype=dtype)
-    weight = conv.weight.reshape(HIDDEN, -1)  # (D, C*P*P)
-    packed = PackedPatchProjection(conv)
+    packed = PackedPatchProjection(embed.projection)
 
-    def patches() -> torch.Tensor:
-        x = pixels.reshape(batch, 3, 12, 32, 12, 32).permute(0, 2, 4, 1, 3, 5)  # (B, 12, 12, C, P, P)
-        return x.reshape(batch, 12, 12, -1)  # (B, 12, 12, C*P*P)
+    def packed_product() -> torch.Tensor:
+        embed.packed = packed
+        try:
+            return embed.patch_product(pixels)
+        finally:
+            embed.packed = None
 
     return per_call_ms(
         {
-            "conv": lambda: conv(pixels),
-            "product": lambda: F.linear(patches(), weight, conv.bias),
-            "packed": lambda: packed(patches()),
+            "conv": lambda: embed.projection(pixels),
+            "product": lambda: embed.patch_product(pixels),
+            "packed": packed_product,
         },
         repetitions,
     )

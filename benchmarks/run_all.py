@@ -106,10 +106,11 @@ def profile_section() -> Section:
         ]
     products = (torch.nn.Linear, torch.nn.Conv2d)  # the weights a forward reads in full
     weight_mb = sum(m.weight.nbytes for m in model.modules() if isinstance(m, products)) / 1e6
-    floor_ms = weight_mb / copy_bandwidth_gbs()
+    bandwidth = copy_bandwidth_gbs()
+    floor_ms = weight_mb / bandwidth
     lines.append(
         f"Batch 1 reads every matrix-product weight once per forward: {weight_mb:.0f} MB in bfloat16. At the "
-        f"measured copy bandwidth of {weight_mb / floor_ms:.1f} GB/s (read + write of a 256 MiB tensor) that "
+        f"measured copy bandwidth of {bandwidth:.1f} GB/s (read + write of a 256 MiB tensor) that "
         f"would take {floor_ms:.0f} ms of the {totals[1]:.0f} ms profiled forward. The oneDNN products stream "
         "their weights far slower than that, though: the batch-1 table of the kernel measurements below "
         "times each product with its weight in cache and streamed as in a forward."

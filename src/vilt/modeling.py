@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -455,6 +455,16 @@ class _Dense(nn.Module):
         return self.dropout(self.dense(x))
 
 
+def concatenated_linear(linears: Sequence[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Linear layers with one input size as one: their weights (sum N, K) and biases (sum N,) concatenated
+    along the outputs, in order (one layer's own tensors when there is one)."""
+    if len(linears) == 1:
+        return linears[0].weight, linears[0].bias
+    weight = torch.cat([linear.weight for linear in linears])  # (sum N, K)
+    bias = None if linears[0].bias is None else torch.cat([linear.bias for linear in linears])  # (sum N,)
+    return weight, bias
+
+
 # Longest sequence whose CPU backward takes the explicit softmax instead of SDPA (its probabilities take
 # B x H x L x L memory per layer; ViLT-B/32 at 384x640 with 40 tokens is L = 281).
 EXPLICIT_TRAINING_MAX_LENGTH = 512
@@ -516,10 +526,7 @@ class ViltAttention(nn.Module):
         parameters keep the reference's three names.
         """
         qkv = self.attention
-        weight = torch.cat([qkv.query.weight, qkv.key.weight, qkv.value.weight])  # (3D, D)
-        bias = None
-        if qkv.query.bias is not None:
-            bias = torch.cat([qkv.query.bias, qkv.key.bias, qkv.value.bias])  # (3D,)
+        weight, bias = concatenated_linear([qkv.query, qkv.key, qkv.value])  # (3D, D), (3D,)
         b, length, _ = x.shape
         fused = F.linear(x, weight, bias).view(
             b, length, 3, self.num_heads, self.head_dim

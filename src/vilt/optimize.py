@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .modeling import concatenated_linear
+
 if TYPE_CHECKING:
     from .modeling import AttentionMask, ViltEncoder, ViltLayer
 
@@ -118,11 +120,8 @@ class FusedLinear:
     @classmethod
     def concatenated(cls, linears: Sequence[nn.Linear], packed_rows: int | None = None) -> FusedLinear:
         """Linear layers with the same input size as one, their outputs concatenated in order."""
-        weights = [linear.weight.detach() for linear in linears]
-        weight = weights[0] if len(weights) == 1 else torch.cat(weights)  # (sum N, K)
-        biases = [linear.bias for linear in linears]
-        bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])  # (sum N,)
-        return cls(weight, bias, packed_rows)
+        weight, bias = concatenated_linear(linears)  # (sum N, K), (sum N,)
+        return cls(weight.detach(), None if bias is None else bias.detach(), packed_rows)
 
     def __init__(
         self, weight: torch.Tensor, bias: torch.Tensor | None, packed_rows: int | None = None
