@@ -31,6 +31,7 @@ _LAZY = {
     "ViltProcessor": "vilt.processing",
     "convert_original_checkpoint": "vilt.convert",
     "pipeline": "vilt.pipelines",
+    "ViltInputError": "vilt.errors",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
