@@ -40,7 +40,7 @@ from common import machine_info
 from easy_vqa import get_test_image_paths, get_test_questions
 
 import vilt
-from vilt.pipelines import BUNDLED_MODEL
+from vilt.hub import BUNDLED_MODEL_DIR
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from serve_process import serving  # noqa: E402  (tests/serve_process.py runs `vilt serve` in a subprocess)
@@ -178,7 +178,7 @@ def model_description(model: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--model", default=str(BUNDLED_MODEL), help="model directory (default: the bundled one)"
+        "--model", default=str(BUNDLED_MODEL_DIR), help="model directory (default: the bundled one)"
     )
     parser.add_argument(
         "--requests", type=int, default=2000, help="requests per phase (default: %(default)s)"

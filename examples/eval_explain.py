@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from vilt.checkpoint import find_weight_files
 from vilt.explain import draw, explain
-from vilt.pipelines import BUNDLED_MODEL, load_model
+from vilt.hub import BUNDLED_MODEL_DIR
+from vilt.pipelines import load_model
 
 SHAPES = ("circle", "rectangle", "triangle")
 BACKGROUND_TOLERANCE = 48  # pixel levels; anti-aliased edges within it count as background
@@ -51,7 +52,7 @@ def true_shapes() -> dict[int, str]:
 def weights_digest(model: str | None) -> str:
     """SHA-256 of the model's weight file(s)."""
     digest = hashlib.sha256()
-    for file in find_weight_files(str(BUNDLED_MODEL) if model is None else model):
+    for file in find_weight_files(str(BUNDLED_MODEL_DIR) if model is None else model):
         digest.update(Path(file).read_bytes())
     return digest.hexdigest()
 

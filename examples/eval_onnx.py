@@ -26,7 +26,7 @@ import torch
 
 import vilt
 from vilt.export import export_onnx
-from vilt.pipelines import BUNDLED_MODEL
+from vilt.hub import BUNDLED_MODEL_DIR
 
 RESULTS_FILE = Path(__file__).resolve().parent.parent / "results" / "eval_onnx.txt"
 
@@ -34,7 +34,7 @@ RESULTS_FILE = Path(__file__).resolve().parent.parent / "results" / "eval_onnx.t
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--model", default=str(BUNDLED_MODEL), help="easy-VQA model directory (default: bundled)"
+        "--model", default=str(BUNDLED_MODEL_DIR), help="easy-VQA model directory (default: bundled)"
     )
     parser.add_argument("--limit", type=int, help="answer only the first N test questions (default: all)")
     parser.add_argument("--batch-size", type=int, default=64, help="questions per forward pass (default 64)")

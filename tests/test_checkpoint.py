@@ -109,6 +109,12 @@ def _assert_same_tensors(ours: dict[str, torch.Tensor], theirs: dict[str, torch.
         assert torch.equal(tensor, theirs[key]), key
 
 
+def _assert_same_outputs(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    """Outputs of two model objects with equal weights. Not bit equality: where each copy of the weights
+    sits in memory (and the thread count) can change the kernel's summation order, hence the last bit."""
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
 def _assert_clean(info: dict) -> None:
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
 
@@ -146,7 +152,7 @@ def test_transformers_checkpoint_loads_here(name, layout, tmp_path, monkeypatch)
 
     _assert_clean(info)
     _assert_same_tensors(model.state_dict(), reference.state_dict())
-    assert torch.equal(_run_ours(model, name), _run_reference(reference, name, monkeypatch))
+    _assert_same_outputs(_run_ours(model, name), _run_reference(reference, name, monkeypatch))
 
 
 @pytest.mark.reference
@@ -161,7 +167,7 @@ def test_our_checkpoint_loads_in_transformers(name, layout, tmp_path, monkeypatc
 
     _assert_clean(info)
     _assert_same_tensors(reference.state_dict(), model.state_dict())
-    assert torch.equal(_run_reference(reference.eval(), name, monkeypatch), _run_ours(model, name))
+    _assert_same_outputs(_run_reference(reference.eval(), name, monkeypatch), _run_ours(model, name))
 
 
 def test_float32_checkpoint_loads_as_bfloat16(tmp_path):
@@ -214,7 +220,7 @@ def test_v4_mlm_layout_loads_with_its_bias(with_decoder_bias, tmp_path):
     _assert_clean(info)
     assert torch.equal(model.mlm_score.decoder.bias, original.mlm_score.decoder.bias)
     assert torch.equal(model.mlm_score.decoder.weight, original.mlm_score.decoder.weight)
-    assert torch.equal(_run_ours(model, "ViltForMaskedLM"), _run_ours(original, "ViltForMaskedLM"))
+    _assert_same_outputs(_run_ours(model, "ViltForMaskedLM"), _run_ours(original, "ViltForMaskedLM"))
 
 
 @pytest.mark.reference
@@ -237,7 +243,7 @@ def test_v5_tied_mlm_layout_loads_tied(tmp_path, monkeypatch):
 
     _assert_clean(info)
     assert model.mlm_score.decoder.weight is model.vilt.embeddings.text_embeddings.word_embeddings.weight
-    assert torch.equal(
+    _assert_same_outputs(
         _run_ours(model, "ViltForMaskedLM"), _run_reference(reference, "ViltForMaskedLM", monkeypatch)
     )
 
@@ -448,34 +454,43 @@ def test_offline_hub_without_cache_says_how_to_work_offline(tmp_path, monkeypatc
 
 
 def test_unreachable_hub_fails_with_how_to_work_offline(tmp_path, monkeypatch):
-    """No HF_HUB_OFFLINE and no network: huggingface_hub's retries (sleeps skipped here) end in our error."""
+    """No HF_HUB_OFFLINE and no network: one refused connection, then the cache, then our one-line fix."""
     import huggingface_hub.constants
-    import huggingface_hub.utils._http
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    unreachable = "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}"  # the discard port: refused
-    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", unreachable)
-    monkeypatch.setattr(huggingface_hub.utils._http.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port
     start = time.monotonic()
-    with pytest.raises(OSError, match=r"could not be reached.*To work offline"):
+    with pytest.raises(OSError, match=r"cannot be reached and it is not in the cache.*Fix:.*hf download"):
         MODEL_CLASSES["ViltForMaskedLM"].from_pretrained(REPO, cache_dir=tmp_path)
     assert time.monotonic() - start < 10
 
 
-@pytest.mark.slow
-def test_unreachable_hub_fails_in_a_fresh_process(tmp_path):
-    """The same with the real environment variables and huggingface_hub's real back-off (about 25 s)."""
-    env = {
-        **os.environ,
-        "HF_ENDPOINT": "http://127.0.0.1:9",
-        "HF_HOME": str(tmp_path),
-        "HF_HUB_ETAG_TIMEOUT": "2",
-        "HF_HUB_DOWNLOAD_TIMEOUT": "2",
-    }
+def test_unreachable_hub_fails_once_and_fast_in_a_fresh_process(tmp_path):
+    """The same with the real environment variables: one attempt, one message, a few seconds at most."""
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path)}
     env.pop("HF_HUB_OFFLINE", None)
     code = f"from vilt import ViltForMaskedLM; ViltForMaskedLM.from_pretrained({REPO!r})"
+    start = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
+    assert time.monotonic() - start < 20  # the interpreter and torch start-up included
     assert result.returncode != 0
-    assert "could not be reached" in result.stderr and "To work offline" in result.stderr
+    assert result.stderr.count("cannot be reached") == 1 and "Retry" not in result.stderr
+    assert "hf download dandelin/vilt-b32-mlm" in result.stderr
+
+
+def test_a_cached_model_loads_when_the_hub_cannot_be_reached(tmp_path, monkeypatch):
+    """No HF_HUB_OFFLINE, no network, the model in the cache: it loads from the cache."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--dandelin--vilt-b32-mlm"
+    model = _ours("ViltForMaskedLM")
+    model.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    loaded = MODEL_CLASSES["ViltForMaskedLM"].from_pretrained(REPO, cache_dir=tmp_path)
+    _assert_same_tensors(loaded.state_dict(), model.state_dict())

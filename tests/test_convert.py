@@ -218,7 +218,8 @@ def test_each_kind_converts_to_the_hand_mapped_model(kind, tmp_path, caplog):
         assert converted.state_dict().keys() == expected.state_dict().keys()
         for key, tensor in expected.state_dict().items():
             assert torch.equal(converted.state_dict()[key], tensor), key
-        assert torch.equal(logits(converted, kind), logits(expected, kind))
+        # two model objects: memory alignment can change the last bit of the products (not a property)
+        torch.testing.assert_close(logits(converted, kind), logits(expected, kind), rtol=0, atol=1e-6)
     for field in ("num_labels", "id2label", "num_images", "modality_type_vocab_size", "num_attention_heads"):
         assert getattr(loaded.config, field) == getattr(expected.config, field), field
     assert loaded.config.extra["converted_from"] == {"file": FILE_NAMES[kind], "kind": kind}
@@ -345,7 +346,8 @@ def test_heads_count_falls_back_to_an_override(tmp_path):
     with pytest.raises(ValueError, match="pass num_attention_heads"):
         convert_original_checkpoint(src, tmp_path / "out")
     model = convert_original_checkpoint(src, tmp_path / "out", num_attention_heads=HEADS)
-    assert torch.equal(logits(model, "vqa"), logits(expected_model("vqa", original_state("vqa")), "vqa"))
+    expected = logits(expected_model("vqa", original_state("vqa")), "vqa")
+    torch.testing.assert_close(logits(model, "vqa"), expected, rtol=0, atol=1e-6)  # two objects: not bitwise
 
 
 # ----------------------------------------------------------------------------- safe reading

@@ -402,7 +402,7 @@ def test_legacy_configs_load(tmp_path):
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(legacy))
     loaded = ViltImageProcessor.from_pretrained(tmp_path, revision="main", local_files_only=True)
     assert loaded == ViltImageProcessor(do_pad=False)
-    with pytest.raises(FileNotFoundError, match="not a directory"):
+    with pytest.raises(FileNotFoundError, match="neither a local directory nor a Hugging Face hub id"):
         ViltImageProcessor.from_pretrained(tmp_path / "nothing-here")
     (tmp_path / "preprocessor_config.json").unlink()
     with pytest.raises(FileNotFoundError, match="preprocessor_config.json"):

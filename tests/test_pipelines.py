@@ -14,14 +14,9 @@ from PIL import Image
 from tiny_models import BUNDLED, png_bytes, random_image, save_tiny
 
 import vilt
+from vilt.devices import cpu_supports_bf16, select_device_and_dtype
 from vilt.heads import ViltForQuestionAnswering
-from vilt.pipelines import (
-    _prefetched,
-    _size_sorted_batches,
-    cpu_supports_bf16,
-    select_device_and_dtype,
-    top_k_per_row,
-)
+from vilt.pipelines import _prefetched, _size_sorted_batches, top_k_per_row
 
 # three sizes: after resizing (shorter side 32, multiples of 8) 32x48, 32x32 and 72x32
 SIZES = [(24, 40), (32, 32), (50, 20)]

@@ -28,6 +28,9 @@ import torch
 from torch import nn
 
 from .configuration import ViltConfig
+from .devices import dtype_name, parse_dtype
+from .files import atomic_directory
+from .hub import is_offline, model_source, resolve_file, split_hub_options
 
 logger = logging.getLogger(__name__)
 
@@ -37,112 +40,13 @@ WEIGHTS_NAME = "pytorch_model.bin"
 WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
 # checked in this order: safetensors first
 WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+_SHARD_NAME = re.compile(r"(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)")
 
 # keys some checkpoints carry that are buffers (not weights) here
 _IGNORED_KEYS = re.compile(r"(^|\.)embeddings\.text_embeddings\.(position_ids|token_type_ids)$")
-_HUB_ID = re.compile(r"^[\w.\-]+(/[\w.\-]+)?$")
 
 
 # ----------------------------------------------------------------------------- locating files
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-
-
-def resolve_file(
-    path_or_repo_id: str | os.PathLike[str],
-    filename: str,
-    *,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    local_files_only: bool = False,
-    token: str | bool | None = None,
-    required: bool = True,
-    **_: Any,
-) -> str | None:
-    """Local path of ``filename`` in a directory or a hub repository (downloaded and cached).
-
-    Args:
-        path_or_repo_id: a local directory, or a hub id such as ``dandelin/vilt-b32-finetuned-vqa``.
-        filename: the file inside it.
-        revision, cache_dir, local_files_only, token: passed to ``huggingface_hub``.
-        required: raise when the file is absent (otherwise return None).
-
-    Raises:
-        FileNotFoundError: the directory or file does not exist (when required).
-        OSError: the hub cannot be reached; the message says how to work offline.
-    """
-    path = Path(path_or_repo_id)
-    if path.is_dir():
-        candidate = path / filename
-        if candidate.is_file():
-            return str(candidate)
-        if required:
-            present = sorted(p.name for p in path.iterdir())
-            raise FileNotFoundError(
-                f"{candidate} does not exist (the directory holds: {', '.join(present) or 'nothing'})"
-            )
-        return None
-    repo_id = str(path_or_repo_id)
-    if path.exists() or not _HUB_ID.match(repo_id) or repo_id.startswith((".", "/")):
-        raise FileNotFoundError(
-            f"{repo_id!r} is neither a local directory nor a Hugging Face hub id (like 'dandelin/vilt-b32-mlm')"
-        )
-    return _hub_download(repo_id, filename, revision, cache_dir, local_files_only, token, required)
-
-
-def _hub_download(
-    repo_id: str,
-    filename: str,
-    revision: str | None,
-    cache_dir: str | os.PathLike[str] | None,
-    local_files_only: bool,
-    token: str | bool | None,
-    required: bool,
-) -> str | None:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    offline = local_files_only or _offline()
-    try:
-        return hf_hub_download(
-            repo_id,
-            filename,
-            revision=revision,
-            cache_dir=None if cache_dir is None else str(cache_dir),
-            local_files_only=offline,
-            token=token,
-        )
-    except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError: test it first)
-        if not required and offline:
-            return None
-        how = (
-            "HF_HUB_OFFLINE is set or local_files_only=True, and the file is not in the cache"
-            if offline
-            else "the Hugging Face Hub could not be reached and the file is not in the cache"
-        )
-        raise OSError(
-            f"cannot load {filename!r} of {repo_id!r}: {how}. To work offline, download the repository on a "
-            f"machine with internet (`hf download {repo_id} --local-dir DIR`), copy DIR here and pass the "
-            "directory instead of the hub id, or point HF_HOME / cache_dir at a cache that has it and set "
-            "HF_HUB_OFFLINE=1"
-        ) from None
-    except EntryNotFoundError:
-        if required:
-            raise FileNotFoundError(f"the hub repository {repo_id!r} has no file {filename!r}") from None
-        return None
-    except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as err:
-        raise FileNotFoundError(
-            f"the hub repository {repo_id!r} (revision {revision or 'main'}) was not found or is not accessible: "
-            f"{type(err).__name__}"
-        ) from None
 
 
 def find_weight_files(path_or_repo_id: str | os.PathLike[str], **hub: Any) -> list[str]:
@@ -159,7 +63,9 @@ def find_weight_files(path_or_repo_id: str | os.PathLike[str], **hub: Any) -> li
         if not shards:
             raise ValueError(f"{found} names no shard in its weight_map")
         return [resolve_file(path_or_repo_id, shard, **hub) for shard in shards]  # type: ignore[misc]
-    offline = not Path(path_or_repo_id).is_dir() and (hub.get("local_files_only") or _offline())
+    offline = not Path(model_source(path_or_repo_id)).is_dir() and is_offline(
+        hub.get("local_files_only", False)
+    )
     where = " in the local cache (HF_HUB_OFFLINE or local_files_only is set)" if offline else ""
     raise FileNotFoundError(
         f"no weights found at {path_or_repo_id}{where}: expected one of {', '.join(WEIGHT_FILES)}"
@@ -477,15 +383,10 @@ def _build(cls: type[Any], config: ViltConfig, state: dict[str, torch.Tensor]) -
 
 
 def _as_dtype(torch_dtype: str | torch.dtype | None, config: ViltConfig) -> torch.dtype | None:
-    if torch_dtype is None or isinstance(torch_dtype, torch.dtype):
-        return torch_dtype
+    """The dtype ``from_pretrained`` casts to: None keeps the weights', "auto" is the config's ``torch_dtype``."""
     if torch_dtype == "auto":
-        name = config.extra.get("torch_dtype") or config.extra.get("dtype") or "float32"
-        return getattr(torch, str(name))
-    dtype = getattr(torch, str(torch_dtype), None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown torch_dtype {torch_dtype!r}; use e.g. 'float32', 'bfloat16' or 'float16'")
-    return dtype
+        return parse_dtype(config.extra.get("torch_dtype") or config.extra.get("dtype") or "float32")
+    return None if torch_dtype is None else parse_dtype(torch_dtype)
 
 
 def read_config(file: str | os.PathLike[str]) -> ViltConfig:
@@ -503,32 +404,28 @@ def load_pretrained(
     pretrained_model_name_or_path: str | os.PathLike[str],
     *,
     config: ViltConfig | None = None,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    local_files_only: bool = False,
-    token: str | bool | None = None,
     torch_dtype: str | torch.dtype | None = None,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     ignore_mismatched_sizes: bool = False,
     output_loading_info: bool = False,
-    **config_overrides: Any,
+    **kwargs: Any,
 ) -> Any:
-    """Build ``cls`` from a checkpoint directory or hub id (the body of ``from_pretrained``).
+    """Build ``cls`` from a checkpoint directory, ``bundled`` or a hub id (the body of ``from_pretrained``).
 
     Args:
         cls: the model class to build.
-        pretrained_model_name_or_path: a local directory or a hub id.
+        pretrained_model_name_or_path: a local directory, ``bundled`` or a hub id (see :mod:`vilt.hub`).
         config: use this config instead of the checkpoint's ``config.json``.
-        revision, cache_dir, local_files_only, token: hub download options.
         torch_dtype: dtype of the returned weights ("auto" uses the config's ``torch_dtype``);
             ``dtype`` is the transformers v5 name of the same option.
         device: device to move the model to.
         ignore_mismatched_sizes: re-initialise tensors whose shape differs (e.g. a new answer head).
         output_loading_info: also return a dict of missing/unexpected/mismatched keys.
-        **config_overrides: config fields to change, e.g. ``num_labels=13`` or ``id2label={...}``.
+        **kwargs: the hub options (``revision``, ``cache_dir``, ``local_files_only``, ``token``...,
+            see :data:`vilt.hub.HUB_OPTIONS`), and config fields to change, e.g. ``num_labels=13``.
     """
-    hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
+    hub, config_overrides = split_hub_options(kwargs)
     if config is None:
         config = read_config(resolve_file(pretrained_model_name_or_path, "config.json", **hub))  # type: ignore[arg-type]
     if config_overrides:
@@ -568,24 +465,6 @@ def _parse_size(size: int | str) -> int:
     return int(number * scale)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same directory, then rename: never a half-written file.
-    The file gets the permissions of any new file (safetensors alone would make it owner-only)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(str(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _shards(state: dict[str, torch.Tensor], limit: int) -> list[dict[str, torch.Tensor]]:
     """Split ``state`` in key order into groups of at most ``limit`` bytes (a bigger tensor gets its own)."""
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -600,37 +479,29 @@ def _shards(state: dict[str, torch.Tensor], limit: int) -> list[dict[str, torch.
     return shards
 
 
-def _write_safetensors(state: dict[str, torch.Tensor], directory: Path, limit: int) -> list[str]:
-    """``model.safetensors``, or numbered shards plus an index above ``limit`` bytes; the names written."""
+def _write_safetensors(state: dict[str, torch.Tensor], directory: Path, limit: int) -> None:
+    """``model.safetensors``, or numbered shards plus an index above ``limit`` bytes."""
     from safetensors.torch import save_file
 
     shards = _shards(state, limit)
     metadata = {"format": "pt"}
     if len(shards) == 1:
-        _atomic_write(directory / SAFE_WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata))
-        return [SAFE_WEIGHTS_NAME]
+        save_file(state, directory / SAFE_WEIGHTS_NAME, metadata=metadata)
+        return
     weight_map = {}
     for i, shard in enumerate(shards, start=1):
         name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        _atomic_write(directory / name, lambda tmp, shard=shard: save_file(shard, tmp, metadata=metadata))
+        save_file(shard, directory / name, metadata=metadata)
         weight_map.update(dict.fromkeys(shard, name))
     total = sum(t.numel() * t.element_size() for t in state.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    _atomic_write(
-        directory / SAFE_WEIGHTS_INDEX_NAME,
-        lambda tmp: Path(tmp).write_text(
-            json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        ),
-    )
-    return [SAFE_WEIGHTS_INDEX_NAME, *sorted(set(weight_map.values()))]
+    (directory / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
-def _remove_other_weights(directory: Path, keep: list[str]) -> None:
-    """Delete weight files of an earlier save that the new one does not overwrite (they would shadow it)."""
-    earlier = [*WEIGHT_FILES, *(p.name for p in directory.glob("model-*-of-*.safetensors"))]
-    for name in earlier:
-        if name not in keep:
-            (directory / name).unlink(missing_ok=True)
+def is_weight_file(name: str) -> bool:
+    """Whether ``name`` is a weight file of some save (single, sharded or index): a new save replaces
+    them all, since an earlier save's files would shadow or mix with its own."""
+    return name in WEIGHT_FILES or bool(_SHARD_NAME.fullmatch(name))
 
 
 def save_state_dict(
@@ -646,24 +517,24 @@ def save_state_dict(
     Args:
         state: the tensors to write, under their final names (tied copies already removed).
         config: written as ``config.json`` with the weights' ``torch_dtype``.
-        save_directory: created if needed; weight files of an earlier save there are replaced.
+        save_directory: created if needed; weight files of an earlier save there are replaced, other
+            files are kept. The directory changes all at once: killed at any moment, it holds either
+            the earlier save or this one (:func:`vilt.files.atomic_directory`).
         max_shard_size: split the weights into ``model-0000i-of-0000n.safetensors`` files plus an
             index when they are larger than this (bytes, or a size like ``"200MB"``).
         safe_serialization: safetensors (default) or a ``pytorch_model.bin``.
     """
-    directory = Path(save_directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     floating = [t.dtype for t in state.values() if t.is_floating_point()]
     config.extra.pop("dtype", None)  # the v5 name; torch_dtype is read by both versions
-    config.extra["torch_dtype"] = str(floating[0] if floating else torch.float32).removeprefix("torch.")
-    _atomic_write(directory / "config.json", lambda tmp: config.to_json_file(tmp))
-    if safe_serialization:
-        written = _write_safetensors(state, directory, _parse_size(max_shard_size))
-    else:
-        _atomic_write(directory / WEIGHTS_NAME, lambda tmp: torch.save(state, tmp))
-        written = [WEIGHTS_NAME]
-    _remove_other_weights(directory, written)
+    config.extra["torch_dtype"] = dtype_name(floating[0] if floating else torch.float32)
+    limit = _parse_size(max_shard_size)
+    with atomic_directory(save_directory, keep_old=lambda name: not is_weight_file(name)) as staging:
+        config.to_json_file(staging / "config.json")
+        if safe_serialization:
+            _write_safetensors(state, staging, limit)
+        else:
+            torch.save(state, staging / WEIGHTS_NAME)
 
 
 def save_pretrained(

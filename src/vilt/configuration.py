@@ -13,6 +13,9 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .files import atomic_write
+from .hub import resolve_file, split_hub_options
+
 CONFIG_NAME = "config.json"
 
 
@@ -193,18 +196,20 @@ class ViltConfig:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str], **kwargs: Any) -> ViltConfig:
-        """Load ``config.json`` from a local directory or a hub id (see :mod:`vilt.checkpoint`)."""
-        from .checkpoint import resolve_file
+        """Load ``config.json`` from a local directory, ``bundled`` or a hub id (see :mod:`vilt.hub`).
 
-        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in {f.name for f in fields(cls)}}
-        config_file = resolve_file(path, CONFIG_NAME, **kwargs)
+        Keyword arguments are the hub options (``revision``, ``cache_dir``...) and fields to override
+        (unknown ones are kept in ``extra``, as transformers keeps them as attributes).
+        """
+        hub, overrides = split_hub_options(kwargs)
+        config_file = resolve_file(path, CONFIG_NAME, **hub)
         config = cls.from_json_file(config_file)
         return config.replace(**overrides) if overrides else config
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``config.json`` into ``directory`` (created if needed)."""
+        """Write ``config.json`` into ``directory`` (created if needed), all or nothing."""
         os.makedirs(directory, exist_ok=True)
-        self.to_json_file(os.path.join(directory, CONFIG_NAME))
+        atomic_write(os.path.join(directory, CONFIG_NAME), self.to_json_file)
 
     def replace(self, **changes: Any) -> ViltConfig:
         """A copy with some fields changed (labels are re-derived when id2label changes)."""

@@ -68,6 +68,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .feature import BatchFeature
+from .files import atomic_directory
+from .hub import resolve_file, split_hub_options
+
 PREPROCESSOR_CONFIG_FILE = "preprocessor_config.json"
 PROCESSOR_CONFIG_FILE = "processor_config.json"  # transformers v5 nests the image settings here
 
@@ -79,64 +83,6 @@ _NUMERIC_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
 _RETURN_TENSORS = (None, "np", "pt")
 _DATA_FORMATS = ("channels_first", "channels_last")
-
-
-class BatchFeature(dict):
-    """The output of the processors: a dict that also allows attribute access (``batch.pixel_values``).
-
-    ``to()`` moves the tensors to a device and casts only floating-point tensors to a dtype, so
-    ``batch.to("cuda", torch.bfloat16)`` keeps ``input_ids`` and ``pixel_mask`` integer.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def to(self, *args: Any, **kwargs: Any) -> BatchFeature:
-        """Apply ``torch.Tensor.to(*args, **kwargs)`` to the tensors, in place.
-
-        Args:
-            *args: Arguments of ``torch.Tensor.to``, e.g. a device, a dtype, or both.
-            **kwargs: Keyword arguments of ``torch.Tensor.to`` (``device``, ``dtype``, ``non_blocking``).
-
-        Returns:
-            This batch, with floating-point tensors moved and cast and the other tensors only moved.
-        """
-        device = kwargs.get("device")
-        if device is None:
-            device = next((a for a in args if isinstance(a, (str, int, torch.device))), None)
-        for key, value in self.items():
-            if not isinstance(value, torch.Tensor):
-                continue
-            if value.is_floating_point():
-                self[key] = value.to(*args, **kwargs)
-            elif device is not None:
-                self[key] = value.to(device=device, non_blocking=kwargs.get("non_blocking", False))
-        return self
-
-
-def _resolve(path: str | os.PathLike, filename: str, **hub_kwargs: Any) -> Path | None:
-    """Locate ``filename`` of a pretrained directory; the one place where files are found.
-
-    Every ``from_pretrained`` (image processor, tokenizer, processor) finds its files here, so hub
-    downloads plug in by replacing this body with a call to ``vilt.hub.resolve_file``.
-
-    Args:
-        path: A local directory.
-        filename: The file wanted in it.
-        **hub_kwargs: Download options (``revision``, ``cache_dir``, ``local_files_only``...), unused for
-            local directories.
-
-    Returns:
-        The file's path, or None when the directory has no such file.
-    """
-    directory = Path(path)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{str(path)!r} is not a directory; from_pretrained takes a local directory")
-    candidate = directory / filename
-    return candidate if candidate.is_file() else None
 
 
 def get_resize_output_image_size(
@@ -623,19 +569,18 @@ class ViltImageProcessor:
         """Load the settings from ``preprocessor_config.json`` (or v5's ``processor_config.json``).
 
         Args:
-            pretrained_model_name_or_path: A directory holding the config.
-            **kwargs: Settings that override the saved ones; other keyword arguments (``revision``,
-                ``cache_dir``, ``local_files_only``...) are passed on to the file lookup.
+            pretrained_model_name_or_path: A directory, ``bundled`` or a hub id (see :mod:`vilt.hub`).
+            **kwargs: Settings that override the saved ones, and the hub options (``revision``,
+                ``cache_dir``, ``local_files_only``...).
         """
-        known = cls._init_parameter_names()
-        overrides = {key: value for key, value in kwargs.items() if key in known}
-        hub_kwargs = {key: value for key, value in kwargs.items() if key not in known}
-        config_file = _resolve(pretrained_model_name_or_path, PREPROCESSOR_CONFIG_FILE, **hub_kwargs)
+        hub, overrides = split_hub_options(kwargs)
+        source = pretrained_model_name_or_path
+        config_file = resolve_file(source, PREPROCESSOR_CONFIG_FILE, required=False, **hub)
         if config_file is not None:
-            return cls.from_dict(json.loads(config_file.read_text(encoding="utf-8")), **overrides)
-        processor_file = _resolve(pretrained_model_name_or_path, PROCESSOR_CONFIG_FILE, **hub_kwargs)
+            return cls.from_dict(json.loads(Path(config_file).read_text(encoding="utf-8")), **overrides)
+        processor_file = resolve_file(source, PROCESSOR_CONFIG_FILE, required=False, **hub)
         if processor_file is not None:
-            config = json.loads(processor_file.read_text(encoding="utf-8")).get("image_processor")
+            config = json.loads(Path(processor_file).read_text(encoding="utf-8")).get("image_processor")
             if config is not None:
                 return cls.from_dict(config, **overrides)
         raise FileNotFoundError(
@@ -644,7 +589,7 @@ class ViltImageProcessor:
         )
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
-        """Write ``preprocessor_config.json`` into a directory (created if missing).
+        """Write ``preprocessor_config.json`` into a directory (created if missing), all or nothing.
 
         Args:
             save_directory: The directory.
@@ -652,11 +597,9 @@ class ViltImageProcessor:
         Returns:
             The paths written.
         """
-        directory = Path(save_directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / PREPROCESSOR_CONFIG_FILE
-        self.to_json_file(path)
-        return [str(path)]
+        with atomic_directory(save_directory) as staging:
+            self.to_json_file(staging / PREPROCESSOR_CONFIG_FILE)
+        return [str(Path(save_directory) / PREPROCESSOR_CONFIG_FILE)]
 
     @staticmethod
     def _init_parameter_names() -> set[str]:

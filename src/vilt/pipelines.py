@@ -68,86 +68,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import read_config, resolve_file
+from .checkpoint import read_config
 from .configuration import ViltConfig
+from .devices import select_device_and_dtype
+from .errors import ViltInputError
+from .feature import BatchFeature
 from .heads import MODEL_CLASSES
-from .image_processing import BatchFeature, get_resize_output_image_size
+from .hub import model_source, resolve_file
+from .image_processing import get_resize_output_image_size
+from .tasks import find_task
 
 logger = logging.getLogger(__name__)
 
-BUNDLED_MODEL = Path(__file__).parent / "data" / "easy-vqa"
 DEFAULT_BATCH_SIZE = 32
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-_PROCESSOR_FILES = (
-    "preprocessor_config.json",
-    "tokenizer.json",
-    "vocab.txt",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-)
 _T = TypeVar("_T")
-
-
-# ----------------------------------------------------------------------------- device and dtype
-
-
-@functools.cache
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU has native bfloat16 matmuls (AVX512-BF16 or AMX).
-
-    Reads the ``amx_bf16``/``avx512_bf16`` flags of ``/proc/cpuinfo`` (Linux) and PyTorch's reported
-    CPU capability.
-    """
-    capability = torch.backends.cpu.get_cpu_capability().upper()
-    flags: list[str] = []
-    if os.path.isfile("/proc/cpuinfo"):
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
-    return "AMX" in capability or "BF16" in capability or bool({"amx_bf16", "avx512_bf16"} & set(flags))
-
-
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"bfloat16"``/``"bf16"``, ``"float16"``/``"fp16"``, ``"float32"``/``"fp32"`` or a torch dtype."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)} or 'auto'")
-    return _DTYPES[dtype]
-
-
-def select_device_and_dtype(
-    device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
-) -> tuple[torch.device, torch.dtype]:
-    """The device and dtype to run on; None or "auto" picks the fastest that keeps answers right.
-
-    Args:
-        device: "cpu", "cuda", "cuda:1"... or None/"auto": CUDA when available, else the CPU.
-        dtype: a torch dtype or its name, or None/"auto": bfloat16 on CUDA (float16 on GPUs without
-            bfloat16) and on CPUs with AVX512-BF16 or AMX, float32 on other CPUs.
-
-    Returns:
-        (device, dtype).
-    """
-    if device is None or device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
-    if dtype is None or dtype == "auto":
-        if device.type == "cuda":  # GPUs before Ampere lack bfloat16: float16 there
-            return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return device, torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else torch.float32
-    return device, parse_dtype(dtype)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -298,7 +232,8 @@ def _check_top_k(top_k: Any, limit: int) -> int:
 class Pipeline:
     """Shared machinery: input checks, size-sorted prefetched batches, device moves, result order.
 
-    Subclasses set ``task`` and ``architectures`` and implement ``__call__`` on top of :meth:`_run`.
+    Subclasses set ``task`` (a pipeline name of :data:`vilt.tasks.TASKS`, which gives ``architectures``
+    and ``head``) and implement ``__call__`` on top of :meth:`_run`.
 
     Args:
         model: the callable model (see the module docstring's model contract).
@@ -309,9 +244,15 @@ class Pipeline:
     """
 
     task: ClassVar[str]
-    architectures: ClassVar[tuple[str, ...]]
+    architectures: ClassVar[tuple[str, ...]]  # the model classes that do the task
+    head: ClassVar[str]  # what they add to the base model, for error messages
     images_per_example: ClassVar[int] = 1
     text_name: ClassVar[str] = "text"  # what error messages call the text
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        spec = find_task(cls.task)
+        cls.architectures, cls.head = spec.architectures, spec.head
 
     def __init__(
         self,
@@ -411,7 +352,6 @@ class VisualQuestionAnsweringPipeline(Pipeline):
     """
 
     task = "visual-question-answering"
-    architectures = ("ViltForQuestionAnswering",)
     text_name = "question"
 
     def __call__(
@@ -454,7 +394,6 @@ class NLVR2Pipeline(Pipeline):
     """
 
     task = "nlvr2"
-    architectures = ("ViltForImagesAndTextClassification",)
     images_per_example = 2
     text_name = "statement"
 
@@ -492,7 +431,6 @@ class TokenClassificationPipeline(Pipeline):
     """
 
     task = "token-classification"
-    architectures = ("ViltForTokenClassification",)
 
     def __call__(
         self, image: Any = None, text: str | Sequence[str] | None = None, batch_size: int | None = None
@@ -546,7 +484,6 @@ class FillMaskPipeline(Pipeline):
     """
 
     task = "fill-mask"
-    architectures = ("ViltForMaskedLM",)
 
     def __call__(
         self, image: Any = None, text: str | Sequence[str] | None = None, batch_size: int | None = None
@@ -614,7 +551,6 @@ class ImageTextRetrievalPipeline(Pipeline):
     """
 
     task = "image-text-retrieval"
-    architectures = ("ViltForImageAndTextRetrieval", "ViltForImageTextMatching")
 
     def __init__(self, model: Any, config: ViltConfig, *args: Any, **kwargs: Any) -> None:
         if not hasattr(model, "vilt"):
@@ -739,32 +675,22 @@ PIPELINES: dict[str, type[Pipeline]] = {
         TokenClassificationPipeline,
     )
 }
-ALIASES = {
-    "vqa": "visual-question-answering",
-    "retrieval": "image-text-retrieval",
-    "rank": "image-text-retrieval",
-}
-_HEAD_NAMES = {
-    "ViltForQuestionAnswering": "a VQA classifier head",
-    "ViltForImagesAndTextClassification": "an NLVR2 head over two images (config.num_images=2)",
-    "ViltForImageAndTextRetrieval": "a retrieval head (rank_output)",
-    "ViltForImageTextMatching": "an image-text matching head (itm_score)",
-    "ViltForMaskedLM": "a masked-language-model head (mlm_score)",
-    "ViltForTokenClassification": "a token classification head",
-}
 
 
 def _task_class(task: str) -> type[Pipeline]:
-    name = ALIASES.get(task, task)
-    if name not in PIPELINES:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join([*PIPELINES, *ALIASES])}")
-    return PIPELINES[name]
+    spec = find_task(task)
+    if spec.pipeline is None:
+        raise ViltInputError(
+            f"no pipeline runs the {task!r} task on its own; choose one of {', '.join(PIPELINES)}"
+        )
+    return PIPELINES[spec.pipeline]
 
 
-def _no_head_error(cls: type[Pipeline], source: str, architecture: str) -> ValueError:
-    needed = " or ".join(f"{a} ({_HEAD_NAMES[a]})" for a in cls.architectures)
-    return ValueError(
-        f"the {cls.task} task needs a {needed}, but {source} is a {architecture}; pass a model trained for {cls.task}"
+def _no_head_error(cls: type[Pipeline], source: str, architecture: str) -> ViltInputError:
+    needed = " or ".join(cls.architectures)
+    return ViltInputError(
+        f"the {cls.task} task needs a {needed} ({cls.head}), but {source} is a {architecture}; "
+        f"pass a model trained for {cls.task}"
     )
 
 
@@ -779,12 +705,6 @@ def _architecture(config: ViltConfig, cls: type[Pipeline], source: str) -> str:
     return usable[0]
 
 
-def _bundled_model() -> str:
-    if not (BUNDLED_MODEL / "config.json").is_file():
-        raise FileNotFoundError(f"the bundled easy-VQA model is missing from {BUNDLED_MODEL}; reinstall vilt")
-    return str(BUNDLED_MODEL)
-
-
 def _model_source(model: str | os.PathLike[str] | None, cls: type[Pipeline]) -> str:
     if model is not None:
         return os.fspath(model)
@@ -793,7 +713,7 @@ def _model_source(model: str | os.PathLike[str] | None, cls: type[Pipeline]) -> 
             f"the {cls.task} task needs a model: pass model= a hub id or a directory holding a "
             f"{' or '.join(cls.architectures)} (the bundled model only answers easy-VQA questions)"
         )
-    return _bundled_model()
+    return model_source(None)
 
 
 def _load_processor(source: str | None) -> Any:
@@ -809,18 +729,8 @@ def _load_processor(source: str | None) -> Any:
         return ViltProcessor()
 
 
-def _local_dir(source: str) -> str:
-    """A local directory for ``source``: itself, or the hub snapshot with its config and processor files."""
-    if Path(source).is_dir():
-        return source
-    config = resolve_file(source, "config.json")
-    for name in _PROCESSOR_FILES:
-        resolve_file(source, name, required=False)  # downloaded next to config.json in the snapshot
-    return str(Path(config).parent)  # type: ignore[arg-type]
-
-
 def read_model_config(source: str | os.PathLike[str]) -> ViltConfig:
-    """The ``config.json`` of a model directory or hub id."""
+    """The ``config.json`` of a model directory, ``bundled`` or a hub id."""
     return read_config(resolve_file(source, "config.json"))  # type: ignore[arg-type]
 
 
@@ -843,11 +753,11 @@ def load_model(
     Returns:
         (the model in eval mode, its processor).
     """
-    source = _bundled_model() if model is None else os.fspath(model)
+    source = model_source(model)
     config = read_model_config(source)
     architecture = next((a for a in config.architectures or [] if a in MODEL_CLASSES), "ViltModel")
     device, dtype = select_device_and_dtype(device, dtype)
-    return _load_torch(source, architecture, device, dtype), _load_processor(_local_dir(source))
+    return _load_torch(source, architecture, device, dtype), _load_processor(source)
 
 
 def _load_onnx(source: str, cls: type[Pipeline], device: torch.device) -> Any:
@@ -919,5 +829,5 @@ def pipeline(
             device, dtype = select_device_and_dtype(device or "cpu", dtype or "float32")
             runner = _load_onnx(source, cls, device)
     if processor is None:
-        processor = _load_processor(None if source is None else _local_dir(source))
+        processor = _load_processor(source)
     return cls(runner, runner.config, processor, device, dtype, batch_size)

@@ -14,9 +14,13 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from .image_processing import BatchFeature, ViltImageProcessor
+from .feature import BatchFeature
+from .files import atomic_directory
+from .hub import split_hub_options
+from .image_processing import ViltImageProcessor
 from .tokenization import ViltTokenizer
 
 _TEXT_ARGUMENTS = frozenset(inspect.signature(ViltTokenizer.__call__).parameters) - {
@@ -153,16 +157,20 @@ class ViltProcessor:
         """Write preprocessor_config.json and the tokenizer files (tokenizer.json, vocab.txt,
         tokenizer_config.json, special_tokens_map.json), loadable by ``transformers.ViltProcessor``.
 
+        The directory changes all at once (:func:`vilt.files.atomic_directory`).
+
         Args:
             save_directory: The directory (created if missing).
 
         Returns:
             The paths written.
         """
-        return [
-            *self.image_processor.save_pretrained(save_directory),
-            *self.tokenizer.save_pretrained(save_directory),
-        ]
+        with atomic_directory(save_directory) as staging:
+            written = [
+                *self.image_processor.save_pretrained(staging),
+                *self.tokenizer.save_pretrained(staging),
+            ]
+        return [str(Path(save_directory) / Path(path).name) for path in written]
 
     @classmethod
     def from_pretrained(
@@ -171,20 +179,21 @@ class ViltProcessor:
         """Load from a directory saved by this class or by ``transformers`` (e.g. a dandelin/vilt-* snapshot).
 
         Args:
-            pretrained_model_name_or_path: The directory. It needs preprocessor_config.json, and
-                tokenizer.json or vocab.txt.
+            pretrained_model_name_or_path: A directory, ``bundled`` or a hub id (see :mod:`vilt.hub`).
+                It needs preprocessor_config.json, and tokenizer.json or vocab.txt.
             **kwargs: Image-processor and tokenizer settings that override the saved ones (``size``,
-                ``model_max_length``...); other keyword arguments (``revision``, ``cache_dir``,
-                ``local_files_only``...) are passed on to the file lookup.
+                ``model_max_length``...), and the hub options (``revision``, ``cache_dir``,
+                ``local_files_only``...).
         """
-        hub_kwargs = {
-            key: value for key, value in kwargs.items() if key not in _IMAGE_SETTINGS | _TOKENIZER_SETTINGS
-        }
-        image_settings = {key: value for key, value in kwargs.items() if key in _IMAGE_SETTINGS}
-        tokenizer_settings = {key: value for key, value in kwargs.items() if key in _TOKENIZER_SETTINGS}
+        hub, settings = split_hub_options(kwargs)
+        unknown = set(settings) - _IMAGE_SETTINGS - _TOKENIZER_SETTINGS
+        if unknown:
+            raise TypeError(f"ViltProcessor.from_pretrained got unknown arguments {sorted(unknown)}")
+        image_settings = {key: value for key, value in settings.items() if key in _IMAGE_SETTINGS}
+        tokenizer_settings = {key: value for key, value in settings.items() if key in _TOKENIZER_SETTINGS}
         return cls(
-            ViltImageProcessor.from_pretrained(pretrained_model_name_or_path, **image_settings, **hub_kwargs),
-            ViltTokenizer.from_pretrained(pretrained_model_name_or_path, **tokenizer_settings, **hub_kwargs),
+            ViltImageProcessor.from_pretrained(pretrained_model_name_or_path, **image_settings, **hub),
+            ViltTokenizer.from_pretrained(pretrained_model_name_or_path, **tokenizer_settings, **hub),
         )
 
     def __repr__(self) -> str:

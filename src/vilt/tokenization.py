@@ -26,7 +26,9 @@ import torch
 from tokenizers import AddedToken, Encoding, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
-from .image_processing import BatchFeature, _resolve
+from .feature import BatchFeature
+from .files import atomic_directory
+from .hub import resolve_file, split_hub_options
 
 VOCAB_FILE = "vocab.txt"
 TOKENIZER_FILE = "tokenizer.json"
@@ -439,7 +441,7 @@ class ViltTokenizer:
     # -- saving and loading ----------------------------------------------------------------------------
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> tuple[str, ...]:
-        """Write tokenizer.json, vocab.txt, tokenizer_config.json and special_tokens_map.json.
+        """Write tokenizer.json, vocab.txt, tokenizer_config.json and special_tokens_map.json, all or nothing.
 
         The files are those of a saved ``BertTokenizerFast``, so ``transformers.AutoTokenizer`` loads them.
 
@@ -449,12 +451,6 @@ class ViltTokenizer:
         Returns:
             The paths written.
         """
-        directory = Path(save_directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        paths = [
-            directory / name
-            for name in (TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, VOCAB_FILE, TOKENIZER_FILE)
-        ]
         config = {
             "tokenizer_class": "BertTokenizer",
             "do_lower_case": self.do_lower_case,
@@ -464,15 +460,19 @@ class ViltTokenizer:
             "clean_up_tokenization_spaces": False,
             **self.special_tokens_map,
         }
-        paths[0].write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        paths[1].write_text(json.dumps(self.special_tokens_map, indent=2) + "\n", encoding="utf-8")
         vocab = self._backend.get_vocab(with_added_tokens=False)
-        paths[2].write_text("".join(token + "\n" for token in sorted(vocab, key=vocab.get)), encoding="utf-8")
-        with self._lock:  # save without the padding and truncation of the last call
-            self._backend.no_truncation()
-            self._backend.no_padding()
-            self._backend.save(str(paths[3]))
-        return tuple(str(path) for path in paths)
+        with atomic_directory(save_directory) as staging:
+            (staging / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            (staging / SPECIAL_TOKENS_MAP_FILE).write_text(
+                json.dumps(self.special_tokens_map, indent=2) + "\n"
+            )
+            (staging / VOCAB_FILE).write_text("".join(token + "\n" for token in sorted(vocab, key=vocab.get)))
+            with self._lock:  # save without the padding and truncation of the last call
+                self._backend.no_truncation()
+                self._backend.no_padding()
+                self._backend.save(str(staging / TOKENIZER_FILE))
+        names = (TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, VOCAB_FILE, TOKENIZER_FILE)
+        return tuple(str(Path(save_directory) / name) for name in names)
 
     @classmethod
     def from_pretrained(
@@ -485,26 +485,30 @@ class ViltTokenizer:
         (transformers would read "no limit").
 
         Args:
-            pretrained_model_name_or_path: The directory.
-            **kwargs: Constructor arguments that override the saved ones (e.g. ``model_max_length``);
-                other keyword arguments (``revision``, ``cache_dir``, ``local_files_only``...) are passed
-                on to the file lookup.
+            pretrained_model_name_or_path: A directory, ``bundled`` or a hub id (see :mod:`vilt.hub`).
+            **kwargs: Constructor arguments that override the saved ones (e.g. ``model_max_length``),
+                and the hub options (``revision``, ``cache_dir``, ``local_files_only``...).
         """
         names = set(inspect.signature(cls.__init__).parameters) - {"self", "vocab_file", "tokenizer_object"}
-        overrides = {key: value for key, value in kwargs.items() if key in names}
-        hub_kwargs = {key: value for key, value in kwargs.items() if key not in names}
+        hub, rest = split_hub_options(kwargs)
+        overrides = {key: value for key, value in rest.items() if key in names}
         path = pretrained_model_name_or_path
-        config = _read_json(_resolve(path, TOKENIZER_CONFIG_FILE, **hub_kwargs))
-        special_tokens = {**config, **_read_json(_resolve(path, SPECIAL_TOKENS_MAP_FILE, **hub_kwargs))}
+
+        def find(name: str) -> Path | None:
+            found = resolve_file(path, name, required=False, **hub)
+            return None if found is None else Path(found)
+
+        config = _read_json(find(TOKENIZER_CONFIG_FILE))
+        special_tokens = {**config, **_read_json(find(SPECIAL_TOKENS_MAP_FILE))}
         settings = {
             key: _token_content(special_tokens[key]) for key in _SPECIAL_TOKENS if key in special_tokens
         }
         settings.update({key: config[key] for key in names - set(_SPECIAL_TOKENS) if key in config})
         settings.update(overrides)
-        tokenizer_file = _resolve(path, TOKENIZER_FILE, **hub_kwargs)
+        tokenizer_file = find(TOKENIZER_FILE)
         if tokenizer_file is not None:
             return cls(tokenizer_object=Tokenizer.from_file(str(tokenizer_file)), **settings)
-        vocab_file = _resolve(path, VOCAB_FILE, **hub_kwargs)
+        vocab_file = find(VOCAB_FILE)
         if vocab_file is not None:
             return cls(vocab_file=vocab_file, **settings)
         raise FileNotFoundError(f"{str(path)!r} has neither {TOKENIZER_FILE} nor {VOCAB_FILE}.")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-_TASKS = ("vqa", "nlvr2", "retrieval", "mlm", "itm")  # vilt.export.exporter.TASKS, kept import-free here
+from ..tasks import task_names
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", required=True, metavar="DIR", help="directory to write")
     parser.add_argument(
         "--task",
-        choices=_TASKS,
+        choices=task_names("export"),
         help="head to export (default: the checkpoint's own architecture; the base model when it names none)",
     )
     parser.add_argument("--opset", type=int, help="ONNX opset, 17 to 22 (default 18)")

@@ -33,23 +33,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import read_config, resolve_file
+from ..checkpoint import read_config
 from ..configuration import ViltConfig
 from ..heads import MODEL_CLASSES
+from ..hub import resolve_file
 from ..modeling import ViltModel, ViltPreTrainedModel
+from ..tasks import BASE_ARCHITECTURE, find_task, task_names
 
 logger = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "pixel_mask")
-TASKS = {
-    "vqa": "ViltForQuestionAnswering",
-    "nlvr2": "ViltForImagesAndTextClassification",
-    "retrieval": "ViltForImageAndTextRetrieval",
-    "mlm": "ViltForMaskedLM",
-    "itm": "ViltForImageTextMatching",
-}
-BASE_ARCHITECTURE = "ViltModel"
+# export --task NAME -> the class exported (the task's preferred head)
+TASKS = {name: find_task(name).architectures[0] for name in task_names("export")}
 EXPORTABLE = (*TASKS.values(), BASE_ARCHITECTURE)
 # the dynamo exporter writes opset 18 and converts down to 17; onnxruntime's opset-23 Attention
 # kernel rejects the (batch, 1, 1, L) padding mask, so 22 is the newest that runs

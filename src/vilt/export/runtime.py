@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import read_config, resolve_file
+from ..checkpoint import read_config
 from ..configuration import ViltConfig
 from ..heads import MODEL_CLASSES
+from ..hub import resolve_file
 from ..modeling import ModelOutput, ViltModelOutput
 from .exporter import BASE_ARCHITECTURE, INPUT_NAMES, ONNX_FILE, TASKS, require_onnx
 

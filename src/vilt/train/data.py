@@ -32,6 +32,8 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..tasks import task_names
+
 # ----------------------------------------------------------------------------- examples and issues
 
 
@@ -515,7 +517,7 @@ class ImageLoader:
 # ----------------------------------------------------------------------------- datasets
 
 
-TASKS = ("vqa", "nlvr2", "retrieval", "pretrain")
+TASKS = task_names("train")
 
 
 @dataclass

@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -37,6 +36,8 @@ from tqdm.auto import tqdm
 
 from .. import heads
 from ..configuration import ViltConfig
+from ..devices import DTYPE_NAMES, DTYPES, parse_dtype
+from ..files import atomic_directory, atomic_write
 from ..image_processing import ViltImageProcessor
 from ..processing import ViltProcessor
 from . import data as D
@@ -141,14 +142,13 @@ class TrainArgs:
             raise ValueError(f"--train-fraction must be in (0, 1], got {self.train_fraction}")
         if self.attention not in ("auto", "eager", "sdpa"):
             raise ValueError(f"--attention must be auto, eager or sdpa, got {self.attention!r}")
-        if self.save_dtype not in SAVE_DTYPES:
-            raise ValueError(f"--save-dtype must be one of {', '.join(SAVE_DTYPES)}, got {self.save_dtype!r}")
+        if self.save_dtype not in DTYPES:
+            raise ValueError(f"--save-dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.save_dtype!r}")
         if self.split not in ("val", "test"):
             raise ValueError(f"--split must be val or test, got {self.split!r}")
 
 
 DATASETS = ("easy-vqa", "vqav2", "nlvr2", "karpathy", "jsonl")
-SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODEL_CLASSES = {
     "vqa": heads.ViltForQuestionAnswering,
     "nlvr2": heads.ViltForImagesAndTextClassification,
@@ -370,27 +370,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a kill never leaves a torn file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def save_model_dir(
     model: torch.nn.Module, processor: ViltProcessor, directory: Path, metrics: dict[str, float], dtype: str
 ) -> None:
-    """Write a loadable model directory (weights in ``dtype``, config, processor, metrics) atomically."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (copy.deepcopy(model).to(SAVE_DTYPES[dtype]) if dtype != "float32" else model).save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    old = directory.with_name(directory.name + ".old")
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    """Write a loadable model directory (weights in ``dtype``, config, processor, metrics), all or nothing."""
+    target = parse_dtype(dtype)
+    with atomic_directory(directory, keep_old=lambda name: False) as staging:
+        (copy.deepcopy(model).to(target) if target != torch.float32 else model).save_pretrained(staging)
+        processor.save_pretrained(staging)
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------- logging
@@ -717,7 +705,7 @@ def train(args: TrainArgs) -> dict[str, float]:
                 "rng": states,
                 "args": asdict(args),
             }
-            atomic_torch_save(state, checkpoint)
+            atomic_write(checkpoint, lambda tmp: torch.save(state, tmp))
 
     session_start = time.time()
     resumed_elapsed = progress.elapsed

@@ -1,0 +1,204 @@
+"""Where a model's files are: the one resolver behind every ``from_pretrained`` and every ``--model``.
+
+A model is named by
+
+* a local directory (``./my-model``, ``/data/vilt-vqa``);
+* the word ``bundled``: the easy-VQA model that ships inside the package (``./bundled`` names a
+  directory called "bundled" instead);
+* a Hugging Face hub id (``dandelin/vilt-b32-finetuned-vqa``), with ``revision``, ``cache_dir``,
+  ``token``, ``local_files_only``, ``force_download`` and ``subfolder`` as transformers takes them.
+
+Hub files are found through ``huggingface_hub``, in the standard cache (``HF_HOME``,
+``HF_HUB_CACHE``): a model that transformers downloaded is found here, and the other way round.
+``HF_HUB_OFFLINE=1`` (or ``local_files_only=True``) reads the cache only. Without a network, the hub is
+tried once per process (one connection attempt of :data:`CONNECT_TIMEOUT_S` seconds, not
+huggingface_hub's minute of retries): cached files are used, and an uncached one fails at once with the
+command that fixes it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+logger = logging.getLogger(__name__)
+
+BUNDLED = "bundled"
+BUNDLED_MODEL_DIR = Path(__file__).parent / "data" / "easy-vqa"
+# the keyword arguments of from_pretrained that say where files come from, as transformers names them
+HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "token", "force_download", "subfolder")
+# transformers options that change nothing here (accepted so that drop-in calls keep working)
+IGNORED_OPTIONS = (
+    "trust_remote_code",
+    "use_fast",
+    "resume_download",
+    "proxies",
+    "_from_auto",
+    "use_auth_token",
+)
+CONNECT_TIMEOUT_S = 3.0
+_HUB_ID = re.compile(r"^[\w.\-]+(/[\w.\-]+)?$")
+
+
+def split_hub_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``from_pretrained``'s keyword arguments into (hub options, the rest).
+
+    ``use_auth_token`` (transformers' old name) becomes ``token``; the options of
+    :data:`IGNORED_OPTIONS` are dropped.
+    """
+    hub = {key: kwargs[key] for key in HUB_OPTIONS if key in kwargs}
+    if "use_auth_token" in kwargs and "token" not in hub:
+        hub["token"] = kwargs["use_auth_token"]
+    rest = {key: value for key, value in kwargs.items() if key not in HUB_OPTIONS + IGNORED_OPTIONS}
+    return hub, rest
+
+
+def model_source(name_or_path: str | os.PathLike[str] | None) -> str:
+    """The directory or hub id a model name stands for: ``bundled`` (or None) is the bundled model.
+
+    Raises:
+        FileNotFoundError: the bundled model is missing from the installation.
+    """
+    if name_or_path is None or (isinstance(name_or_path, str) and name_or_path == BUNDLED):
+        if not (BUNDLED_MODEL_DIR / "config.json").is_file():
+            raise FileNotFoundError(
+                f"the bundled easy-VQA model is missing from {BUNDLED_MODEL_DIR}; reinstall vilt"
+            )
+        return str(BUNDLED_MODEL_DIR)
+    return os.fspath(name_or_path)
+
+
+def is_offline(local_files_only: bool = False) -> bool:
+    """Whether only the cache may be read: ``local_files_only`` or ``HF_HUB_OFFLINE`` set."""
+    return local_files_only or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+@functools.cache
+def hub_reachable(endpoint: str) -> bool:
+    """Whether a TCP connection to the hub endpoint opens within :data:`CONNECT_TIMEOUT_S` (once per process)."""
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=CONNECT_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def resolve_file(
+    name_or_path: str | os.PathLike[str] | None,
+    filename: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    force_download: bool = False,
+    subfolder: str | None = None,
+    required: bool = True,
+) -> str | None:
+    """The local path of ``filename`` of a model (a directory, ``bundled`` or a hub id).
+
+    Args:
+        name_or_path: the model, see the module docstring.
+        filename: a plain file name inside the model (no directories, no ``..``).
+        revision, cache_dir, local_files_only, token, force_download, subfolder: the hub options.
+        required: raise when the file does not exist (else return None).
+
+    Raises:
+        FileNotFoundError: the directory, repository or (when required) file does not exist.
+        OSError: the hub cannot be reached and the file is not cached; the message says how to fix it.
+        ValueError: ``filename`` is not a plain file name.
+    """
+    _check_filename(filename)
+    source = model_source(name_or_path)
+    path = Path(source)
+    if path.is_dir():
+        directory = path / subfolder if subfolder else path
+        candidate = directory / filename
+        if candidate.is_file():
+            return str(candidate)
+        if required:
+            present = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+            raise FileNotFoundError(
+                f"{candidate} does not exist (the directory holds: {', '.join(present) or 'nothing'})"
+            )
+        return None
+    if path.exists() or not _HUB_ID.match(source) or source.startswith((".", "/")):
+        raise FileNotFoundError(
+            f"{source!r} is neither a local directory nor a Hugging Face hub id (like 'dandelin/vilt-b32-mlm')"
+        )
+    options = {
+        "revision": revision,
+        "cache_dir": None if cache_dir is None else str(cache_dir),
+        "token": token,
+        "force_download": force_download,
+        "subfolder": subfolder,
+    }
+    return _hub_file(source, filename, options, is_offline(local_files_only), required)
+
+
+def _check_filename(filename: str) -> None:
+    parts = Path(filename).parts
+    if not parts or Path(filename).is_absolute() or len(parts) != 1 or filename in (".", ".."):
+        raise ValueError(f"{filename!r} is not a plain file name inside a model directory")
+
+
+def _hub_file(
+    repo_id: str, filename: str, options: dict[str, Any], offline: bool, required: bool
+) -> str | None:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    unreachable = not offline and not hub_reachable(_endpoint())
+    if unreachable:
+        logger.info("the hub (%s) cannot be reached; reading %s from the cache", _endpoint(), repo_id)
+    try:
+        return hf_hub_download(repo_id, filename, local_files_only=offline or unreachable, **options)
+    except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError: test it first)
+        if not required:
+            return None
+        raise _not_cached(repo_id, filename, offline, options["cache_dir"]) from None
+    except EntryNotFoundError:
+        if required:
+            raise FileNotFoundError(f"the hub repository {repo_id!r} has no file {filename!r}") from None
+        return None
+    except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as err:
+        revision = options["revision"] or "main"
+        raise FileNotFoundError(
+            f"the hub repository {repo_id!r} (revision {revision}) was not found or is not accessible "
+            f"({type(err).__name__}); check the name, or log in with `hf auth login` for a private or gated one"
+        ) from None
+
+
+def _not_cached(repo_id: str, filename: str, offline: bool, cache_dir: str | None) -> OSError:
+    from huggingface_hub import constants
+
+    why = (
+        "HF_HUB_OFFLINE is set or local_files_only=True"
+        if offline
+        else f"the Hugging Face Hub ({_endpoint()}) cannot be reached"
+    )
+    return OSError(
+        f"cannot load {filename!r} of {repo_id!r}: {why} and it is not in the cache ({cache_dir or constants.HF_HUB_CACHE}). "
+        f"Fix: on a machine with internet run `hf download {repo_id}` and copy its cache here (or set "
+        "HF_HUB_CACHE to it), or pass a local directory holding the model"
+    )
