@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import glob
 import io
 import json
@@ -16,6 +17,7 @@ from PIL import Image
 
 from vilt import ViltFeatureExtractor, ViltImageProcessor
 from vilt.image_processing import BatchFeature, get_resize_output_image_size
+from vilt.images import ImageTooLargeError
 
 
 def sample_photographs() -> list[str]:
@@ -29,14 +31,6 @@ def sample_photographs() -> list[str]:
     for pattern in ("*.png", "*.jpg", "*.jpeg"):
         files += sorted(glob.glob(os.path.join(skimage.data_dir, pattern)))
     return files
-
-
-def white_background_rgb(image: Image.Image) -> Image.Image:
-    """The documented RGB rule, written out with Pillow: transparency onto white, else convert("RGB")."""
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        white = Image.new("RGBA", image.size, "white")
-        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
-    return image.convert("RGB")
 
 
 def random_image(height: int, width: int, seed: int = 0) -> Image.Image:
@@ -58,6 +52,13 @@ def reference():
     return reference_class()
 
 
+def assert_identical(ours: dict, expected: dict, what: str = "") -> None:
+    """0 difference: PIL's integer resize, then elementwise float32 steps with no reductions, so no
+    thread count, alignment or kernel choice can change a bit."""
+    assert np.array_equal(np.asarray(ours["pixel_values"]), np.asarray(expected["pixel_values"])), what
+    assert np.array_equal(np.asarray(ours["pixel_mask"]), np.asarray(expected["pixel_mask"])), what
+
+
 def assert_same_pixels(ours: dict, expected: dict) -> None:
     values, expected_values = np.asarray(ours["pixel_values"]), np.asarray(expected["pixel_values"])
     assert values.shape == expected_values.shape
@@ -73,9 +74,7 @@ def assert_same_pixels(ours: dict, expected: dict) -> None:
 @pytest.mark.reference
 @pytest.mark.parametrize("path", sample_photographs(), ids=os.path.basename)
 def test_sample_photograph_matches_reference(reference, path):
-    # The reference does no RGB conversion, so it gets the image in RGB; ours reads the file itself.
-    expected = reference(white_background_rgb(Image.open(path)), return_tensors="np")
-    assert_same_pixels(ViltImageProcessor()(path, return_tensors="np"), expected)
+    assert_identical(ViltImageProcessor()(path, return_tensors="np"), reference(path, return_tensors="np"))
 
 
 @pytest.mark.reference
@@ -143,11 +142,36 @@ def test_settings_per_call_and_without_padding_match_reference(reference):
 
 
 @pytest.mark.reference
-def test_float_images_equal_the_reference_float_path_without_its_second_rescale(reference):
+def test_float_array_and_tensor_without_rescaling_match_reference(reference):
     pixels = np.random.default_rng(5).random((90, 120, 3))
-    for array in (pixels, pixels.astype(np.float32)):
-        expected = reference(array, do_rescale=False, return_tensors="np")
-        assert_same_pixels(ViltImageProcessor()(array, return_tensors="np"), expected)
+    inputs = {
+        "float64 array": pixels,
+        "float32 array": pixels.astype(np.float32),
+        "float32 CHW tensor": torch.from_numpy(pixels.transpose(2, 0, 1).astype(np.float32)),
+    }
+    for kind, image in inputs.items():
+        expected = reference(image, do_rescale=False, return_tensors="np")
+        ours = ViltImageProcessor()(image, do_rescale=False, return_tensors="np")
+        assert_identical(ours, expected, kind)
+        assert ours["pixel_values"].min() >= -1 and ours["pixel_values"].max() <= 1, kind
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("dtype", [np.int64, np.uint16, np.bool_])
+def test_integer_and_boolean_arrays_match_reference(reference, dtype):
+    pixels = np.random.default_rng(4).integers(0, 256, (50, 70, 3)).astype(dtype)  # booleans: levels 0 and 1
+    for do_rescale in (True, False):
+        expected = reference(pixels, do_rescale=do_rescale, return_tensors="np")
+        assert_identical(ViltImageProcessor()(pixels, do_rescale=do_rescale, return_tensors="np"), expected)
+
+
+@pytest.mark.reference
+def test_float_images_are_not_rescaled_twice(reference):
+    # The reference rescales a float image in [0, 1] twice when do_rescale is on (values near -1); here
+    # do_rescale does not apply to it again, which is the reference's output without do_rescale.
+    pixels = np.random.default_rng(6).random((90, 120, 3)).astype(np.float32)
+    expected = reference(pixels, do_rescale=False, return_tensors="np")
+    assert_identical(ViltImageProcessor()(pixels, return_tensors="np"), expected)
 
 
 @pytest.mark.reference
@@ -159,6 +183,72 @@ def test_extreme_aspect_ratio_keeps_one_patch_where_the_reference_crashes(refere
     assert ours["pixel_values"].shape == (1, 3, 32, 608)
     assert ours["pixel_mask"].all()
     assert get_resize_output_image_size(1200, 37) == (608, 32)
+
+
+def most_frequent_index(palette: Image.Image) -> int:
+    """The palette index most pixels use: made transparent, it changes the picture the most."""
+    return int(np.bincount(np.asarray(palette).ravel()).argmax())
+
+
+def rotated_jpeg(path: Path) -> Path:
+    """A JPEG stored 90 wide and 60 high, with EXIF orientation 6 (shown upright: 60 wide, 90 high)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    random_image(60, 90, seed=8).save(path, exif=exif)
+    return path
+
+
+def picture_files(folder: Path) -> dict[str, Path]:
+    """One file per kind the reference loads with convert("RGB"), each as Pillow writes it."""
+    rgba = np.random.default_rng(9).integers(0, 256, (60, 90, 4), dtype=np.uint8)
+    rgba[..., 3] = np.where(rgba[..., 3] > 128, rgba[..., 3], 0)  # half transparent, the rest see-through
+    rgb = Image.fromarray(rgba[..., :3])
+    palette = rgb.convert("P")
+    palette.info["transparency"] = most_frequent_index(palette)
+    images = {
+        "RGBA.png": Image.fromarray(rgba),
+        "I;16.png": Image.fromarray(np.random.default_rng(10).integers(0, 65536, (60, 90), dtype=np.uint16)),
+        "P.png": palette,
+        "CMYK.jpg": rgb.convert("CMYK"),
+        "L.png": rgb.convert("L"),
+        "LA.png": Image.fromarray(rgba).convert("LA"),
+    }
+    for name, image in images.items():
+        image.save(folder / name)
+    return {name: folder / name for name in images}
+
+
+@pytest.mark.reference
+def test_exif_rotated_jpeg_path_is_turned_upright_as_in_the_reference(reference, tmp_path):
+    path = rotated_jpeg(tmp_path / "rotated.jpg")
+    ours, expected = (
+        ViltImageProcessor()(path, return_tensors="np"),
+        reference(str(path), return_tensors="np"),
+    )
+    assert ours["pixel_values"].shape == (1, 3, 576, 384)  # upright: taller than wide
+    assert_identical(ours, expected)
+
+
+@pytest.mark.reference
+def test_exif_rotated_pil_object_is_not_turned_as_in_the_reference(reference, tmp_path):
+    path = rotated_jpeg(tmp_path / "rotated.jpg")
+    ours = ViltImageProcessor()(Image.open(path), return_tensors="np")
+    assert ours["pixel_values"].shape == (1, 3, 384, 576)  # as stored: wider than tall
+    assert_identical(ours, reference(Image.open(path), return_tensors="np"))
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", ["RGBA.png", "I;16.png", "P.png", "CMYK.jpg", "L.png", "LA.png"])
+def test_file_of_every_mode_matches_reference(reference, tmp_path, name):
+    path = picture_files(tmp_path)[name]
+    assert Image.open(path).mode == Path(name).stem
+    ours, expected = (
+        ViltImageProcessor()(str(path), return_tensors="np"),
+        reference(str(path), return_tensors="np"),
+    )
+    assert_identical(ours, expected)
+    # The reference fails on these modes as PIL objects; ours converts them as load_image converts the file.
+    assert_identical(ViltImageProcessor()(Image.open(path), return_tensors="np"), expected)
 
 
 # -- inputs ------------------------------------------------------------------------------------------------
@@ -182,6 +272,8 @@ def test_every_input_type_gives_identical_output(tmp_path):
         "pathlib.Path": path,
         "bytes": path.read_bytes(),
         "bytearray": bytearray(path.read_bytes()),
+        "base64": base64.b64encode(path.read_bytes()).decode("ascii"),
+        "data URL": "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii"),
     }
     for name, item in inputs.items():
         ours = processor(item, return_tensors="np")
@@ -212,59 +304,46 @@ def test_channels_last_output_is_the_transposed_channels_first_output():
     assert np.array_equal(last["pixel_mask"], first["pixel_mask"])
 
 
-def sixteen_bit_gray(height: int = 30, width: int = 40) -> np.ndarray:
-    return np.random.default_rng(7).integers(0, 65536, (height, width), dtype=np.uint16)
-
-
-def gray_to_rgb(gray: np.ndarray) -> Image.Image:
-    return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2))
-
-
-def expected_rgb_by_mode() -> dict[str, tuple[Image.Image, Image.Image]]:
-    """For each PIL mode: an image in that mode, and its RGB version by the documented rule."""
-    rgba = np.random.default_rng(11).integers(0, 256, (30, 40, 4), dtype=np.uint8)
-    rgba_image = Image.fromarray(rgba)
-    rgb_image = rgba_image.convert("RGB")
-    cases = {
-        mode: (rgba_image.convert(mode), white_background_rgb(rgba_image.convert(mode)))
-        for mode in ("L", "LA", "PA")
+def pil_images_by_mode() -> dict[str, Image.Image]:
+    """A PIL image in every mode the reference fails on."""
+    rgba = Image.fromarray(np.random.default_rng(11).integers(0, 256, (30, 40, 4), dtype=np.uint8))
+    rgb = rgba.convert("RGB")
+    sixteen = np.random.default_rng(7).integers(0, 65536, (30, 40), dtype=np.uint16)
+    transparent_palette = rgb.convert("P")
+    transparent_palette.info["transparency"] = most_frequent_index(transparent_palette)
+    return {
+        **{mode: rgba.convert(mode) for mode in ("RGBA", "LA", "PA", "L", "1")},
+        **{mode: rgb.convert(mode) for mode in ("P", "CMYK", "YCbCr")},
+        "P with transparency": transparent_palette,
+        "I;16": Image.fromarray(sixteen),
+        "I": Image.fromarray(sixteen.astype(np.int32) - 1000),
+        "F": Image.fromarray(np.random.default_rng(12).random((30, 40)).astype(np.float32) * 300 - 10),
     }
-    cases["RGBA"] = (rgba_image, white_background_rgb(rgba_image))
-    cases["P"] = (rgb_image.convert("P"), rgb_image.convert("P").convert("RGB"))
-    cases["CMYK"] = (rgb_image.convert("CMYK"), rgb_image.convert("CMYK").convert("RGB"))
-    cases["1"] = (rgb_image.convert("1"), rgb_image.convert("1").convert("RGB"))
-    sixteen = sixteen_bit_gray()
-    rounded = np.floor(sixteen / 257 + 0.5).astype(np.uint8)  # round(v / 257), halves up
-    cases["I;16"] = (Image.fromarray(sixteen), gray_to_rgb(rounded))
-    cases["I (16-bit values)"] = (Image.fromarray(sixteen.astype(np.int32)), gray_to_rgb(rounded))
-    eight = sixteen % 256
-    cases["I (8-bit values)"] = (Image.fromarray(eight.astype(np.int32)), gray_to_rgb(eight.astype(np.uint8)))
-    unit = np.random.default_rng(12).random((30, 40)).astype(np.float32)
-    truncated = (unit.astype(np.float64) * 255).astype(np.float32).astype(np.uint8)
-    cases["F"] = (Image.fromarray(unit), gray_to_rgb(truncated))
-    return cases
 
 
-@pytest.mark.parametrize("mode", list(expected_rgb_by_mode()))
-def test_pil_mode_converts_to_rgb_by_the_documented_rule(mode):
-    image, rgb = expected_rgb_by_mode()[mode]
+@pytest.mark.parametrize("mode", list(pil_images_by_mode()))
+def test_pil_image_of_any_mode_is_converted_as_convert_rgb_converts_it(mode):
+    image = pil_images_by_mode()[mode]
     assert image.mode == mode.split(" ")[0]
     processor = ViltImageProcessor()
-    ours, expected = processor(image, return_tensors="np"), processor(rgb, return_tensors="np")
-    assert np.array_equal(ours["pixel_values"], expected["pixel_values"])
+    assert_identical(
+        processor(image, return_tensors="np"), processor(image.convert("RGB"), return_tensors="np")
+    )
 
 
-def test_transparent_pixels_become_white_and_gray_arrays_repeat():
-    transparent = np.zeros((64, 64, 4), dtype=np.uint8)  # black, fully transparent
-    white = np.full((64, 64, 3), 255, dtype=np.uint8)
+def test_alpha_is_dropped_gray_arrays_repeat_and_16_bit_arrays_scale():
+    rgba = np.random.default_rng(1).integers(0, 256, (64, 64, 4), dtype=np.uint8)
     processor = ViltImageProcessor()
-    assert np.array_equal(processor(transparent)["pixel_values"][0], processor(white)["pixel_values"][0])
+    assert_identical(processor(rgba, return_tensors="np"), processor(rgba[..., :3], return_tensors="np"))
     gray = np.random.default_rng(2).integers(0, 256, (50, 70), dtype=np.uint8)
     for array in (gray, gray[:, :, None], gray[None]):
-        assert np.array_equal(
-            processor(array)["pixel_values"][0],
-            processor(np.repeat(gray[:, :, None], 3, 2))["pixel_values"][0],
+        assert_identical(
+            processor(array, return_tensors="np"),
+            processor(np.repeat(gray[:, :, None], 3, 2), return_tensors="np"),
         )
+    sixteen = np.random.default_rng(3).integers(0, 65536, (30, 40, 3), dtype=np.uint16)
+    rounded = np.floor(sixteen / 257 + 0.5).astype(np.uint8)  # round(v / 257), halves up
+    assert_identical(processor(sixteen, return_tensors="np"), processor(rounded, return_tensors="np"))
 
 
 # -- bad input -------------------------------------------------------------------------------------------
@@ -326,6 +405,7 @@ def test_wrong_channel_count_with_declared_layout():
         ViltImageProcessor()(np.zeros((3, 20, 2), dtype=np.uint8), input_data_format="channels_last")
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow warns, vilt refuses
 @pytest.mark.parametrize(
     "pixels", [40 * 40, 100 * 100], ids=["over the warning limit", "over the error limit"]
 )
@@ -335,7 +415,7 @@ def test_decompression_bomb_raises_a_value_error(tmp_path, monkeypatch, pixels):
     random_image(side, side).save(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     for source in (str(path), path.read_bytes()):
-        with pytest.raises(ValueError, match=r"decompression-bomb limit.*MAX_IMAGE_PIXELS"):
+        with pytest.raises(ImageTooLargeError, match=r"decompression-bomb limit.*MAX_IMAGE_PIXELS"):
             ViltImageProcessor()(source)
 
 

@@ -1,9 +1,9 @@
 """Image preprocessing for ViLT: resize, rescale, normalise and pad, exactly as the reference does.
 
 ``ViltImageProcessor`` reproduces the PIL path of ``transformers`` (``ViltImageProcessorPil`` in v5,
-``ViltImageProcessor`` in v4.37) to within 1e-6, and runs a batch in parallel threads:
+``ViltImageProcessor`` in v4.37), loading images as it does, and runs a batch in parallel threads:
 
-1. **Load.** Every input becomes an RGB PIL image (rules below); grayscale stays one channel, which
+1. **Load** (rules below). Every input becomes RGB uint8 pixels; grayscale stays one channel, which
    gives the same values at a third of the resizing cost, and is written to all three channels.
 2. **Resize** (``do_resize``). The shorter side goes to ``size["shortest_edge"]`` (384), the longer side
    is capped at ``int(1333 / 800 * 384) = 639``, each side is rounded with ``int(x + 0.5)`` and floored
@@ -18,69 +18,74 @@ Decoding and resizing (Pillow releases the GIL) and the table lookups run in a p
 ``torch.get_num_threads()`` threads.
 
 **Accepted inputs.** PIL images; numpy arrays and torch tensors, ``(H, W)``, ``(H, W, C)`` or
-``(C, H, W)`` with C in 1, 3, 4 (a 4-d array is a batch); file paths (``str`` or ``os.PathLike``);
-encoded image bytes. A list of images is a batch; a list of equal-length lists of images (NLVR2: one
-pair per text) gives ``pixel_values`` of shape ``(B, n, 3, H, W)`` and ``pixel_mask`` ``(B, n, H, W)``.
+``(C, H, W)`` with C in 1, 3, 4 (a 4-d array is a batch); file paths (``str`` or ``os.PathLike``),
+``http(s)://`` URLs, base64 text and ``data:`` URLs; encoded image bytes. A list of images is a batch;
+a list of equal-length lists of images (NLVR2: one pair per text) gives ``pixel_values`` of shape
+``(B, n, 3, H, W)`` and ``pixel_mask`` ``(B, n, H, W)``.
 
-**Conversion to RGB** (the reference does none and fails on anything but RGB):
+**Loading, as the reference loads** (see :mod:`vilt.images`):
 
-* Images with transparency (RGBA, LA, PA, RGBa, P or L with a transparent colour, 4-channel arrays)
-  are composited onto a white background.
-* L, P, 1, CMYK, YCbCr, LAB, HSV: Pillow's ``convert("RGB")``; single-channel arrays are repeated.
-* Integer pixel data (``I;16``, ``I`` modes, integer arrays): values all within [0, 255] are 8-bit, as
-  in the reference; larger values are taken as 16-bit and scaled with ``round(v / 257)``.
-* Float pixel data (``F`` mode, float arrays, float tensors): values in [0, 1] are scaled to uint8 by
-  the reference's rule (``x * 255`` in float64, cast to float32, then truncated to uint8); whole
-  numbers in [0, 255] are taken as they are.
+* Paths, URLs, base64 text and bytes are loaded as ``transformers.image_utils.load_image`` loads them:
+  EXIF orientation applied, then PIL's ``convert("RGB")`` (alpha dropped, palette and CMYK converted
+  by Pillow, 16-bit values clipped to 255). Bytes are an extension, loaded as the file would be.
+* PIL images are taken as they are: no EXIF orientation, as in the reference (a pipeline applies it
+  before the processor). RGB images go in unchanged; other modes, on which the reference fails, are
+  converted with ``convert("RGB")``, so an image and the same file given as a path agree.
+* Arrays and tensors are taken as they are: uint8, integer values within [0, 255], booleans and
+  whole-number floats in [0, 255] are levels; float images in [0, 1] are quantised by the reference's
+  rule (``x * 255`` in float64, cast to float32, truncated to uint8) and are already rescaled: they
+  come out as ``normalize(level / 255)`` whatever ``do_rescale`` says, which with ``do_rescale=False``
+  is the reference's output.
 
-**Deviations from the reference**, each where the reference crashes or gives garbage:
+**Deviations from the reference**, each where it fails or gives garbage:
 
-* Float images in [0, 1] are treated as the equivalent uint8 image. The reference rescales them
-  twice (once back after resizing, once with ``rescale_factor``), which gives values near -1.
-  A float image made only of 0.0 and 1.0 is read as [0, 1] here, as 0-255 levels by the reference.
+* Float images in [0, 1] with ``do_rescale=True``: the reference rescales them a second time, which
+  gives values near -1 (and a warning); here they are not rescaled twice. A float image made only of
+  0.0 and 1.0 counts as [0, 1] (the reference reads it as levels 0 and 1: the same output with
+  ``do_rescale=False``). Without resizing, float images are quantised all the same (the reference
+  normalises the float values themselves).
+* Non-RGB PIL images (L, LA, P, RGBA, CMYK, I;16, F...) are converted with ``convert("RGB")``;
+  grayscale and 4-channel arrays become RGB the same way (gray repeated, alpha dropped).
+* Integer arrays with values above 255 are read as 16-bit and scaled with ``round(v / 257)``.
 * Extreme aspect ratios: the reference rounds a side to 0 and PIL raises; here every side is at least
   one ``size_divisor`` (one patch), so a 37x1200 image becomes 32x608 instead of crashing.
-* Non-RGB inputs are converted by the rules above instead of failing in ``normalize``.
 * With both ``do_rescale`` and ``do_normalize`` off, ``pixel_values`` is float32, not uint8.
 * NLVR2 pairs keep their ``(B, n, ...)`` layout; the reference flattens them to ``(B * n, ...)``.
 
-Bad input (an unreadable, empty, truncated or oversized file, non-finite values, a zero-sized image,
-a wrong channel count or number of dimensions) raises ``ValueError`` saying what is wrong, naming the
-file, and how to fix it; a missing file raises ``FileNotFoundError`` and an input of an unsupported
-type ``TypeError``. EXIF orientation is not applied, as in the reference.
+Bad input (an unreadable, empty, truncated or oversized file, an unreachable URL, non-finite values, a
+zero-sized image, a wrong channel count or number of dimensions) raises
+:class:`vilt.errors.ViltInputError` (a ``ValueError``) saying what is wrong, naming the file, and how
+to fix it; a missing file raises ``FileNotFoundError`` and an input of an unsupported type ``TypeError``.
 """
 
 from __future__ import annotations
 
 import inspect
-import io
 import json
 import os
-import struct
 import warnings
-import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .errors import ViltInputError
 from .feature import BatchFeature
 from .files import atomic_directory
 from .hub import resolve_file, split_hub_options
+from .images import array_layout, describe, is_array, is_url, load_pixels, open_image, to_rgb
 
 PREPROCESSOR_CONFIG_FILE = "preprocessor_config.json"
 PROCESSOR_CONFIG_FILE = "processor_config.json"  # transformers v5 nests the image settings here
 
 # The reference caps the longer side at int(1333 / 800 * shortest_edge), the COCO aspect ratio.
 _MAX_LONGER_EDGE, _MAX_SHORTER_EDGE = 1333, 800
-_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-_NUMERIC_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
-# What Pillow raises on undecodable data (UnidentifiedImageError is an OSError).
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
+# The reference's resize turns float images in [0, 1] to uint8 and back with this factor.
+_UNIT_FLOAT_RESCALE = 1 / 255
 _RETURN_TENSORS = (None, "np", "pt")
 _DATA_FORMATS = ("channels_first", "channels_last")
 
@@ -117,63 +122,24 @@ def get_resize_output_image_size(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Loading: every accepted input becomes an RGB PIL image.
+# Loading arrays: every array or tensor becomes uint8 pixels (the rest is loaded by vilt.images).
 
 
-def _open_encoded(source: str | os.PathLike | bytes | bytearray, label: str) -> Image.Image:
-    """Open a file path or encoded bytes lazily (header only), rejecting empty and oversized images.
+def _float_to_uint8(array: np.ndarray, label: str) -> tuple[np.ndarray, bool]:
+    """Float pixels to uint8, and whether they were in [0, 1] (so already rescaled).
 
-    Runs in the calling thread, because Pillow reports a decompression bomb with a warning, and the
-    warning filter that turns it into an error is process-wide.
+    [0, 1] by the reference's x*255 rule; whole numbers in [0, 255] are levels.
     """
-    if isinstance(source, (bytes, bytearray)):
-        if not source:
-            raise ValueError(f"{label} is empty (0 bytes); pass the encoded image file's contents.")
-        fp: Path | io.BytesIO = io.BytesIO(source)
-    else:
-        fp = Path(source)
-        if not fp.is_file():
-            raise FileNotFoundError(f"{label}: no such file")
-        if fp.stat().st_size == 0:
-            raise ValueError(f"{label} is empty (0 bytes); re-download or re-create the file.")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            return Image.open(fp)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ValueError(
-                f"{label} is larger than Pillow's decompression-bomb limit ({exc}). If you trust the "
-                "image, raise the limit: `PIL.Image.MAX_IMAGE_PIXELS = <number of pixels>` (None disables it)."
-            ) from exc
-        except _DECODE_ERRORS as exc:
-            raise ValueError(
-                f"{label} is not an image Pillow can read ({exc}): not an image file, or a truncated or "
-                "corrupt one. Pass a complete JPEG, PNG or other image file."
-            ) from exc
-
-
-def _decode(image: Image.Image, label: str) -> Image.Image:
-    """Decode a lazily opened image, turning Pillow's decoding errors into a ValueError."""
-    try:
-        image.load()
-    except _DECODE_ERRORS as exc:
-        raise ValueError(
-            f"{label} could not be decoded ({exc}); the file is truncated or corrupt. Re-download or "
-            "re-encode it (or set `PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True` to accept partial images)."
-        ) from exc
-    return image
-
-
-def _float_to_uint8(array: np.ndarray, label: str) -> np.ndarray:
-    """Float pixels to uint8: [0, 1] by the reference's x*255 rule, whole numbers in [0, 255] as they are."""
     if not np.isfinite(array).all():
-        raise ValueError(f"{label} contains NaN or infinite values; replace them (e.g. np.nan_to_num) first.")
+        raise ViltInputError(
+            f"{label} contains NaN or infinite values; replace them (e.g. np.nan_to_num) first."
+        )
     low, high = float(array.min()), float(array.max())
     if low >= 0 and high <= 1:
-        return (array.astype(np.float64) * 255).astype(np.float32).astype(np.uint8)
+        return (array.astype(np.float64) * 255).astype(np.float32).astype(np.uint8), True
     if low >= 0 and high <= 255 and np.allclose(array, array.astype(np.int64)):
-        return array.astype(np.uint8)
-    raise ValueError(
+        return array.astype(np.uint8), False
+    raise ViltInputError(
         f"{label} has float values in [{low}, {high}]; float images must lie in [0, 1] (or be whole "
         "numbers in [0, 255]). Rescale them, or pass uint8 pixels."
     )
@@ -181,13 +147,11 @@ def _float_to_uint8(array: np.ndarray, label: str) -> np.ndarray:
 
 def _integer_to_uint8(array: np.ndarray, label: str) -> np.ndarray:
     """Integer pixels to uint8: 8-bit when all values are <= 255, otherwise 16-bit scaled by 1/257."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8) * 255
+    if array.dtype in (np.uint8, np.bool_):  # booleans are levels 0 and 1, as in the reference
+        return array.astype(np.uint8, copy=False)
     low, high = int(array.min()), int(array.max())
     if low < 0 or high > 65535:
-        raise ValueError(
+        raise ViltInputError(
             f"{label} has integer values in [{low}, {high}]; integer images must be 8-bit (0-255) or "
             "16-bit (0-65535)."
         )
@@ -196,90 +160,39 @@ def _integer_to_uint8(array: np.ndarray, label: str) -> np.ndarray:
     return ((array.astype(np.uint32) * 2 + 257) // 514).astype(np.uint8)  # round(v / 257)
 
 
-def _to_channels_last(array: np.ndarray, input_data_format: str | None, label: str) -> np.ndarray:
-    """Return an (H, W, C) view of a 2-d or 3-d array, inferring the channel axis like the reference."""
-    if array.ndim == 2:
-        return array[:, :, None]
-    if array.ndim != 3:
-        raise ValueError(
-            f"{label} has shape {tuple(array.shape)}; an image array must be (H, W), (H, W, C) or (C, H, W)."
-        )
-    if input_data_format is None:
-        if array.shape[0] in (1, 3, 4):  # ambiguous shapes count as channels-first, as in the reference
-            input_data_format = "channels_first"
-        elif array.shape[2] in (1, 3, 4):
-            input_data_format = "channels_last"
-        else:
-            raise ValueError(
-                f"{label} has shape {tuple(array.shape)}: no axis of 1, 3 or 4 channels. Pass grayscale, "
-                "RGB or RGBA pixels."
-            )
-    array = array.transpose(1, 2, 0) if input_data_format == "channels_first" else array
-    if array.shape[2] not in (1, 3, 4):
-        raise ValueError(
-            f"{label} has {array.shape[2]} channels ({input_data_format}, shape {tuple(array.shape)}); "
-            "pass grayscale (1), RGB (3) or RGBA (4) pixels."
-        )
-    return array
+def _array_pixels(image: Any, input_data_format: str | None, label: str) -> tuple[np.ndarray, bool]:
+    """An array or tensor as uint8 pixels, and whether it held floats in [0, 1].
 
-
-def _array_to_pil(array: np.ndarray, input_data_format: str | None, label: str) -> Image.Image:
-    """An (H, W), (H, W, C) or (C, H, W) array of any numeric dtype as an L, RGB or RGBA image."""
-    array = _to_channels_last(array, input_data_format, label)
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"{label} is empty (height x width = {array.shape[0]} x {array.shape[1]}).")
-    if np.issubdtype(array.dtype, np.floating):
-        array = _float_to_uint8(array, label)
-    elif np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
-        array = _integer_to_uint8(array, label)
-    else:
-        raise ValueError(f"{label} has dtype {array.dtype}; pass integer or float pixels.")
-    channels = array.shape[2]
-    return Image.fromarray(np.ascontiguousarray(array[:, :, 0] if channels == 1 else array))
-
-
-def _to_rgb_or_gray(image: Image.Image, label: str) -> Image.Image:
-    """Convert a decoded image of any mode to RGB, or to L when it is grayscale (module docstring)."""
-    if image.mode in _NUMERIC_MODES:
-        return _to_rgb_or_gray(_array_to_pil(np.asarray(image), None, label), label)
-    try:
-        if image.mode in _ALPHA_MODES or "transparency" in image.info:
-            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
-        if image.mode in ("RGB", "L"):
-            return image
-        return image.convert("L" if image.mode == "1" else "RGB")
-    except ValueError as exc:
-        raise ValueError(
-            f"{label} has PIL mode {image.mode!r}, which Pillow cannot convert to RGB ({exc})."
-        ) from exc
-
-
-def _load(image: Any, input_data_format: str | None, label: str) -> Image.Image:
-    """Any in-memory image (a PIL image, a numpy array, a torch tensor) as a decoded RGB or L PIL image."""
+    Gray stays one channel, (h, w); alpha is dropped, as PIL's ``convert("RGB")`` drops it: (h, w, 3).
+    """
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
         image = (image.float() if image.dtype == torch.bfloat16 else image).numpy()
-    if isinstance(image, np.ndarray):
-        image = _array_to_pil(image, input_data_format, label)
-    elif not isinstance(image, Image.Image):
-        raise TypeError(
-            f"{label} is a {type(image).__name__}; pass a PIL image, numpy array, torch tensor, file path "
-            "or encoded bytes."
-        )
-    image = _decode(image, label)
-    if image.width == 0 or image.height == 0:
-        raise ValueError(f"{label} is empty (width x height = {image.width} x {image.height}).")
-    return _to_rgb_or_gray(image, label)
+    if array_layout(image.shape, input_data_format, name=label) == "channels_first":
+        image = image.transpose(1, 2, 0)
+    if image.ndim == 3:
+        image = image[:, :, 0] if image.shape[2] == 1 else image[:, :, :3]
+    if np.issubdtype(image.dtype, np.floating):
+        return _float_to_uint8(image, label)
+    if np.issubdtype(image.dtype, np.integer) or image.dtype == np.bool_:
+        return _integer_to_uint8(image, label), False
+    raise ViltInputError(f"{label} has dtype {image.dtype}; pass integer or float pixels.")
+
+
+class _Pixels(NamedTuple):
+    """One loaded and resized image."""
+
+    pixels: np.ndarray  # (h, w, 3) RGB or (h, w) grayscale, uint8
+    unit_float: bool  # from a float image in [0, 1], so rescaled already
 
 
 def _is_single_image(item: Any) -> bool:
-    return isinstance(item, (Image.Image, np.ndarray, torch.Tensor, str, os.PathLike, bytes, bytearray))
+    return isinstance(item, (Image.Image, str, os.PathLike, bytes, bytearray)) or is_array(item)
 
 
 def _flatten_images(images: Any) -> tuple[list[Any], int | None]:
     """The images of a call as a flat list, and the group size for NLVR2-style nested lists (else None)."""
-    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+    if is_array(images) and images.ndim == 4:
         return list(images), None
     if _is_single_image(images):
         return [images], None
@@ -288,24 +201,23 @@ def _flatten_images(images: Any) -> tuple[list[Any], int | None]:
             f"images is a {type(images).__name__}; pass an image, a list of images or a list of image lists."
         )
     if not images:
-        raise ValueError("images is an empty list; pass at least one image.")
+        raise ViltInputError("images is an empty list; pass at least one image.")
     if not all(isinstance(group, (list, tuple)) for group in images):
         return list(images), None  # an item of a wrong type is reported, with its index, when loaded
     sizes = {len(group) for group in images}
     if len(sizes) != 1 or 0 in sizes:
-        raise ValueError(
+        raise ViltInputError(
             f"every image group must hold the same number of images (at least one); got {sorted(sizes)}."
         )
     return [image for group in images for image in group], sizes.pop()
 
 
 def _label(item: Any, index: int) -> str:
-    """How error messages name an input: the file name for paths."""
-    if isinstance(item, (str, os.PathLike)):
-        return f"image file {os.fspath(item)!r}"
-    if isinstance(item, (bytes, bytearray)):
-        return f"image bytes (batch item {index})"
-    return f"image (batch item {index})"
+    """How error messages name an input: the file for paths, the address for URLs, else kind and index."""
+    name = describe(item)
+    if isinstance(item, os.PathLike) or is_url(item) or name.startswith("image file"):
+        return name
+    return f"{name} (batch item {index})"
 
 
 def _parallel_map(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
@@ -360,7 +272,7 @@ class ViltImageProcessor:
         self.size = _size_dict(384 if size is None else size)
         self.size_divisor = int(size_divisor)
         if self.size_divisor < 1:
-            raise ValueError(f"size_divisor must be a positive integer, got {size_divisor}.")
+            raise ViltInputError(f"size_divisor must be a positive integer, got {size_divisor}.")
         self.resample = int(resample)
         self.do_rescale = bool(do_rescale)
         self.rescale_factor = float(rescale_factor)
@@ -368,7 +280,7 @@ class ViltImageProcessor:
         self.image_mean = _channel_values(0.5 if image_mean is None else image_mean, "image_mean")
         self.image_std = _channel_values(0.5 if image_std is None else image_std, "image_std")
         if 0 in self.image_std:
-            raise ValueError(f"image_std must not contain 0, got {self.image_std}.")
+            raise ViltInputError(f"image_std must not contain 0, got {self.image_std}.")
         self.do_pad = bool(do_pad)
 
     # -- preprocessing --------------------------------------------------------------------------------
@@ -428,45 +340,48 @@ class ViltImageProcessor:
         }
         settings = ViltImageProcessor(**{**self._init_kwargs(), **overrides}) if overrides else self
         if return_tensors not in _RETURN_TENSORS:
-            raise ValueError(f"return_tensors must be one of {_RETURN_TENSORS}, got {return_tensors!r}.")
+            raise ViltInputError(f"return_tensors must be one of {_RETURN_TENSORS}, got {return_tensors!r}.")
         if data_format not in _DATA_FORMATS:
-            raise ValueError(f"data_format must be one of {_DATA_FORMATS}, got {data_format!r}.")
+            raise ViltInputError(f"data_format must be one of {_DATA_FORMATS}, got {data_format!r}.")
         if input_data_format not in (*_DATA_FORMATS, None):
-            raise ValueError(
+            raise ViltInputError(
                 f"input_data_format must be None or one of {_DATA_FORMATS}, got {input_data_format!r}."
             )
         flat, group_size = _flatten_images(images)
-        pixels = settings._load_and_resize(flat, input_data_format)
-        pixel_values, pixel_mask = settings._normalize_and_pad(pixels)
+        loaded = settings._load_and_resize(flat, input_data_format)
+        pixel_values, pixel_mask = settings._normalize_and_pad(loaded)
         return _package(pixel_values, pixel_mask, group_size, settings.do_pad, data_format, return_tensors)
 
-    def _load_and_resize(self, images: list[Any], input_data_format: str | None) -> list[np.ndarray]:
-        """Decode, convert and resize every image in parallel; returns their uint8 pixel arrays."""
-        labels = [_label(image, index) for index, image in enumerate(images)]
-        opened: list[Any] = []  # the inputs, with paths and bytes opened lazily (headers read)
-        try:
-            for image, label in zip(images, labels):
-                is_encoded = isinstance(image, (str, os.PathLike, bytes, bytearray))
-                opened.append(_open_encoded(image, label) if is_encoded else image)
-            # The same object twice (e.g. an NLVR2 pair of one image) is prepared once: PIL's lazy
-            # load() must not run in two threads.
-            first_index: dict[int, int] = {}
-            for index, image in enumerate(opened):
-                first_index.setdefault(id(image), index)
-            unique = list(first_index.values())
-            prepared = _parallel_map(
-                lambda i: self._prepare_one(opened[i], input_data_format, labels[i]), unique
-            )
-        finally:
-            for image, original in zip(opened, images):
-                if image is not original:
-                    image.close()
-        by_id = {id(opened[i]): array for i, array in zip(unique, prepared)}
-        return [by_id[id(image)] for image in opened]
+    def _load_and_resize(self, images: list[Any], input_data_format: str | None) -> list[_Pixels]:
+        """Load, convert and resize every image in parallel; returns their uint8 pixels."""
+        # The same object twice (e.g. an NLVR2 pair of one image) is prepared once: PIL's lazy load()
+        # must not run in two threads.
+        first_index: dict[int, int] = {}
+        for index, image in enumerate(images):
+            first_index.setdefault(id(image), index)
+        unique = list(first_index.values())
+        prepared = _parallel_map(
+            lambda i: self._prepare_one(images[i], input_data_format, _label(images[i], i)), unique
+        )
+        by_id = {id(images[i]): pixels for i, pixels in zip(unique, prepared)}
+        return [by_id[id(image)] for image in images]
 
-    def _prepare_one(self, image: Any, input_data_format: str | None, label: str) -> np.ndarray:
-        """Load and resize one image; returns its (h, w, 3) RGB or (h, w) grayscale uint8 pixels."""
-        image = _load(image, input_data_format, label)
+    def _prepare_one(self, image: Any, input_data_format: str | None, label: str) -> _Pixels:
+        """Load and resize one image (module docstring's loading rules)."""
+        if is_array(image):
+            pixels, unit_float = _array_pixels(image, input_data_format, label)
+            return _Pixels(self._resized(Image.fromarray(np.ascontiguousarray(pixels))), unit_float)
+        opened = open_image(image, name=label)  # a PIL image as it is; the other inputs opened lazily
+        try:
+            # EXIF orientation for what was loaded from a file, URL or bytes; not for a given PIL image.
+            decoded = load_pixels(opened, apply_exif=opened is not image, name=label)
+            return _Pixels(self._resized(to_rgb(decoded, keep_gray=True, name=label)), False)
+        finally:
+            if opened is not image:
+                opened.close()
+
+    def _resized(self, image: Image.Image) -> np.ndarray:
+        """The image resized (when ``do_resize``) as (h, w, 3) RGB or (h, w) grayscale uint8 pixels."""
         if self.do_resize:
             height, width = get_resize_output_image_size(
                 image.height, image.width, self.size["shortest_edge"], self.size_divisor
@@ -474,11 +389,15 @@ class ViltImageProcessor:
             image = image.resize((width, height), resample=self.resample, reducing_gap=None)
         return np.asarray(image)
 
-    def _value_table(self) -> np.ndarray:
-        """(3, 256) float32: the output value of every uint8 level per channel, computed the reference's way."""
+    def _value_table(self, rescale_factor: float | None) -> np.ndarray:
+        """(3, 256) float32: the output value of every uint8 level per channel, computed the reference's way.
+
+        Args:
+            rescale_factor: The factor levels are rescaled by, or None for no rescaling.
+        """
         levels = np.tile(np.arange(256, dtype=np.uint8), (3, 1))
-        if self.do_rescale:
-            values = (levels.astype(np.float64) * self.rescale_factor).astype(np.float32)
+        if rescale_factor is not None:
+            values = (levels.astype(np.float64) * rescale_factor).astype(np.float32)
         else:
             values = levels.astype(np.float32)
         if self.do_normalize:
@@ -487,16 +406,19 @@ class ViltImageProcessor:
             values = (values - mean) / std
         return values
 
-    def _normalize_and_pad(self, pixels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _normalize_and_pad(self, images: list[_Pixels]) -> tuple[np.ndarray, np.ndarray]:
         """Write every image's table values into a zero-padded (B, 3, H, W) float32 array; build the mask."""
-        height = max(array.shape[0] for array in pixels)
-        width = max(array.shape[1] for array in pixels)
-        table = self._value_table()
-        pixel_values = np.zeros((len(pixels), 3, height, width), dtype=np.float32)
-        pixel_mask = np.zeros((len(pixels), height, width), dtype=np.int64)
+        height = max(image.pixels.shape[0] for image in images)
+        width = max(image.pixels.shape[1] for image in images)
+        tables = {  # float images in [0, 1] are rescaled already (module docstring)
+            False: self._value_table(self.rescale_factor if self.do_rescale else None),
+            True: self._value_table(_UNIT_FLOAT_RESCALE),
+        }
+        pixel_values = np.zeros((len(images), 3, height, width), dtype=np.float32)
+        pixel_mask = np.zeros((len(images), height, width), dtype=np.int64)
 
         def write(index: int) -> None:
-            array = pixels[index]
+            array, table = images[index].pixels, tables[images[index].unit_float]
             h, w = array.shape[:2]
             for channel in range(3):
                 np.take(
@@ -507,7 +429,7 @@ class ViltImageProcessor:
                 )
             pixel_mask[index, :h, :w] = 1
 
-        _parallel_map(write, range(len(pixels)))
+        _parallel_map(write, range(len(images)))
         return pixel_values, pixel_mask
 
     # -- configuration ----------------------------------------------------------------------------------
@@ -627,17 +549,17 @@ class ViltFeatureExtractor(ViltImageProcessor):
 def _size_dict(size: int | dict[str, int]) -> dict[str, int]:
     if isinstance(size, dict):
         if set(size) != {"shortest_edge"}:
-            raise ValueError(f'size must be an int or {{"shortest_edge": int}}, got {size}.')
+            raise ViltInputError(f'size must be an int or {{"shortest_edge": int}}, got {size}.')
         size = size["shortest_edge"]
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f'size must be a positive int or {{"shortest_edge": int}}, got {size!r}.')
+        raise ViltInputError(f'size must be a positive int or {{"shortest_edge": int}}, got {size!r}.')
     return {"shortest_edge": int(size)}
 
 
 def _channel_values(values: float | Sequence[float], name: str) -> list[float]:
     values = [float(values)] * 3 if isinstance(values, (int, float)) else [float(v) for v in values]
     if len(values) != 3:
-        raise ValueError(f"{name} must have 3 values (one per RGB channel), got {values}.")
+        raise ViltInputError(f"{name} must have 3 values (one per RGB channel), got {values}.")
     return values
 
 
@@ -661,7 +583,7 @@ def _package(
         if return_tensors is None:
             return BatchFeature(pixel_values=unpadded)
         if not pixel_mask.all():
-            raise ValueError(
+            raise ViltInputError(
                 "the images have different sizes after resizing; pass do_pad=True to batch them."
             )
         outputs = {"pixel_values": pixel_values}
