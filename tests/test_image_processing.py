@@ -201,7 +201,7 @@ def rotated_jpeg(path: Path) -> Path:
 def picture_files(folder: Path) -> dict[str, Path]:
     """One file per kind the reference loads with convert("RGB"), each as Pillow writes it."""
     rgba = np.random.default_rng(9).integers(0, 256, (60, 90, 4), dtype=np.uint8)
-    rgba[..., 3] = np.where(rgba[..., 3] > 128, rgba[..., 3], 0)  # half transparent, the rest see-through
+    rgba[..., 3] = np.where(rgba[..., 3] > 128, rgba[..., 3], 0)  # partly or fully transparent
     rgb = Image.fromarray(rgba[..., :3])
     palette = rgb.convert("P")
     palette.info["transparency"] = most_frequent_index(palette)

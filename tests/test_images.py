@@ -197,7 +197,11 @@ def test_http_error_and_non_image_url(server: str) -> None:
     [
         ("no/such/file.jpg", FileNotFoundError, r"'no/such/file\.jpg': no such file"),
         (Path("no/such/file.jpg"), FileNotFoundError, r"no such file"),
-        ("c2VjcmV0", ViltInputError, r"no file, no http\(s\) URL, and no image when read as base64"),
+        (
+            "c2VjcmV0",
+            ViltInputError,
+            r"'c2VjcmV0' is no file, no http\(s\) URL, and, read as base64, no image",
+        ),
         ("data:image/png,abc", ViltInputError, r"without ';base64,'"),
         ("data:image/png;base64,@@@", ViltInputError, r"not base64"),
         (b"", ViltInputError, r"empty \(0 bytes\)"),
@@ -245,6 +249,11 @@ def test_image_size_of_every_input_kind_is_the_loaded_size(files: Path) -> None:
     for image in (str(path), path, path.read_bytes(), text, data_url, Image.open(path)):
         assert image_size(image) == upright == load_image(image).size[::-1]
     assert image_size(files / "rgba.png") == (HEIGHT, WIDTH)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    for image_format in ("PNG", "WEBP", "TIFF"):  # Pillow turns a TIFF upright itself, size included
+        data = encode(picture(), image_format, exif=exif)
+        assert image_size(data) == upright == load_image(data).size[::-1], image_format
     pixels = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
     arrays = {
         "HWC": pixels,

@@ -77,7 +77,7 @@ from .errors import ViltInputError
 from .feature import BatchFeature
 from .files import atomic_directory
 from .hub import resolve_file, split_hub_options
-from .images import array_layout, describe, is_array, is_url, load_pixels, open_image, to_rgb
+from .images import array_layout, describe, is_array, load_pixels, open_image, to_rgb
 
 PREPROCESSOR_CONFIG_FILE = "preprocessor_config.json"
 PROCESSOR_CONFIG_FILE = "processor_config.json"  # transformers v5 nests the image settings here
@@ -212,12 +212,9 @@ def _flatten_images(images: Any) -> tuple[list[Any], int | None]:
     return [image for group in images for image in group], sizes.pop()
 
 
-def _label(item: Any, index: int) -> str:
-    """How error messages name an input: the file for paths, the address for URLs, else kind and index."""
-    name = describe(item)
-    if isinstance(item, os.PathLike) or is_url(item) or name.startswith("image file"):
-        return name
-    return f"{name} (batch item {index})"
+def _label(item: Any, index: int, batch_size: int) -> str:
+    """How error messages name an input (:func:`vilt.images.describe`), and its place in a batch."""
+    return describe(item) if batch_size == 1 else f"{describe(item)} (batch item {index})"
 
 
 def _parallel_map(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
@@ -361,7 +358,8 @@ class ViltImageProcessor:
             first_index.setdefault(id(image), index)
         unique = list(first_index.values())
         prepared = _parallel_map(
-            lambda i: self._prepare_one(images[i], input_data_format, _label(images[i], i)), unique
+            lambda i: self._prepare_one(images[i], input_data_format, _label(images[i], i, len(images))),
+            unique,
         )
         by_id = {id(images[i]): pixels for i, pixels in zip(unique, prepared)}
         return [by_id[id(image)] for image in images]

@@ -93,7 +93,7 @@ def describe(image: Any) -> str:
             return f"data URL image ({len(image)} characters)"
         if len(image) > _SHOWN_CHARACTERS:
             return f"base64 image ({len(image)} characters)"
-        return f"image file {image!r}"
+        return f"image {image!r}"  # a path, or short base64
     if isinstance(image, (bytes, bytearray)):
         return "image bytes"
     return "image"
@@ -526,8 +526,10 @@ def image_size(
         raise ViltInputError(f"{name}: fetch it with load_image before asking its size.")
     opened = open_image(image, name=name)
     try:
-        orientation = _orientation(opened, name, header_only=opened is not image)
         width, height = opened.size
+        if opened.format == "TIFF":  # Pillow's TIFF reader turns the image upright itself, size included
+            return height, width
+        orientation = _orientation(opened, name, header_only=opened is not image)
     finally:
         if opened is not image:
             opened.close()
