@@ -1,8 +1,8 @@
-"""ONNX export and the onnxruntime backend, on tiny random-weight models (and the bundled model when present).
+"""ONNX and OpenVINO export and their backends, on tiny random-weight models (and the bundled model).
 
 Exporting takes tens of seconds even for a tiny model (torch.export traces the graph), so one tiny VQA
-export, made through the ``vilt export`` command, is shared by the fast tests; the other heads, int8,
-other opsets and the bundled model are ``slow``.
+export per format, made through the ``vilt export`` command, is shared by the fast tests; the other
+heads, int8, other opsets and the bundled model are ``slow``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from tiny_models import BUNDLED, random_image, save_tiny
 
 import vilt
 from vilt.cli import main as vilt_main
-from vilt.export import OnnxModel, export_onnx
-from vilt.export.exporter import INPUT_NAMES, TASKS
+from vilt.export import OnnxModel, OpenVinoModel, export_model, export_onnx
+from vilt.export.graph import INPUT_NAMES, TASKS
 from vilt.heads import MODEL_CLASSES
 
 pytest.importorskip("onnxruntime")
@@ -55,12 +55,15 @@ def padded_batch(
     }
 
 
-def assert_matches_torch(export_dir: Path, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
-    onnx_model = OnnxModel.from_pretrained(export_dir)
+def assert_matches_torch(
+    export_dir: Path, model: torch.nn.Module, inputs: dict[str, torch.Tensor], exported: type = OnnxModel
+) -> None:
+    options = {"dtype": "float32"} if exported is OpenVinoModel else {}
+    runner = exported.from_pretrained(export_dir, **options)
     with torch.no_grad():
         expected = model(**inputs)
     name = "pooler_output" if isinstance(model, vilt.ViltModel) else "logits"
-    got = getattr(onnx_model(**inputs), name)
+    got = getattr(runner(**inputs), name)
     assert got.shape == getattr(expected, name).shape
     torch.testing.assert_close(got, getattr(expected, name), atol=TOLERANCE, rtol=0)
 
@@ -74,6 +77,18 @@ def tiny_vqa(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     code = vilt_main(["export", "--model", str(source), "--format", "onnx", "--output", str(output)])
     assert code == 0
     return source, output
+
+
+@pytest.fixture(scope="module")
+def tiny_vqa_openvino(tiny_vqa: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same checkpoint exported to OpenVINO with the ``vilt export`` command."""
+    pytest.importorskip("openvino")
+    output = tmp_path_factory.mktemp("export") / "vqa-openvino"
+    assert (
+        vilt_main(["export", "--model", str(tiny_vqa[0]), "--format", "openvino", "--output", str(output)])
+        == 0
+    )
+    return output
 
 
 # ----------------------------------------------------------------------------- the export itself
@@ -120,6 +135,56 @@ def test_pipeline_on_onnxruntime_answers_like_torch(tiny_vqa: tuple[Path, Path])
     assert [[a["answer"] for a in row] for row in got] == [[a["answer"] for a in row] for row in expected]
     for row, expected_row in zip(got, expected):
         np.testing.assert_allclose([a["score"] for a in row], [a["score"] for a in expected_row], atol=1e-5)
+
+
+def test_openvino_export_matches_torch(tiny_vqa: tuple[Path, Path], tiny_vqa_openvino: Path) -> None:
+    assert {"openvino_model.xml", "openvino_model.bin", "config.json", "vocab.txt"} <= {
+        p.name for p in tiny_vqa_openvino.iterdir()
+    }
+    assert not (tiny_vqa_openvino / "model.onnx").exists()  # the IR replaces the intermediate ONNX graph
+    model = vilt.ViltForQuestionAnswering.from_pretrained(tiny_vqa[0])
+    inputs = padded_batch(model.config, TINY_SIZES, [3, 11, 7])
+    assert_matches_torch(tiny_vqa_openvino, model, inputs, OpenVinoModel)
+
+
+def test_openvino_reads_the_onnx_export_too(tiny_vqa: tuple[Path, Path]) -> None:
+    pytest.importorskip("openvino")
+    source, output = tiny_vqa
+    model = vilt.ViltForQuestionAnswering.from_pretrained(source)
+    assert_matches_torch(output, model, padded_batch(model.config, TINY_SIZES, [3, 11, 7]), OpenVinoModel)
+
+
+def test_pipeline_on_openvino_answers_like_torch(
+    tiny_vqa: tuple[Path, Path], tiny_vqa_openvino: Path
+) -> None:
+    images = [random_image(h, w, seed) for seed, (h, w) in enumerate([(24, 40), (64, 30), (32, 32)])]
+    items = [
+        {"image": i, "question": q} for i, q in zip(images, ["what shape?", "is it red?", "what color?"])
+    ]
+    torch_vqa = vilt.pipeline("vqa", model=str(tiny_vqa[0]), device="cpu", dtype="float32")
+    expected = torch_vqa(items, top_k=3)
+    for dtype in ("float32", "bfloat16"):
+        openvino_vqa = vilt.pipeline("vqa", model=str(tiny_vqa_openvino), backend="openvino", dtype=dtype)
+        assert openvino_vqa.dtype == torch.float32  # the graph's inputs; bfloat16 is how the CPU computes
+        got = openvino_vqa(items, top_k=3)
+        tolerance = 1e-5 if dtype == "float32" else 3e-2
+        for row, expected_row in zip(got, expected):
+            np.testing.assert_allclose(
+                [a["score"] for a in row], [a["score"] for a in expected_row], atol=tolerance
+            )
+            if dtype == "float32":
+                assert [a["answer"] for a in row] == [a["answer"] for a in expected_row]
+
+
+def test_backends_name_what_is_missing(tmp_path: Path, tiny_vqa: tuple[Path, Path]) -> None:
+    with pytest.raises(
+        ValueError, match="unknown backend 'tensorrt'; use one of torch, onnxruntime, openvino"
+    ):
+        vilt.pipeline("vqa", model=str(tiny_vqa[1]), backend="tensorrt")
+    with pytest.raises(FileNotFoundError, match="has no openvino_model.xml or model.onnx.*--format openvino"):
+        OpenVinoModel.from_pretrained(tiny_vqa[0])
+    with pytest.raises(ValueError, match="unknown export format 'tflite'"):
+        export_model(tiny_vqa[0], tmp_path / "out", format="tflite")
 
 
 # ----------------------------------------------------------------------------- runtime input checks
@@ -235,6 +300,16 @@ def test_int8_is_smaller_and_close(tmp_path: Path) -> None:
     int8 = export_onnx(source, tmp_path / "int8", quantize="int8")
     assert int8.quantize == "int8" and int8.size_bytes < 0.5 * fp32.size_bytes
     assert 0 < int8.max_abs_diff < 0.1  # quantized, but still the same model
+
+
+@pytest.mark.slow
+def test_openvino_int8_is_smaller_and_close(tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    source = save_tiny(tmp_path / "m", "ViltForQuestionAnswering")
+    fp32 = export_model(source, tmp_path / "fp32", format="openvino")
+    int8 = export_model(source, tmp_path / "int8", format="openvino", quantize="int8")
+    assert int8.quantize == "int8" and int8.size_bytes < 0.5 * fp32.size_bytes
+    assert fp32.max_abs_diff <= TOLERANCE and 0 < int8.max_abs_diff < 0.1
 
 
 @pytest.mark.slow

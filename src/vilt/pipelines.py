@@ -46,8 +46,9 @@ A model instance stays where and as it is unless ``device``/``dtype`` are given.
 **The model contract.** A pipeline only needs ``pipeline.model``, a callable taking keyword tensors
 ``input_ids, attention_mask, token_type_ids, pixel_values, pixel_mask`` (as the processor makes them) and
 returning an object with ``.logits``, and ``pipeline.config``, a :class:`vilt.ViltConfig`. With
-``backend="onnxruntime"`` the model is ``vilt.export.runtime.OnnxModel.from_pretrained(directory,
-device=...)`` (built by the export module), which honours that contract; everything else is shared.
+``backend="onnxruntime"`` or ``"openvino"`` the model is ``vilt.export.load_exported(directory, backend,
+device=...)`` (an ``OnnxModel`` or ``OpenVinoModel``), which honours that contract; everything else is
+shared.
 Image-text retrieval embeds each image once through ``model.vilt.embeddings.visual_embed``, so it needs
 the torch backend.
 """
@@ -72,6 +73,7 @@ from .checkpoint import read_config
 from .configuration import ViltConfig
 from .devices import select_device_and_dtype
 from .errors import ViltInputError
+from .export.graph import BACKEND_OF_FORMAT
 from .feature import BatchFeature
 from .heads import MODEL_CLASSES
 from .hub import model_source, resolve_file
@@ -81,6 +83,7 @@ from .tasks import find_task
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 32
+BACKENDS = ("torch", *BACKEND_OF_FORMAT.values())
 _T = TypeVar("_T")
 
 
@@ -760,10 +763,14 @@ def load_model(
     return _load_torch(source, architecture, device, dtype), _load_processor(source)
 
 
-def _load_onnx(source: str, cls: type[Pipeline], device: torch.device) -> Any:
-    from .export.runtime import OnnxModel
+def _load_exported(
+    source: str, backend: str, cls: type[Pipeline], device: torch.device, dtype: torch.dtype
+) -> Any:
+    """An exported model on onnxruntime (float32 or its int8 weights) or OpenVINO (computing in ``dtype``)."""
+    from .export.runtime import load_exported
 
-    model = OnnxModel.from_pretrained(source, device=device)
+    options = {"dtype": dtype} if backend == "openvino" else {}
+    model = load_exported(source, backend, device=device, **options)
     _architecture(model.config, cls, source)
     return model
 
@@ -800,7 +807,8 @@ def pipeline(
         device: "cpu", "cuda", "cuda:N"; None/"auto" picks (see :func:`select_device_and_dtype`).
         dtype: "float32", "bfloat16", "float16" or a torch dtype; None/"auto" picks.
         processor: a :class:`vilt.ViltProcessor`; default: the one saved with the model (or the default one).
-        backend: "torch", or "onnxruntime" for a directory exported by ``vilt export``.
+        backend: "torch"; or, for a directory written by ``vilt export``, "onnxruntime" (float32, or its
+            int8 weights) or "openvino" (computing in ``dtype``: bfloat16 by default on CPUs that have it).
         batch_size: examples per forward pass.
 
     Raises:
@@ -809,11 +817,13 @@ def pipeline(
     """
     cls = _task_class(task)
     _check_batch_size(batch_size)
-    if backend not in ("torch", "onnxruntime"):
-        raise ValueError(f"unknown backend {backend!r}; use 'torch' or 'onnxruntime'")
+    if backend not in BACKENDS:
+        raise ViltInputError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if isinstance(model, torch.nn.Module):
         if backend != "torch":
-            raise ValueError("a model instance runs on the torch backend; pass a directory for onnxruntime")
+            raise ViltInputError(
+                f"a model instance runs on the torch backend; pass a directory exported for {backend}"
+            )
         runner, device, dtype = _prepare_instance(model, cls, device, dtype)
         source = None
     else:
@@ -826,8 +836,9 @@ def pipeline(
             device, dtype = select_device_and_dtype(device, dtype)
             runner = _load_torch(source, _architecture(read_model_config(source), cls, source), device, dtype)
         else:
-            device, dtype = select_device_and_dtype(device or "cpu", dtype or "float32")
-            runner = _load_onnx(source, cls, device)
+            device, dtype = select_device_and_dtype(device or "cpu", dtype)
+            runner = _load_exported(source, backend, cls, device, dtype)
+            dtype = runner.dtype  # exported graphs take float32 inputs
     if processor is None:
         processor = _load_processor(source)
     return cls(runner, runner.config, processor, device, dtype, batch_size)

@@ -1,9 +1,11 @@
-"""Export ViLT to ONNX and run it with onnxruntime (the ``onnx`` extra: ``pip install 'vilt[onnx]'``).
+"""Export ViLT to ONNX or OpenVINO and run the result (the ``onnx`` and ``openvino`` extras).
 
-``export_onnx(model_or_path, output_dir, task=None, opset=18, quantize=None, force=False)`` writes
-``model.onnx``, ``config.json`` and the processor files; ``OnnxModel.from_pretrained(output_dir)`` runs
-them (and ``vilt.pipeline(task, model=output_dir, backend="onnxruntime")`` builds a pipeline on it).
-Names load lazily, so ``import vilt.export`` (and the ``vilt`` command) works without the extra.
+``export_model(model_or_path, output_dir, format="onnx", task=None, opset=18, quantize=None,
+force=False)`` writes the graph (``model.onnx``, or ``openvino_model.xml``/``.bin``), ``config.json`` and
+the processor files; ``OnnxModel.from_pretrained(output_dir)`` / ``OpenVinoModel.from_pretrained(output_dir)``
+run them, and ``vilt.pipeline(task, model=output_dir, backend="onnxruntime" | "openvino")`` builds a
+pipeline on them. Names load lazily, so ``import vilt.export`` (and the ``vilt`` command) works without
+the extras.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import importlib
 from typing import Any
 
 _LAZY = {
+    "export_model": "vilt.export.exporter",
     "export_onnx": "vilt.export.exporter",
     "ExportResult": "vilt.export.exporter",
     "OnnxModel": "vilt.export.runtime",
+    "OpenVinoModel": "vilt.export.runtime",
+    "load_exported": "vilt.export.runtime",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,7 +1,9 @@
-"""Export a ViLT model to ONNX with dynamic batch, text length and image size.
+"""Export a ViLT model to ONNX or OpenVINO with dynamic batch, text length and image size.
 
-:func:`export_onnx` writes ``model.onnx`` beside the model's ``config.json`` and processor files, so the
-directory serves both :class:`vilt.export.runtime.OnnxModel` and ``ViltProcessor.from_pretrained``.
+:func:`export_model` writes the graph (``model.onnx``, or ``openvino_model.xml`` and ``.bin``) beside the
+model's ``config.json`` and processor files, so the directory serves both the runtimes of
+:mod:`vilt.export.runtime` and ``ViltProcessor.from_pretrained``. The directory is written all at once
+(:func:`vilt.files.atomic_directory`): killed at any moment, it holds the earlier export or this one.
 
 The graph:
 
@@ -14,7 +16,13 @@ The graph:
 The dynamo exporter (``torch.export``) traces the PyTorch model itself. While exporting, the model
 keeps every patch of the padded image batch with padding patches masked, instead of counting image
 tokens with a host sync (see ``ViltEmbeddings.visual_embed``), and always applies the padding mask.
-Masked tokens change no other token, so the graph's logits equal the PyTorch model's.
+Masked tokens change no other token, so the graph's logits equal the PyTorch model's. OpenVINO reads
+that ONNX graph (``openvino.convert_model``) and saves it as its own IR.
+
+``quantize="int8"``: for ONNX, onnxruntime's dynamic quantization (int8 weights, activations quantized
+per batch on the fly); for OpenVINO, NNCF's int8 weight compression (int8 weights, computation in the
+CPU's float precision). Both need no calibration data; ``benchmarks/bench_backends.py`` measures speed and
+accuracy.
 """
 
 from __future__ import annotations
@@ -23,7 +31,6 @@ import copy
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,23 +42,31 @@ from torch import nn
 
 from ..checkpoint import read_config
 from ..configuration import ViltConfig
+from ..errors import ViltInputError
+from ..files import atomic_directory
 from ..heads import MODEL_CLASSES
-from ..hub import resolve_file
+from ..hub import model_source, resolve_file
 from ..modeling import ViltModel, ViltPreTrainedModel
-from ..tasks import BASE_ARCHITECTURE, find_task, task_names
+from ..tasks import BASE_ARCHITECTURE
+from .graph import (
+    BACKEND_OF_FORMAT,
+    EXPORTABLE,
+    FORMATS,
+    GRAPH_FILES,
+    INPUT_NAMES,
+    ONNX_FILE,
+    QUANTIZATIONS,
+    TASKS,
+    output_name,
+    require,
+)
 
 logger = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "pixel_mask")
-# export --task NAME -> the class exported (the task's preferred head)
-TASKS = {name: find_task(name).architectures[0] for name in task_names("export")}
-EXPORTABLE = (*TASKS.values(), BASE_ARCHITECTURE)
 # the dynamo exporter writes opset 18 and converts down to 17; onnxruntime's opset-23 Attention
 # kernel rejects the (batch, 1, 1, L) padding mask, so 22 is the newest that runs
 OPSETS = range(17, 23)
 DEFAULT_OPSET = 18
-QUANTIZATIONS = ("int8",)
 PROCESSOR_FILES = (
     "preprocessor_config.json",
     "processor_config.json",
@@ -66,19 +81,21 @@ VERIFY_TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| accepted for the floa
 
 @dataclass
 class ExportResult:
-    """What :func:`export_onnx` wrote.
+    """What :func:`export_model` wrote.
 
     Attributes:
-        path: the ``model.onnx`` file.
+        path: the graph file (``model.onnx`` or ``openvino_model.xml``).
+        format: "onnx" or "openvino".
         architecture: the exported model class (``config.architectures[0]`` beside the graph).
-        opset: the ONNX opset of the graph.
+        opset: the ONNX opset the graph was traced at.
         quantize: "int8" or None.
-        size_bytes: size of ``model.onnx``.
-        max_abs_diff: largest |onnxruntime - PyTorch float32| output difference on a check batch whose
+        size_bytes: size of the graph's files (the ``.xml`` and ``.bin`` for OpenVINO).
+        max_abs_diff: largest |exported - PyTorch float32| output difference on a check batch whose
             sizes differ from the traced ones (for int8, the quantization error).
     """
 
     path: Path
+    format: str
     architecture: str
     opset: int
     quantize: str | None
@@ -86,29 +103,22 @@ class ExportResult:
     max_abs_diff: float
 
 
-def require_onnx() -> None:
-    """Raise ImportError with the install command when the ``onnx`` extra is missing."""
-    import importlib.util
-
-    missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ImportError(f"ONNX export and inference need {', '.join(missing)}: pip install 'vilt[onnx]'")
-
-
 # ----------------------------------------------------------------------------- checking arguments
 
 
-def _check_options(task: str | None, opset: int, quantize: str | None) -> None:
+def _check_options(format: str, task: str | None, opset: int, quantize: str | None) -> None:
+    if format not in FORMATS:
+        raise ViltInputError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if task is not None and task not in TASKS:
-        raise ValueError(
+        raise ViltInputError(
             f"unknown task {task!r}; choose one of {', '.join(TASKS)} (or none for the base model)"
         )
     if isinstance(opset, bool) or not isinstance(opset, int) or opset not in OPSETS:
-        raise ValueError(
+        raise ViltInputError(
             f"opset {opset!r} is not supported; choose {OPSETS[0]}..{OPSETS[-1]} (default {DEFAULT_OPSET})"
         )
     if quantize is not None and quantize not in QUANTIZATIONS:
-        raise ValueError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
+        raise ViltInputError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
 
 
 def _check_output_dir(output_dir: Path, force: bool) -> None:
@@ -131,7 +141,7 @@ def _saved_architecture(config: ViltConfig) -> str:
     if not saved:
         return BASE_ARCHITECTURE
     if saved[0] not in EXPORTABLE:
-        raise ValueError(
+        raise ViltInputError(
             f"the model is a {saved[0]}, which export does not support; pass a task ({', '.join(TASKS)}) "
             "whose head the checkpoint has"
         )
@@ -148,7 +158,7 @@ def _load_model(source: str, task: str | None) -> ViltPreTrainedModel:
     prefix = ViltModel.base_model_prefix + "."
     missing_head = [k for k in info["missing_keys"] if not k.startswith(prefix)]
     if missing_head and architecture != BASE_ARCHITECTURE:
-        raise ValueError(
+        raise ViltInputError(
             f"{source} has no {task} head: the {architecture} weights {', '.join(missing_head[:4])} are not in "
             f"the checkpoint (its architectures: {config.architectures}); pick the task of the head it has"
         )
@@ -161,13 +171,13 @@ def _check_instance(model: nn.Module, task: str | None) -> ViltPreTrainedModel:
     if name not in MODEL_CLASSES:
         raise TypeError(f"expected a vilt model (one of {', '.join(MODEL_CLASSES)}), got {name}")
     if task is not None and TASKS[task] != name:
-        raise ValueError(
+        raise ViltInputError(
             f"the model is a {name}, which has no {task} head ({TASKS[task]}); pass its own task"
         )
     if name not in EXPORTABLE:
-        raise ValueError(f"export does not support {name}; export one of {', '.join(EXPORTABLE)}")
+        raise ViltInputError(f"export does not support {name}; export one of {', '.join(EXPORTABLE)}")
     if isinstance(model, ViltModel) and model.pooler is None:
-        raise ValueError("the base model has no pooler, so there is no pooler_output to export")
+        raise ViltInputError("the base model has no pooler, so there is no pooler_output to export")
     exported = cast(ViltPreTrainedModel, copy.deepcopy(model))  # the caller's model keeps its dtype and mode
     return exported.float().eval()
 
@@ -182,7 +192,7 @@ class OnnxGraph(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.output_name = "pooler_output" if isinstance(model, ViltModel) else "logits"
+        self.output_name = output_name(type(model).__name__)
 
     def forward(
         self,
@@ -288,22 +298,37 @@ def _export_graph(
     program.save(str(path), external_data=False)
 
 
-def _quantize_int8(source: Path, target: Path) -> None:
+def _quantize_onnx_int8(source: Path, target: Path) -> None:
     """Dynamic int8 quantization: int8 weights, activations quantized on the fly per batch."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
 
 
-def _max_abs_diff(path: Path, graph: OnnxGraph, config: ViltConfig, num_images: int | None) -> float:
-    """Run the ONNX file and PyTorch on a check batch whose every dynamic size differs from the trace's."""
-    from .runtime import OnnxModel
+def _to_openvino(source: Path, target: Path, quantize: str | None) -> None:
+    """Convert the ONNX graph to OpenVINO IR (``.xml`` + ``.bin``), with int8 weights when asked."""
+    import openvino as ov
+
+    model = ov.convert_model(str(source))
+    if quantize == "int8":
+        import nncf
+
+        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    ov.save_model(model, str(target), compress_to_fp16=False)
+
+
+def _max_abs_diff(
+    path: Path, backend: str, graph: OnnxGraph, config: ViltConfig, num_images: int | None
+) -> float:
+    """Run the exported file and PyTorch on a check batch whose every dynamic size differs from the trace's."""
+    from .runtime import EXPORTED_MODELS
 
     length = min(5, config.max_position_embeddings)
     inputs = example_inputs(config, num_images, batch=3, text_length=length, rows=4, cols=2, seed=1)
     with torch.no_grad():
         expected = graph(*(inputs[name] for name in INPUT_NAMES))
-    got = OnnxModel.from_file(path, config).run(inputs)
+    options = {"dtype": torch.float32} if backend == "openvino" else {}
+    got = EXPORTED_MODELS[backend].from_file(path, config, **options).run(inputs)
     return float(np.abs(got - expected.numpy()).max())
 
 
@@ -325,8 +350,80 @@ def _copy_processor_files(source: str | None, processor: Any, output_dir: Path) 
         )
 
 
+def export_model(
+    model_or_path: nn.Module | str | os.PathLike[str] | None,
+    output_dir: str | os.PathLike[str],
+    format: str = "onnx",
+    task: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    quantize: str | None = None,
+    force: bool = False,
+    processor: Any = None,
+) -> ExportResult:
+    """Export a ViLT model to ``output_dir`` as ONNX or OpenVINO, with its config and processor files.
+
+    Args:
+        model_or_path: a model instance, a local checkpoint directory, a hub id, or ``bundled``/None for
+            the bundled easy-VQA model.
+        output_dir: the directory to write (created; must be empty unless ``force``).
+        format: "onnx" (``model.onnx``) or "openvino" (``openvino_model.xml`` and ``.bin``).
+        task: "vqa", "nlvr2", "retrieval", "mlm" or "itm": the head to export; None exports the class
+            the checkpoint names in ``config.architectures`` (or the instance's class), the base model
+            when it names none.
+        opset: ONNX opset, 17 to 22.
+        quantize: "int8" (see the module docstring), or None for float32 weights.
+        force: replace a non-empty ``output_dir``.
+        processor: a ViltProcessor to save beside the graph (default: copy the checkpoint's files).
+
+    Returns:
+        An :class:`ExportResult` (path, architecture, opset, size and the check against PyTorch).
+
+    Raises:
+        ViltInputError: unknown format, task or quantization, unsupported opset, a model without the
+            task's head, or a float32 graph that disagrees with PyTorch.
+        FileExistsError: ``output_dir`` exists and is not empty, without ``force``.
+        ImportError: the format's extra is not installed.
+    """
+    _check_options(format, task, opset, quantize)
+    require(format)
+    output_dir = Path(output_dir)
+    _check_output_dir(output_dir, force)
+    source = None if isinstance(model_or_path, nn.Module) else model_source(model_or_path)
+    model = _check_instance(model_or_path, task) if source is None else _load_model(source, task)  # type: ignore[arg-type]
+    architecture = type(model).__name__
+    config = model.config.replace(architectures=[architecture])
+    num_images = config.num_images if architecture == TASKS["nlvr2"] else None
+    graph = OnnxGraph(model).eval()
+    with atomic_directory(output_dir, keep_old=lambda name: False) as staging:
+        onnx_path = staging / ONNX_FILE
+        logger.info("exporting %s to ONNX opset %d", architecture, opset)
+        _export_graph(graph, config, num_images, opset, onnx_path)
+        diff = _max_abs_diff(onnx_path, "onnxruntime", graph, config, num_images)
+        logger.info("float32 graph vs PyTorch on an unseen batch shape: max |diff| = %.2e", diff)
+        if diff > VERIFY_TOLERANCE:
+            raise ViltInputError(
+                f"the exported graph disagrees with PyTorch (max |diff| {diff:.2e} > {VERIFY_TOLERANCE}); "
+                "please report this with the model's config.json"
+            )
+        path, backend = staging / GRAPH_FILES[format], BACKEND_OF_FORMAT[format]
+        if format == "openvino":
+            logger.info("converting to OpenVINO%s", " with int8 weights" if quantize else "")
+            _to_openvino(onnx_path, path, quantize)
+            onnx_path.unlink()
+        elif quantize == "int8":
+            _quantize_onnx_int8(onnx_path, staging / "int8.onnx")
+            os.replace(staging / "int8.onnx", onnx_path)
+        if format == "openvino" or quantize:
+            diff = _max_abs_diff(path, backend, graph, config, num_images)
+            logger.info("%s graph vs PyTorch float32: max |diff| = %.2e", quantize or format, diff)
+        config.save_pretrained(staging)
+        _copy_processor_files(source, processor, staging)
+        size = sum(f.stat().st_size for f in staging.iterdir() if f.name.startswith(path.stem))
+    return ExportResult(output_dir / path.name, format, architecture, opset, quantize, size, diff)
+
+
 def export_onnx(
-    model_or_path: nn.Module | str | os.PathLike[str],
+    model_or_path: nn.Module | str | os.PathLike[str] | None,
     output_dir: str | os.PathLike[str],
     task: str | None = None,
     opset: int = DEFAULT_OPSET,
@@ -334,60 +431,5 @@ def export_onnx(
     force: bool = False,
     processor: Any = None,
 ) -> ExportResult:
-    """Export a ViLT model to ``output_dir/model.onnx`` with its config and processor files.
-
-    Args:
-        model_or_path: a model instance, a local checkpoint directory or a hub id.
-        output_dir: the directory to write (created; must be empty unless ``force``).
-        task: "vqa", "nlvr2", "retrieval", "mlm" or "itm": the head to export; None exports the class
-            the checkpoint names in ``config.architectures`` (or the instance's class), the base model
-            when it names none.
-        opset: ONNX opset, 17 to 22.
-        quantize: "int8" for dynamic int8 quantization of the weights, or None for float32.
-        force: overwrite a non-empty ``output_dir``.
-        processor: a ViltProcessor to save beside the graph (default: copy the checkpoint's files).
-
-    Returns:
-        An :class:`ExportResult` (path, architecture, opset, size and the check against PyTorch).
-
-    Raises:
-        ValueError: unknown task or quantization, unsupported opset, a model without the task's head, or
-            a float32 graph that disagrees with PyTorch.
-        FileExistsError: ``output_dir`` exists and is not empty, without ``force``.
-        ImportError: the ``onnx`` extra is not installed.
-    """
-    require_onnx()
-    _check_options(task, opset, quantize)
-    output_dir = Path(output_dir)
-    _check_output_dir(output_dir, force)
-    source = None if isinstance(model_or_path, nn.Module) else os.fspath(model_or_path)
-    if source is None:
-        model = _check_instance(model_or_path, task)  # type: ignore[arg-type]
-    else:
-        model = _load_model(source, task)
-    architecture = type(model).__name__
-    config = model.config.replace(architectures=[architecture])
-    num_images = config.num_images if architecture == TASKS["nlvr2"] else None
-    graph = OnnxGraph(model).eval()
-    target = output_dir / ONNX_FILE
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".export-") as scratch:
-        float_path = Path(scratch) / ONNX_FILE
-        logger.info("exporting %s to ONNX opset %d", architecture, opset)
-        _export_graph(graph, config, num_images, opset, float_path)
-        diff = _max_abs_diff(float_path, graph, config, num_images)
-        logger.info("float32 graph vs PyTorch on an unseen batch shape: max |diff| = %.2e", diff)
-        if diff > VERIFY_TOLERANCE:
-            raise ValueError(
-                f"the exported graph disagrees with PyTorch (max |diff| {diff:.2e} > {VERIFY_TOLERANCE}); "
-                "please report this with the model's config.json"
-            )
-        if quantize == "int8":
-            _quantize_int8(float_path, Path(scratch) / "int8.onnx")
-            os.replace(Path(scratch) / "int8.onnx", float_path)
-            diff = _max_abs_diff(float_path, graph, config, num_images)
-            logger.info("int8 graph vs PyTorch float32: max |diff| = %.2e", diff)
-        os.replace(float_path, target)
-    config.save_pretrained(output_dir)
-    _copy_processor_files(source, processor, output_dir)
-    return ExportResult(target, architecture, opset, quantize, target.stat().st_size, diff)
+    """:func:`export_model` with ``format="onnx"`` (the name of earlier versions)."""
+    return export_model(model_or_path, output_dir, "onnx", task, opset, quantize, force, processor)
