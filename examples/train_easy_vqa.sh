@@ -26,7 +26,7 @@ cp "$WORK/train.log" "$RESULTS/train.log"
 
 rm -rf "$BUNDLED"
 mkdir -p "$BUNDLED"
-cp "$WORK"/best/{config.json,model.safetensors,preprocessor_config.json,special_tokens_map.json,tokenizer.json,tokenizer_config.json,vocab.txt} "$BUNDLED"/
+cp "$WORK"/best/{config.json,model.safetensors,preprocessor_config.json,special_tokens_map.json,tokenizer.json,tokenizer_config.json,vocab.txt,training_data.json} "$BUNDLED"/
 cp "$WORK/best/metrics.json" "$RESULTS/best_val_metrics.json"
 du -b "$BUNDLED/model.safetensors" | tee "$RESULTS/model_size.txt"
 

@@ -14,12 +14,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_toy import TINY_FLAGS, tiny_config, write_colour_vqa, write_image
+from train_toy import (
+    TINY_FLAGS,
+    pretrain_command,
+    tiny_config,
+    toy_train_flags,
+    write_colour_vqa,
+    write_image,
+)
 
 from vilt.cli import main
 from vilt.heads import ViltForQuestionAnswering
-from vilt.train.cli import load_config_file
-from vilt.train.loop import TrainArgs, args_from_dict, build_optimizer, linear_schedule
+from vilt.train.optimization import build_optimizer, linear_schedule
+from vilt.train.settings import TrainArgs, args_from_dict, load_config_file
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -31,12 +38,6 @@ def _losses(output_dir: Path, split: str = "train", metric: str = "loss") -> dic
             for r in csv.DictReader(fh)
             if r["split"] == split and r["metric"] == metric
         }
-
-
-def _toy_flags(root: Path, output: Path, *extra: str) -> list[str]:
-    data = write_colour_vqa(root)
-    return ["train", "--dataset", "jsonl", "--train-data", str(data), "--val-fraction", "0.25",
-            "--output-dir", str(output), *TINY_FLAGS, *extra]  # fmt: skip
 
 
 def test_linear_schedule_warms_up_then_decays_to_zero():
@@ -54,7 +55,10 @@ def test_linear_schedule_warms_up_then_decays_to_zero():
 
 def test_optimizer_groups_follow_the_original_recipe():
     model = ViltForQuestionAnswering(tiny_config(num_labels=3))
-    optimizer = build_optimizer(model, TrainArgs(task="vqa", lr=1e-4, weight_decay=0.01), torch.device("cpu"))
+    args = TrainArgs(task="vqa", lr=1e-4, weight_decay=0.01)
+    optimizer = build_optimizer(
+        model, args.lr, args.weight_decay, args.beta2, args.head_lr_multiplier(), torch.device("cpu")
+    )
     names = {id(p): n for n, p in model.named_parameters()}
     for group in optimizer.param_groups:
         group_names = [names[id(p)] for p in group["params"]]
@@ -96,7 +100,7 @@ def test_every_option_has_help():
 
 def test_train_then_evaluate_through_the_cli(tmp_path, capsys):
     out = tmp_path / "run"
-    flags = _toy_flags(
+    flags = toy_train_flags(
         tmp_path, out, "--epochs", "6", "--batch-size", "8", "--lr", "2e-3", "--log-every", "1"
     )
     assert main(flags) == 0
@@ -142,36 +146,23 @@ def test_bad_data_is_counted_in_the_log_and_strict_fails(tmp_path, capsys):
     assert "--strict" in capsys.readouterr().err
 
 
-def _pretrain_command(root: Path, output: Path) -> list[str]:
-    captions = root / "captions.jsonl"
-    if not captions.exists():
-        lines = []
-        for i, colour in enumerate(["red", "green", "blue"] * 8):
-            write_image(root / "img" / f"{i}.png", colour)
-            lines.append({"image": f"img/{i}.png", "text": f"a {colour} square"})
-        captions.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return [sys.executable, "-m", "vilt.cli", "train", "--task", "pretrain", "--dataset", "jsonl",
-            "--train-data", str(captions), "--val-fraction", "0.25", "--output-dir", str(output), *TINY_FLAGS,
-            "--batch-size", "4", "--epochs", "4", "--save-every", "2", "--eval-every", "8", "--log-every", "1"]  # fmt: skip
-
-
 def test_resume_after_kill_9_is_exact(tmp_path):
     """Pretraining draws masks and ITM negatives from the RNG, so resuming must restore it exactly."""
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(_pretrain_command(tmp_path, full), check=True, env=ENV, capture_output=True)
+    subprocess.run(pretrain_command(tmp_path, full), check=True, env=ENV, capture_output=True)
     proc = subprocess.Popen(
-        _pretrain_command(tmp_path, killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        pretrain_command(tmp_path, killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     while not (killed / "last.pt").exists() and proc.poll() is None:
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    interrupted_at = torch.load(killed / "last.pt", weights_only=False)["progress"].step
+    interrupted_at = torch.load(killed / "last.pt", weights_only=True)["progress"]["step"]
     total = max(_losses(full))
     assert interrupted_at < total, "the run finished before it could be killed"
-    subprocess.run(_pretrain_command(tmp_path, killed), check=True, env=ENV, capture_output=True)
-    final_full = torch.load(full / "last.pt", weights_only=False)
-    final_resumed = torch.load(killed / "last.pt", weights_only=False)
+    subprocess.run(pretrain_command(tmp_path, killed), check=True, env=ENV, capture_output=True)
+    final_full = torch.load(full / "last.pt", weights_only=True)
+    final_resumed = torch.load(killed / "last.pt", weights_only=True)
     for name, value in final_full["model"].items():
         torch.testing.assert_close(final_resumed["model"][name], value, rtol=1e-6, atol=1e-7)
     assert _losses(killed) == pytest.approx(_losses(full), rel=1e-6)  # every logged step, before and after
@@ -180,7 +171,7 @@ def test_resume_after_kill_9_is_exact(tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
-    flags = _toy_flags(tmp_path, single, "--epochs", "2", "--no-bf16", "--log-every", "1")
+    flags = toy_train_flags(tmp_path, single, "--epochs", "2", "--no-bf16", "--log-every", "1")
     subprocess.run(
         [sys.executable, "-m", "vilt.cli", *flags, "--batch-size", "8"],
         check=True,
@@ -209,10 +200,11 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
 def test_max_minutes_stops_early_with_a_final_validation(tmp_path):
     out = tmp_path / "run"
     assert (
-        main(_toy_flags(tmp_path, out, "--epochs", "50", "--max-minutes", "0.0001", "--log-every", "1")) == 0
+        main(toy_train_flags(tmp_path, out, "--epochs", "50", "--max-minutes", "0.0001", "--log-every", "1"))
+        == 0
     )
     assert list(_losses(out)) == [1] and list(_losses(out, "val", "accuracy")) == [1]
-    assert torch.load(out / "last.pt", weights_only=False)["progress"].step == 1
+    assert torch.load(out / "last.pt", weights_only=True)["progress"]["step"] == 1
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -277,3 +269,23 @@ def test_nlvr2_and_retrieval_train_and_evaluate(tmp_path, capsys):
     best = json.loads(capsys.readouterr().out)["best_val"]
     assert {"tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10"} <= set(best)
     assert best["ir_r10"] == 1.0  # 3 validation images: every image is in every text's top 10
+
+
+def test_evaluate_reuses_the_validation_split_saved_with_the_model(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(toy_train_flags(tmp_path, out, "--max-steps", "4", "--batch-size", "8")) == 0
+    best = json.loads(capsys.readouterr().out)["best_val"]
+    assert main(["evaluate", "--model", str(out / "best"), "--split", "val"]) == 0  # no data options given
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["examples"] == best["examples"] == 12  # 25% of 24 images, 2 questions each
+    assert metrics["accuracy"] == pytest.approx(best["accuracy"])
+
+
+def test_evaluate_without_model_uses_the_bundled_model_and_its_split(capsys):
+    pytest.importorskip("easy_vqa")
+    assert main(["evaluate", "--split", "val", "--threads", "1"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    recorded = json.loads((Path(__file__).parents[1] / "results/easy-vqa/best_val_metrics.json").read_text())
+    assert metrics["examples"] == recorded["examples"] == 1116  # 3% of the training images, seed 0
+    # recorded under bfloat16 autocast in float32 weights; here float32 on the float16 weights saved
+    assert metrics["accuracy"] == pytest.approx(recorded["accuracy"], abs=0.005)

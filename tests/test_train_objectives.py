@@ -6,20 +6,15 @@ import pytest
 import torch
 from train_toy import tiny_config
 
+from vilt.alignment import ipot
 from vilt.heads import (
     ViltForImageAndTextRetrieval,
     ViltForImagesAndTextClassification,
+    ViltForPreTraining,
     ViltForQuestionAnswering,
 )
 from vilt.processing import ViltProcessor
-from vilt.train.objectives import (
-    MaskingSpec,
-    ViltForPreTraining,
-    draw_itm_labels,
-    ipot,
-    mask_whole_words,
-    pretraining_inputs,
-)
+from vilt.train.objectives import MaskingSpec, draw_itm_labels, mask_whole_words, pretraining_inputs
 
 STEPS = 60
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import zlib
 from pathlib import Path
 
@@ -56,3 +57,28 @@ def write_colour_vqa(root: Path, images: int = 24, questions: int = 2) -> Path:
     path = root / "train.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
+
+
+def toy_train_flags(root: Path, output: Path, *extra: str) -> list[str]:
+    """``vilt train`` arguments (no program name) for the colour-VQA toy set in ``root``."""
+    data = write_colour_vqa(root)
+    return ["train", "--dataset", "jsonl", "--train-data", str(data), "--val-fraction", "0.25",
+            "--output-dir", str(output), *TINY_FLAGS, *extra]  # fmt: skip
+
+
+def pretrain_command(root: Path, output: Path, epochs: int = 4) -> list[str]:
+    """A full ``python -m vilt.cli train`` command pretraining a tiny model on toy captions in ``root``.
+
+    Pretraining draws masks and ITM negatives from the RNG, so resuming it exactly needs the RNG
+    restored exactly. Steps: 18 training captions / batch 4 = 4 per epoch."""
+    captions = root / "captions.jsonl"
+    if not captions.exists():
+        lines = []
+        for i, colour in enumerate(["red", "green", "blue"] * 8):
+            write_image(root / "img" / f"{i}.png", colour)
+            lines.append({"image": f"img/{i}.png", "text": f"a {colour} square"})
+        captions.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return [sys.executable, "-m", "vilt.cli", "train", "--task", "pretrain", "--dataset", "jsonl",
+            "--train-data", str(captions), "--val-fraction", "0.25", "--output-dir", str(output), *TINY_FLAGS,
+            "--batch-size", "4", "--epochs", str(epochs), "--save-every", "2", "--eval-every", "8",
+            "--log-every", "1"]  # fmt: skip

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .train.objectives import cosine_cost, ipot
+from .alignment import cosine_cost, ipot
 
 METHODS = ("ipot", "rollout")
 IPOT_BETA = 0.1  # the demo's constants (pretraining used beta 0.5, 50 iterations)

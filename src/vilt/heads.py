@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .alignment import wpa_loss
 from .configuration import ViltConfig
 from .modeling import ModelOutput, ViltModel, ViltModelOutput, ViltPreTrainedModel, activation
 
@@ -406,3 +407,78 @@ MODEL_CLASSES: dict[str, type[ViltPreTrainedModel]] = {
     "ViltForTokenClassification": ViltForTokenClassification,
     "ViltForImageTextMatching": ViltForImageTextMatching,
 }
+
+
+# ----------------------------------------------------------------------------- pretraining
+
+
+@dataclass
+class PreTrainingOutput(ModelOutput):
+    loss: torch.Tensor | None = None  # mlm + itm (+ wpa)
+    mlm_loss: torch.Tensor | None = None
+    itm_loss: torch.Tensor | None = None
+    wpa_loss: torch.Tensor | None = None
+    mlm_logits: torch.Tensor | None = None  # (B, Lt, vocab)
+    itm_logits: torch.Tensor | None = None  # (B, 2)
+
+
+class ViltForPreTraining(ViltPreTrainedModel):
+    """ViLT with the MLM head (``mlm_score``) and the ITM head (``itm_score``), trained on their sum
+    (plus the word-patch alignment loss, :func:`vilt.alignment.wpa_loss`).
+
+    Its weights load into every task head (``ViltForQuestionAnswering.from_pretrained(dir)`` keeps
+    the ``vilt.*`` weights), and its heads into ``ViltForMaskedLM`` / ``ViltForImageTextMatching``.
+    :func:`vilt.train.objectives.pretraining_inputs` makes its inputs from a batch.
+
+    Args:
+        config: the model config.
+        use_wpa: add the word-patch alignment loss.
+    """
+
+    def __init__(self, config: ViltConfig, use_wpa: bool = True) -> None:
+        super().__init__(config)
+        self.use_wpa = use_wpa
+        self.vilt = ViltModel(config)
+        self.mlm_score = ViltMLMHead(config)
+        self.itm_score = ViltITMHead(config)
+        self.post_init()
+
+    def forward(
+        self,
+        mlm_input_ids: torch.Tensor,
+        mlm_labels: torch.Tensor,
+        itm_pixel_values: torch.Tensor,
+        itm_pixel_mask: torch.Tensor,
+        itm_labels: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> PreTrainingOutput:
+        """Two passes: masked text with the true image (MLM), then the unmasked text with the ITM images.
+
+        Args:
+            mlm_input_ids, mlm_labels: (B, Lt) the whole-word-masked text and its labels (-100 where
+                nothing is predicted).
+            itm_pixel_values, itm_pixel_mask: (B, C, H, W), (B, H, W): the true image where
+                ``itm_labels`` is 1, another image where it is 0.
+            itm_labels: (B,) 1 where the ITM image matches the text.
+            input_ids, attention_mask, token_type_ids: (B, Lt) the unmasked text.
+            pixel_values, pixel_mask: the true images.
+        """
+        text = {"attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        mlm_out = self.vilt(input_ids=mlm_input_ids, pixel_values=pixel_values, pixel_mask=pixel_mask, **text)
+        mlm_logits = self.mlm_score(mlm_out.last_hidden_state[:, : input_ids.shape[1]])  # (B, Lt, vocab)
+        mlm_loss = F.cross_entropy(mlm_logits.reshape(-1, mlm_logits.shape[-1]), mlm_labels.reshape(-1))
+        itm_out = self.vilt(
+            input_ids=input_ids, pixel_values=itm_pixel_values, pixel_mask=itm_pixel_mask, **text
+        )
+        itm_logits = self.itm_score(itm_out.pooler_output)  # (B, 2)
+        itm_loss = F.cross_entropy(itm_logits.float(), itm_labels)
+        loss = mlm_loss + itm_loss
+        wpa = None
+        if self.use_wpa:
+            wpa = wpa_loss(itm_out.last_hidden_state, attention_mask, itm_out.image_mask, itm_labels)
+            loss = loss + wpa
+        return PreTrainingOutput(loss, mlm_loss, itm_loss, wpa, mlm_logits, itm_logits)

@@ -1,9 +1,18 @@
-"""Training and evaluation of ViLT: dataset readers, objectives, metrics, one training loop and the CLI.
+"""Training and evaluation of ViLT, by phase.
 
-Install with the ``train`` extra (``pip install vilt[train]``). Entry points:
+Install with the ``train`` extra (``pip install vilt[train]``). Modules, in the order a run uses them:
 
-* :func:`vilt.train.loop.train` and :func:`vilt.train.loop.evaluate` (what ``vilt train`` and
-  ``vilt evaluate`` run), configured by :class:`vilt.train.loop.TrainArgs`;
-* :mod:`vilt.train.data` for the dataset readers, :mod:`vilt.train.objectives` for the losses and
-  :mod:`vilt.train.metrics` for the metrics.
+* :mod:`~vilt.train.settings`: :class:`~vilt.train.settings.TrainArgs` (every option, config files) and
+  the data source saved with a model;
+* :mod:`~vilt.train.data` reads the dataset formats; :mod:`~vilt.train.datasets` assembles the splits,
+  the validation hold-out, the answer vocabulary and the datasets;
+* :mod:`~vilt.train.models` and :mod:`~vilt.train.optimization`: the model, processor, optimizer and
+  learning-rate schedule; :mod:`~vilt.train.objectives`: the inputs of each task's loss;
+* :mod:`~vilt.train.loop`: :func:`~vilt.train.loop.train`, the loop (what ``vilt train`` runs);
+* :mod:`~vilt.train.checkpoints`: the resumable state (data, not code) and the best model;
+* :mod:`~vilt.train.evaluation`: metrics over a split, and :func:`~vilt.train.evaluation.evaluate`
+  (what ``vilt evaluate`` runs); :mod:`~vilt.train.metrics`: the metric functions;
+* :mod:`~vilt.train.distributed`, :mod:`~vilt.train.interrupts`, :mod:`~vilt.train.logs`: torchrun,
+  Ctrl-C / SIGTERM, and the logs;
+* :mod:`~vilt.train.cli`: the ``vilt train`` and ``vilt evaluate`` commands.
 """

@@ -1,5 +1,8 @@
-"""``vilt train`` and ``vilt evaluate``: every option of :class:`vilt.train.loop.TrainArgs` as a flag,
-or from a YAML / TOML config file (``--config``); flags given on the command line win over the file.
+"""``vilt train`` and ``vilt evaluate``: every option of :class:`vilt.train.settings.TrainArgs` as a
+flag, or from a YAML / TOML config file (``--config``); flags given on the command line win over the file.
+
+``vilt evaluate`` evaluates the bundled model unless ``--model`` names another, on the data it was
+trained on (its ``training_data.json``) unless options name other data.
 
 Only argparse and the standard library are imported here; training code loads inside the handlers.
 """
@@ -8,8 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+import os
+import shlex
+import sys
 from typing import Any
+
+from ..hub import BUNDLED
 
 # the options `vilt evaluate` takes (the others only matter for training)
 EVALUATE_OPTIONS = (
@@ -29,7 +36,7 @@ def _add_options(
     """One flag per TrainArgs field (``--batch-size``...), default shown, value SUPPRESSed if not given."""
     from dataclasses import MISSING, fields
 
-    from .loop import TrainArgs
+    from .settings import TrainArgs
 
     for f in fields(TrainArgs):
         if names is not None and f.name not in names or f.name == "init":
@@ -67,66 +74,94 @@ def register(subparsers: Any) -> None:
     evaluate = subparsers.add_parser(
         "evaluate",
         help="evaluate a trained model on a validation or test split",
-        description="Evaluate a model (accuracy, VQA accuracy, recall@K). Options from flags or --config.",
+        description="Evaluate a model (accuracy, VQA accuracy, recall@K). Options from flags or --config; "
+        "the data options default to those saved with the model (its training_data.json), so --split val "
+        "is the validation split it was selected on.",
     )
     evaluate.add_argument("--config", default=argparse.SUPPRESS, help="YAML or TOML file of options")
     evaluate.add_argument(
-        "--model", dest="init", default=argparse.SUPPRESS, required=True, help="model directory or hub id"
+        "--model",
+        dest="init",
+        default=argparse.SUPPRESS,
+        metavar="MODEL",
+        help=f"model directory or hub id (default: {BUNDLED}, the easy-VQA model that ships with vilt)",
     )
     _add_options(evaluate, EVALUATE_OPTIONS, EVALUATE_DEFAULTS)
     evaluate.set_defaults(handler=_evaluate)
 
 
-def load_config_file(path: str) -> dict[str, Any]:
-    """Options from a ``.yaml``/``.yml`` or ``.toml`` file (dashes in keys are accepted)."""
-    file = Path(path)
-    if not file.exists():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    if file.suffix == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            import tomli as tomllib
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The options the user set: those of the config file, then the flags given (which win)."""
+    from dataclasses import fields
 
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    elif file.suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError as err:
-            raise ImportError("YAML configs need pyyaml: pip install 'vilt[train]'") from err
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    else:
-        raise ValueError(f"config file {path} must end in .yaml, .yml or .toml")
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping of option: value")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    from .settings import TrainArgs, load_config_file
+
+    values = load_config_file(args.config) if getattr(args, "config", None) else {}
+    known = {f.name for f in fields(TrainArgs)}
+    values.update({k: v for k, v in vars(args).items() if k in known})
+    return values
 
 
 def _collect(args: argparse.Namespace, defaults: dict[str, Any]) -> Any:
     """TrainArgs from defaults < config file < flags given."""
+    from .settings import args_from_dict
+
+    return args_from_dict({**defaults, **_given(args)})
+
+
+def resume_command(args: argparse.Namespace, output_dir: str) -> str:
+    """The command that resumes this ``vilt train`` run: the config and flags given, and the output dir."""
     from dataclasses import fields
 
-    from .loop import TrainArgs, args_from_dict
+    from .settings import TrainArgs
 
-    values = dict(defaults)
-    if getattr(args, "config", None):
-        values.update(load_config_file(args.config))
-    known = {f.name for f in fields(TrainArgs)}
-    values.update({k: v for k, v in vars(args).items() if k in known})
-    return args_from_dict(values)
+    words = ["train"] + (["--config", args.config] if getattr(args, "config", None) else [])
+    for f in fields(TrainArgs):
+        if f.name == "output_dir" or f.name not in vars(args):
+            continue
+        value, flag = getattr(args, f.name), "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            words += [flag, str(value)]
+    words += ["--output-dir", output_dir]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return shlex.join(["vilt", *words])
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    command = shlex.join(["torchrun", "--nproc_per_node", str(per_node), "-m", "vilt.cli", *words])
+    return (
+        command
+        if per_node == world
+        else f"{command} (on each node, with the --nnodes and rendezvous options used)"
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .interrupts import TrainingInterrupted
     from .loop import train
 
-    metrics = train(_collect(args, {}))
+    settings = _collect(args, {})
+    try:
+        metrics = train(settings)
+    except TrainingInterrupted as stop:
+        if os.environ.get("RANK", "0") == "0":
+            print(
+                f"vilt train: {stop}; resume with: {resume_command(args, settings.output_dir)}",
+                file=sys.stderr,
+            )
+        return 128 + stop.signal_number
     print(json.dumps({"best_val": metrics}, indent=2))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .loop import evaluate
+    from .evaluation import evaluate
+    from .settings import args_from_dict, read_training_data, saved_data_options
 
-    metrics = evaluate(_collect(args, EVALUATE_DEFAULTS))
+    given = _given(args)
+    model = given.get("init") or BUNDLED
+    saved = saved_data_options(read_training_data(model), given)
+    metrics = evaluate(args_from_dict({**EVALUATE_DEFAULTS, **saved, **given, "init": model}))
     print(json.dumps(metrics, indent=2))
     return 0
