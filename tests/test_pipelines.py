@@ -16,7 +16,8 @@ from tiny_models import BUNDLED, png_bytes, random_image, save_tiny
 import vilt
 from vilt.devices import cpu_supports_bf16, select_device_and_dtype
 from vilt.heads import ViltForQuestionAnswering
-from vilt.pipelines import _prefetched, _size_sorted_batches, top_k_per_row
+from vilt.pipelines import top_k_per_row
+from vilt.pipelines.base import prefetched, size_sorted_batches
 
 # three sizes: after resizing (shorter side 32, multiples of 8) 32x48, 32x32 and 72x32
 SIZES = [(24, 40), (32, 32), (50, 20)]
@@ -89,7 +90,7 @@ def test_explicit_and_bad_device_and_dtype() -> None:
 
 def test_size_sorted_batches_group_similar_sizes() -> None:
     sizes = [(64, 64), (32, 32), (64, 64), (32, 32), (32, 48)]
-    batches = _size_sorted_batches(sizes, 2)
+    batches = size_sorted_batches(sizes, 2)
     assert batches == [[1, 3], [4, 0], [2]]
     assert sorted(i for b in batches for i in b) == list(range(len(sizes)))
 
@@ -104,7 +105,7 @@ def test_prefetch_prepares_the_next_batch_while_the_current_one_runs() -> None:
         return item * 10
 
     seen = []
-    for item, prepared in _prefetched([0, 1, 2], prepare):
+    for item, prepared in prefetched([0, 1, 2], prepare):
         time.sleep(0.05)  # the "model" works; the next batch must be in preparation meanwhile
         with lock:
             seen.append((item, prepared, list(started)))
@@ -119,7 +120,7 @@ def test_prefetch_raises_the_preparation_error() -> None:
         return item
 
     with pytest.raises(ValueError, match="bad item 1"):
-        list(_prefetched([0, 1, 2], prepare))
+        list(prefetched([0, 1, 2], prepare))
 
 
 # ----------------------------------------------------------------------------- VQA
@@ -167,31 +168,6 @@ def test_vqa_call_forms_and_image_types_agree(
         assert_close(vqa(image=image, question="what shape?", top_k=2), expected)
     assert_close(vqa([images[2], images[2]], "what shape?", top_k=2), [expected, expected])
     assert_close(vqa([images[2]], ["what shape?"], top_k=2), [expected])
-
-
-@pytest.mark.parametrize(
-    ("call", "error", "match"),
-    [
-        (lambda vqa, im: vqa(im, "   "), ValueError, "question is empty"),
-        (lambda vqa, im: vqa(im, 42), TypeError, "question must be a string"),
-        (lambda vqa, im: vqa("/no/such/file.png", "what?"), FileNotFoundError, "does not exist"),
-        (lambda vqa, im: vqa(b"not an image", "what?"), ValueError, "not a readable image"),
-        (lambda vqa, im: vqa(3.5, "what?"), TypeError, "pass a file path"),
-        (lambda vqa, im: vqa(im, "what?", top_k=0), ValueError, "top_k"),
-        (lambda vqa, im: vqa([im, im], ["a?", "b?", "c?"]), ValueError, "2 images but 3 questions"),
-        (lambda vqa, im: vqa([{"image": im}]), ValueError, "lacks the key"),
-        (lambda vqa, im: vqa(im), ValueError, "pass both"),
-        (lambda vqa, im: vqa([im, im], "what?", batch_size=0), ValueError, "batch_size"),
-    ],
-)
-def test_vqa_bad_input(dirs: dict[str, str], images: list[np.ndarray], call, error, match) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(error, match=match):
-        call(make("vqa", dirs["vqa"]), images[0])
-
-
-def test_unreadable_item_is_named(dirs: dict[str, str], images: list[np.ndarray]) -> None:
-    with pytest.raises(ValueError, match=r"item 1"):
-        make("vqa", dirs["vqa"])([images[0], b"garbage"], "what?")
 
 
 # ----------------------------------------------------------------------------- building pipelines
