@@ -101,7 +101,7 @@ def easy_vqa_part(source: Path, limit: int | None, batch_size: int, scratch: Pat
     items = [{"image": paths[i], "question": q} for q, i in zip(questions, image_ids)][:limit]
     truth = truth[: len(items)]
     runs, sizes = {}, {}
-    for name, (make, size) in backends(source, scratch, "vqa").items():
+    for name, (make, size) in backends(source, scratch / "easy-vqa", "vqa").items():
         runs[name] = [r[0] for r in make()(items, top_k=1, batch_size=batch_size)]  # type: ignore[operator]
         sizes[name] = size
     reference = runs["PyTorch float32"]
@@ -160,7 +160,7 @@ def photographs_part(scratch: Path) -> list[str]:
     vilt.ViltProcessor().save_pretrained(source)
     items = [{"image": image, "question": q} for image in photographs() for q in QUESTIONS]
     top = {}
-    for name, (make, _) in backends(source, scratch, "vqa").items():
+    for name, (make, _) in backends(source, scratch / "vilt-b32-exports", "vqa").items():
         top[name] = [r[0]["answer"] for r in make()(items, top_k=1, batch_size=8)]  # type: ignore[operator]
     lines = [
         f"## Part 2: ViLT-B/32 (random weights, 3129 answers), {len(items)} questions on 16 photographs",
