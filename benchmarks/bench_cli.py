@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another checkout's src/, timed alongside as 'before'")
     parser.add_argument("--output", type=Path, default=RESULTS_FILE, help="where to write the report")
     args = parser.parse_args()
-    sources = {"after" if args.baseline else "time": args.src.resolve()}
+    sources = {"after" if args.baseline else "measured": args.src.resolve()}
     if args.baseline:
         sources = {"before": args.baseline.resolve(), **sources}
 
@@ -140,7 +140,7 @@ def main() -> None:
         *(f"{label}: {src}" for label, src in sources.items()),
         f"target (issue 16): `vilt --help` and every `vilt COMMAND --help` under {TARGET_S:g} s on a quiet machine",
         "",
-        f"{'case':<30}{header}  {'< 1 s':>5}  heavy modules imported ({args.src.name}: cumulative import time, importer)",
+        f"{'case':<30}{header}  {'< 1 s':>5}  heavy modules imported (cumulative import time, importer)",
     ]
     for case in all_cases:
         columns = "".join(
