@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
+import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +21,7 @@ from PIL import Image
 from tiny_models import BUNDLED, random_image, save_tiny
 
 from vilt.cli import main
+from vilt.images import DEFAULT_TIMEOUT
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +144,6 @@ def test_explain_writes_a_picture(
             ["vqa", "{a}", "-q", "x", "--model", "{vqa}", "--dtype", "auto", "--device", "tpu"],
             "unknown device",
         ),
-        (["demo", "--n", "0"], "--n must be at least 1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -179,8 +186,18 @@ def test_help_lists_the_commands_and_options(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit):
         main(["vqa", "--help"])
     out = capsys.readouterr().out
-    for option in ("--model", "--device", "--dtype", "--batch-size", "--top-k", "--json", "example:"):
+    for option in (
+        "--model",
+        "--device",
+        "--dtype",
+        "--batch-size",
+        "--top-k",
+        "--json",
+        "--timeout",
+        "example:",
+    ):
         assert option in out
+    assert f"(default {DEFAULT_TIMEOUT:g})" in out  # the help states the loader's own default
 
 
 @pytest.mark.skipif(not (BUNDLED / "config.json").is_file(), reason="bundled model not built yet")
@@ -192,3 +209,286 @@ def test_demo_answers_with_the_bundled_model(capsys: pytest.CaptureFixture[str])
     assert report["correct"] / report["total"] >= 0.98  # the bar the README promises
     code, out, _ = run(capsys, "demo", "--n", "5")
     assert out.splitlines()[-1].startswith("accuracy: ")
+
+
+# ----------------------------------------------------------------------------- inputs people pass
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(files: dict[str, str]) -> Iterator[str]:
+    """An http.server on 127.0.0.1 serving the folder of ``files``; yields its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(Path(files["a"]).parent))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as httpd:
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+        httpd.shutdown()
+
+
+def answers(capsys: pytest.CaptureFixture[str], *argv: str) -> list[dict]:
+    """The --json answers of ``vilt vqa`` (the tiny VQA model, float32 on the CPU)."""
+    code, out, err = run(capsys, "vqa", *argv, "--device", "cpu", "--dtype", "float32", "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def assert_same_answers(got: list[dict], want: list[dict]) -> None:
+    """Equal answers; scores within 1e-6 (the same pixels, but batches of other sizes may round apart)."""
+    assert [[a["answer"] for a in r["answers"]] for r in got] == [
+        [a["answer"] for a in r["answers"]] for r in want
+    ]
+    for g, w in zip(got, want):
+        assert [a["score"] for a in g["answers"]] == pytest.approx(
+            [a["score"] for a in w["answers"]], abs=1e-6
+        )
+
+
+def test_url_input_gives_the_same_answers_as_the_file(
+    files: dict[str, str], server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    question = ["-q", "what color?", "--model", files["vqa"], "--top-k", "3"]
+    url = f"{server}/a.png"
+    from_url = answers(capsys, url, *question)
+    assert from_url[0]["image"] == url
+    assert_same_answers(from_url, answers(capsys, files["a"], *question))
+    code, out, _ = run(
+        capsys, "explain", url, "-q", "a red circle", "-o", os.devnull, "--model", files["vqa"], "--json"
+    )
+    assert code == 0 and json.loads(out)["words"]
+
+
+def test_unreachable_or_silent_url_is_one_line_and_exit_2(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    code, _, err = run(
+        capsys, "vqa", f"http://127.0.0.1:{port}/a.png", "-q", "what?", "--model", files["vqa"]
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("vilt vqa: error: image URL") and "could not be fetched" in err
+    assert "does not exist" not in err
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts connections, never answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/a.png"
+        code, _, err = run(capsys, "vqa", url, "-q", "what?", "--model", files["vqa"], "--timeout", "0.5")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "within the timeout of 0.5 s" in err
+
+
+def test_a_folder_runs_its_images_in_name_order(
+    files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, source in [("b.PNG", "a"), ("a.png", "b"), ("c.jpeg", "a")]:
+        Image.open(files[source]).convert("RGB").save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".hidden.png").write_bytes(b"")
+    (folder / "sub").mkdir()
+    question = ["-q", "what color?", "--model", files["vqa"]]
+    from_folder = answers(capsys, str(folder), *question)
+    paths = [str(folder / name) for name in ("a.png", "b.PNG", "c.jpeg")]
+    assert [r["image"] for r in from_folder] == paths
+    assert_same_answers(from_folder, answers(capsys, *paths, *question))
+    code, out, _ = run(
+        capsys, "rank", "--images", str(folder), files["a"], "--texts", "x", "--model", files["itm"], "--json"
+    )
+    assert code == 0 and json.loads(out)["images"] == [*paths, files["a"]]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["vqa", "{empty}", "-q", "what?", "--model", "{vqa}"], "folder '{empty}' holds no images"),
+        (
+            ["explain", "{folder}", "-q", "what?", "-o", "x.png"],
+            "'{folder}' is a folder; explain takes one image",
+        ),
+        (
+            ["nlvr2", "{a}", "{folder}", "-s", "x", "--model", "{nlvr2}"],
+            "'{folder}' is a folder; nlvr2 takes one image",
+        ),
+    ],
+)
+def test_a_folder_is_never_said_not_to_exist(
+    files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    (tmp_path / "empty").mkdir()
+    values = {**files, "empty": str(tmp_path / "empty"), "folder": str(Path(files["a"]).parent)}
+    argv = [arg.format(**values) for arg in argv]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert message.format(**values) in err and "does not exist" not in err
+
+
+class _Stdin:
+    def __init__(self, data: bytes, tty: bool = False) -> None:
+        self.buffer = io.BytesIO(data)
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+def test_dash_reads_one_image_from_standard_input(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    question = ["-q", "what color?", "--model", files["vqa"]]
+    monkeypatch.setattr(sys, "stdin", _Stdin(Path(files["a"]).read_bytes()))
+    from_stdin = answers(capsys, files["b"], "-", *question)
+    assert [r["image"] for r in from_stdin] == [files["b"], "-"]
+    assert_same_answers(from_stdin, answers(capsys, files["b"], files["a"], *question))
+    for stdin, message in [
+        (_Stdin(b""), "standard input is empty"),
+        (_Stdin(b"", tty=True), "standard input is a terminal"),
+        (_Stdin(b"x"), "standard input can be read once"),
+    ]:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        extra = ["-"] if "once" in message else []
+        code, _, err = run(capsys, "vqa", "-", *extra, *question)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.skipif(not (BUNDLED / "config.json").is_file(), reason="bundled model not built yet")
+def test_bundled_names_the_bundled_model_wherever_a_model_is_named(
+    files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    question = [files["a"], "-q", "what color is the shape?"]
+    assert_same_answers(answers(capsys, *question, "--model", "bundled"), answers(capsys, *question))
+    outputs = []
+    for model in (["--model", "bundled"], []):
+        code, out, err = run(capsys, "explain", *question, "-o", str(tmp_path / "heat.png"), *model, "--json")
+        assert code == 0, err
+        outputs.append(json.loads(out)["answer"]["answer"])
+    assert outputs[0] == outputs[1]
+    described = []
+    for model in (["bundled"], []):
+        code, out, err = run(capsys, "info", *model, "--json")
+        assert code == 0, err
+        described.append(json.loads(out))
+    assert described[0]["architecture"] == "ViltForQuestionAnswering"
+    assert {**described[0], "model": None} == {**described[1], "model": None}
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "python_name"),
+    [
+        (["rank", "--images", "{a}", "--texts", "x"], "--model", "model="),
+        (["fill-mask", "{a}", "-t", "a [MASK]"], "--model", "model="),
+        (["nlvr2", "{a}", "{b}", "-s", "x"], "--model", "model="),
+        (["vqa", "{a}", "-q", "x", "--model", "{vqa}", "--top-k", "0"], "--top-k", "top_k"),
+        (
+            ["rank", "--images", "{a}", "--texts", "x", "--model", "{itm}", "--top-k", "-1"],
+            "--top-k",
+            "top_k",
+        ),
+        (["vqa", "{a}", "-q", "x", "--model", "{vqa}", "--batch-size", "0"], "--batch-size", "batch_size"),
+        (["vqa", "{a}", "-q", "x", "--timeout", "0"], "--timeout", "timeout="),
+        (["vqa", "{a}"], "-q/--question", "question="),
+        (["demo", "--n", "0"], "--n", "n="),
+    ],
+)
+def test_messages_name_the_command_line_flags(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str], argv: list[str], flag: str, python_name: str
+) -> None:
+    argv = [arg.format(**files) for arg in argv]
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:  # argparse refuses the value itself
+        code = exit_info.code
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith(f"vilt {argv[0]}: error: ")
+    assert flag in err and python_name not in err
+
+
+# ----------------------------------------------------------------------------- convert on files that are no checkpoint
+
+
+def _not_checkpoints(folder: Path, png: str) -> dict[str, tuple[Path, str]]:
+    """Files that are no original ViLT checkpoint, and what the error must say of each."""
+    import torch
+    from safetensors.torch import save_file
+
+    made = {
+        "png": (folder / "notimage.png", "is not a PyTorch checkpoint"),
+        "empty": (folder / "empty.ckpt", "is empty"),
+        "text": (folder / "notes.ckpt", "is not a PyTorch checkpoint"),
+        "safetensors": (folder / "model.safetensors", "is a safetensors file"),
+        "zip": (folder / "archive.ckpt", "is a zip archive but not a PyTorch checkpoint"),
+        "truncated": (folder / "cut.ckpt", "is truncated or corrupt"),
+        "other model": (folder / "pytorch_model.bin", "is not an original ViLT checkpoint"),
+        "folder": (folder / "sub", "is a folder"),
+    }
+    made["png"][0].write_bytes(Path(png).read_bytes())
+    made["empty"][0].write_bytes(b"")
+    made["text"][0].write_text("hello world\n")
+    save_file({"vilt.embeddings.cls_token": torch.zeros(1, 1, 8)}, made["safetensors"][0])
+    with zipfile.ZipFile(made["zip"][0], "w") as archive:
+        archive.writestr("notes/readme.txt", "not a checkpoint")
+    whole = folder / "whole.ckpt"
+    torch.save({"state_dict": {"transformer.cls_token": torch.zeros(1, 1, 8)}}, whole)
+    made["truncated"][0].write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    torch.save({"vilt.embeddings.cls_token": torch.zeros(1, 1, 8)}, made["other model"][0])
+    made["folder"][0].mkdir()
+    return made
+
+
+def test_convert_on_a_file_that_is_no_checkpoint_is_one_line_and_exit_2(
+    files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for kind, (path, message) in _not_checkpoints(tmp_path, files["a"]).items():
+        code, _, err = run(capsys, "convert", str(path), str(tmp_path / "out"))
+        assert code == 2, (kind, err)
+        assert len(err.strip().splitlines()) == 1 and err.startswith("vilt convert: error: "), (kind, err)
+        assert str(path) in err and message in err, (kind, err)
+        assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- the process: pipes, start-up
+
+
+def _into_closed_pipe(*argv: str) -> subprocess.CompletedProcess[str]:
+    """Run ``vilt ARGV`` writing into a pipe whose reader has gone before the first line is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader closes early (as `| head -1` does once it has its line)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "vilt.cli", *argv],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+
+
+def test_a_closed_pipe_ends_the_command_quietly(files: dict[str, str]) -> None:
+    result = _into_closed_pipe("info", files["vqa"])
+    assert result.stderr == ""  # no "[Errno 32] Broken pipe", no traceback, no "Exception ignored"
+    assert result.returncode == 141  # 128 + SIGPIPE, as a shell reports a tool the pipe ended
+
+
+HEAVY_MODULES = ("torch", "numpy", "PIL", "tokenizers", "safetensors", "huggingface_hub", "httpx")
+
+
+@pytest.mark.parametrize(
+    "command", ["vqa", "nlvr2", "rank", "fill-mask", "explain", "demo", "info", "convert"]
+)
+def test_command_help_imports_no_heavy_module(command: str) -> None:
+    probe = (
+        "import sys\nfrom vilt.cli import main\ntry:\n    main([sys.argv[1], '--help'])\n"
+        "except SystemExit:\n    pass\n"
+        f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, command], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.splitlines()[-1] == "[]"

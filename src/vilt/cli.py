@@ -1,40 +1,65 @@
 """The ``vilt`` command.
 
 Each sub-command lives in the module that owns it and registers itself through a
-``register(subparsers)`` function. Those modules import only argparse at the top, so ``vilt --help``
-is fast and works without the optional extras; heavy imports happen inside the handlers.
-Errors surface as one clear line on stderr and a non-zero exit code, never a traceback.
+``register(subparsers)`` function. Those modules import only argparse and the standard library at the
+top, and only the module of the command given is imported, so ``vilt COMMAND --help`` is fast and works
+without the optional extras; heavy imports happen inside the handlers.
+
+Every failure is one line on stderr, ``vilt COMMAND: error: ...``, and exit code 2 (``vilt --verbose
+COMMAND ...`` shows the traceback instead). Ctrl-C exits with 130, and a closed output pipe
+(``vilt info MODEL | head -3``) with 141 (128 + SIGPIPE, as a shell reports other tools), both quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-# modules that contribute sub-commands, in --help order
-_COMMAND_MODULES = (
-    "vilt.commands",  # vqa, nlvr2, rank, fill-mask, explain, demo, info
-    "vilt.convert",  # convert
-    "vilt.train.cli",  # train, evaluate
-    "vilt.serve.cli",  # serve
-    "vilt.export.cli",  # export
-)
+# sub-command -> the module that registers it, in --help order
+COMMANDS = {
+    "vqa": "vilt.commands",
+    "nlvr2": "vilt.commands",
+    "rank": "vilt.commands",
+    "fill-mask": "vilt.commands",
+    "explain": "vilt.commands",
+    "demo": "vilt.commands",
+    "info": "vilt.commands",
+    "convert": "vilt.convert",
+    "train": "vilt.train.cli",
+    "evaluate": "vilt.train.cli",
+    "serve": "vilt.serve.cli",
+    "export": "vilt.export.cli",
+}
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 
-class CLIError(Exception):
-    """An error meant for the user: printed as one line, exit code 2."""
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: ``vilt COMMAND: error: ...``, exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``vilt`` parser with every sub-command, or only the modules that ``command`` needs.
+
+    Args:
+        command: the sub-command about to run; None (or a name no module registers) builds them all,
+            for ``vilt --help`` and for argparse's message on an unknown command.
+    """
+    parser = _Parser(
         prog="vilt",
         description="ViLT (Vision-and-Language Transformer): answer questions about images, check "
         "statements, rank captions, fill masked words, train, serve and export.",
     )
     parser.add_argument("--verbose", action="store_true", help="show full tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
+    modules = [COMMANDS[command]] if command in COMMANDS else COMMANDS.values()
+    for name in dict.fromkeys(modules):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as err:
@@ -45,24 +70,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def _command_of(argv: list[str]) -> str | None:
+    """The sub-command named in ``argv``: its first argument that is not an option."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def _one_line(err: BaseException) -> str:
+    """The first line of an error's message; unexpected error types keep their name and point at --verbose."""
+    lines = str(err).strip().splitlines()
+    if isinstance(err, (ValueError, OSError, ImportError, RuntimeError)) and lines:
+        return lines[0]
+    detail = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return f"{detail} (an unexpected error: `vilt --verbose ...` shows where it happened)"
+
+
+def _run(argv: list[str]) -> int:
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     try:
-        result = args.handler(args)
+        return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print("vilt: interrupted", file=sys.stderr)
-        return 130
-    except (CLIError, ValueError, FileNotFoundError, ImportError, OSError, RuntimeError) as err:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise
+    except Exception as err:
         if args.verbose:
             raise
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"vilt {args.command}: error: {message}", file=sys.stderr)
-        return 2
-    return int(result or 0)
+        print(f"vilt {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _discard_stdout() -> None:
+    """Point standard output at /dev/null, so that the interpreter's last flush cannot fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # a stdout without a file descriptor (a test's capture)
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``vilt`` with ``argv`` (default: the process's arguments); returns the exit code."""
+    try:
+        try:
+            return _run(sys.argv[1:] if argv is None else list(argv))
+        finally:
+            sys.stdout.flush()  # inside the try: a reader that left shows here, not at interpreter exit
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

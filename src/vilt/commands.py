@@ -1,26 +1,71 @@
 """The inference sub-commands of ``vilt``: vqa, nlvr2, rank, fill-mask, explain, demo and info.
 
-Each prints readable text, or JSON with ``--json``. The task commands share ``--model`` (hub id or
-directory; the bundled easy-VQA model when left out, for vqa, explain and demo), ``--device``,
-``--dtype``, ``--batch-size`` and ``--top-k``. Errors (a missing or unreadable image, an empty question,
-an unknown model, a model without the task's head) reach :func:`vilt.cli.main` as exceptions and are
-printed as one line with exit code 2. Only argparse and the standard library are imported at the top;
-the model code is imported by the handlers.
+Each prints readable text, or JSON with ``--json``. The task commands share ``--model`` (a hub id, a
+model directory, or ``bundled``: the bundled easy-VQA model, which vqa, explain, demo and info use when
+no model is named), ``--device``, ``--dtype``, ``--batch-size``, ``--top-k`` and ``--timeout``.
+
+An image argument is
+
+* an image file;
+* a folder: its image files (names ending in one of :data:`IMAGE_EXTENSIONS`, any case; hidden files
+  and sub-folders are skipped), in the order of their names, where a command takes several images
+  (``vqa``, ``rank --images``);
+* an ``http://`` or ``https://`` URL, fetched before the model loads, waiting at most ``--timeout``
+  seconds (default: :data:`vilt.images.DEFAULT_TIMEOUT`);
+* ``-``: one image file's bytes read from standard input (``vilt vqa - -q ... < photo.jpg``); a list of
+  paths goes on the command line instead (``find ... -print0 | xargs -0 vilt vqa -q ...``).
+
+Errors (a missing or unreadable image, an empty question, an unknown model, a model without the task's
+head) reach :func:`vilt.cli.main` as exceptions and are printed as one line with exit code 2; the
+command line is checked before the library is called, so messages name the flags (``--top-k``), not
+Python arguments. Only argparse and the standard library are imported at the top; the model code is
+imported by the handlers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import random
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from .errors import ViltInputError
+from .tasks import find_task
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the inference sub-commands to the ``vilt`` parser."""
-    common = argparse.ArgumentParser(add_help=False)
-    group = common.add_argument_group("model and runtime")
-    group.add_argument("--model", help="hub id (e.g. dandelin/vilt-b32-finetuned-vqa) or model directory")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")  # what a folder offers
+STDIN = "-"
+IMAGE_HELP = "image file, folder of images, http(s) URL, or - (an image on standard input)"
+ONE_IMAGE_HELP = "image file, http(s) URL, or - (an image on standard input)"
+BUNDLED_MODEL_HELP = (
+    "hub id (e.g. dandelin/vilt-b32-finetuned-vqa), model directory, or 'bundled' (the default)"
+)
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    """An argparse type: a positive (finite) int or float; other values are refused naming the flag."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not (value > 0 and math.isfinite(value)):
+            what = "integer" if kind is int else "number"
+            raise argparse.ArgumentTypeError(f"expected a positive {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _options(model_help: str, *, batched: bool = True, images: bool = True) -> argparse.ArgumentParser:
+    """The options the task commands share: model and runtime, and --timeout where images are read."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("model and runtime")
+    group.add_argument("--model", help=model_help)
     group.add_argument(
         "--device", default="auto", help="cpu, cuda or cuda:N (default: auto, CUDA when present)"
     )
@@ -31,67 +76,90 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="default auto: bfloat16 on CUDA and on CPUs with AVX512-BF16/AMX, else float32",
     )
     group.add_argument("--json", action="store_true", help="print JSON instead of text")
-    batched = argparse.ArgumentParser(add_help=False, parents=[common])
-    batched.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default 32)")
+    if batched:
+        group.add_argument(
+            "--batch-size", type=_positive(int), default=32, help="examples per forward pass (default 32)"
+        )
+    if images:
+        group.add_argument(
+            "--timeout",
+            type=_positive(float),
+            metavar="SECONDS",
+            help="seconds to wait for an image URL (default 10)",
+        )
+    return parent
 
+
+def _needs(task: str) -> str:
+    """The --model help of a command whose task the bundled model cannot do."""
+    return f"hub id or model directory of a {' or '.join(find_task(task).architectures)} (required)"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the inference sub-commands to the ``vilt`` parser."""
     vqa = subparsers.add_parser(
         "vqa",
-        parents=[batched],
+        parents=[_options(BUNDLED_MODEL_HELP)],
         help="answer a question about one or more images",
-        description="Answer a question about each image. Without --model, the bundled easy-VQA model answers.",
-        epilog='example: vilt vqa photo.jpg -q "what color is the shape?" --top-k 3',
+        description="Answer a question about each image. Without --model, the bundled easy-VQA model "
+        f"answers. A folder stands for its images ({', '.join(IMAGE_EXTENSIONS)}) in name order.",
+        epilog='example: vilt vqa photo.jpg photos/ https://example.com/cat.png -q "what color is the shape?"',
     )
-    vqa.add_argument("images", nargs="+", metavar="IMAGE", help="image file(s)")
+    vqa.add_argument("images", nargs="+", metavar="IMAGE", help=IMAGE_HELP)
     vqa.add_argument("-q", "--question", required=True, help="the question")
-    vqa.add_argument("--top-k", type=int, default=5, help="answers per image (default 5)")
+    vqa.add_argument("--top-k", type=_positive(int), default=5, help="answers per image (default 5)")
     vqa.set_defaults(handler=run_vqa)
 
     nlvr2 = subparsers.add_parser(
         "nlvr2",
-        parents=[batched],
+        parents=[_options(_needs("nlvr2"))],
         help="check a statement against a pair of images",
         description="Say whether a statement is true of a pair of images (needs an NLVR2 model).",
         epilog='example: vilt nlvr2 left.jpg right.jpg -s "there are two dogs" --model dandelin/vilt-b32-finetuned-nlvr2',
     )
-    nlvr2.add_argument("image_a", metavar="IMG_A", help="the left image")
-    nlvr2.add_argument("image_b", metavar="IMG_B", help="the right image")
+    nlvr2.add_argument("image_a", metavar="IMG_A", help=f"the left image: {ONE_IMAGE_HELP}")
+    nlvr2.add_argument("image_b", metavar="IMG_B", help=f"the right image: {ONE_IMAGE_HELP}")
     nlvr2.add_argument("-s", "--statement", required=True, help="the statement to check")
     nlvr2.set_defaults(handler=run_nlvr2)
 
     rank = subparsers.add_parser(
         "rank",
-        parents=[batched],
+        parents=[_options(_needs("retrieval"))],
         help="rank texts for images and images for texts",
         description="Score every image against every text with a retrieval or image-text-matching model.",
         epilog='example: vilt rank --images a.jpg b.jpg --texts "a dog" "a cat" --model dandelin/vilt-b32-finetuned-coco',
     )
-    rank.add_argument("--images", nargs="+", required=True, metavar="IMAGE", help="image files")
+    rank.add_argument("--images", nargs="+", required=True, metavar="IMAGE", help=IMAGE_HELP)
     rank.add_argument("--texts", nargs="+", required=True, metavar="TEXT", help="texts")
     rank.add_argument(
-        "--top-k", type=int, default=5, help="best matches listed per image and per text (default 5)"
+        "--top-k",
+        type=_positive(int),
+        default=5,
+        help="best matches listed per image and per text (default 5)",
     )
     rank.set_defaults(handler=run_rank)
 
     fill = subparsers.add_parser(
         "fill-mask",
-        parents=[batched],
+        parents=[_options(_needs("fill-mask"))],
         help="fill the [MASK] words of a text about an image",
         description="Fill each [MASK] of the text, the most confident first (needs a masked-LM model).",
         epilog='example: vilt fill-mask photo.jpg -t "a [MASK] sitting on a [MASK]" --model dandelin/vilt-b32-mlm',
     )
-    fill.add_argument("image", metavar="IMAGE", help="image file")
+    fill.add_argument("image", metavar="IMAGE", help=ONE_IMAGE_HELP)
     fill.add_argument("-t", "--text", required=True, help="text with one or more [MASK]")
     fill.set_defaults(handler=run_fill_mask)
 
     explain = subparsers.add_parser(
         "explain",
-        parents=[common],
+        parents=[_options(BUNDLED_MODEL_HELP, batched=False)],
         help="draw where the model looks for each word",
         description="Draw, for each word of the text, a heatmap of where in the image the model looks: "
-        "attention rollout, or word-patch alignment by IPOT as in the original ViLT demo. Needs matplotlib.",
+        "attention rollout, or word-patch alignment by IPOT as in the original ViLT demo. Any ViLT model; "
+        "the bundled easy-VQA model without --model. Needs matplotlib.",
         epilog='example: vilt explain shape.png -q "what color is the circle?" -o heat.png',
     )
-    explain.add_argument("image", metavar="IMAGE", help="image file")
+    explain.add_argument("image", metavar="IMAGE", help=ONE_IMAGE_HELP)
     explain.add_argument("-q", "--text", "--question", dest="text", required=True, help="the text to explain")
     explain.add_argument("-o", "--output", required=True, help="where to save the picture (.png, .jpg, .pdf)")
     explain.add_argument(
@@ -104,12 +172,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     demo = subparsers.add_parser(
         "demo",
-        parents=[batched],
+        parents=[_options(BUNDLED_MODEL_HELP, images=False)],
         help="answer easy-VQA test questions with the bundled model",
         description="Answer randomly chosen easy-VQA test questions; print each answer with the truth, then "
         "the accuracy.",
     )
-    demo.add_argument("--n", type=int, default=20, help="questions to answer (default 20)")
+    demo.add_argument("--n", type=_positive(int), default=20, help="questions to answer (default 20)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the question choice (default 0)")
     demo.set_defaults(handler=run_demo)
 
@@ -119,13 +187,102 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Print a model's configuration, head, labels and parameter count.",
     )
     info.add_argument(
-        "model", metavar="MODEL", help="hub id or model directory ('bundled' for the easy-VQA model)"
+        "model",
+        metavar="MODEL",
+        nargs="?",
+        default="bundled",
+        help="hub id, model directory, or 'bundled' (the default: the bundled easy-VQA model)",
     )
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(handler=run_info)
 
 
+# ----------------------------------------------------------------------------- inputs
+
+
+def _read_images(
+    arguments: Sequence[str], timeout: float | None, *, single: str = ""
+) -> list[tuple[str, Any]]:
+    """The images that command-line arguments name, each as (its name in the output, what the pipeline takes).
+
+    Files stay paths (the pipeline loads them); folders become their image files in name order; URLs are
+    fetched now (so that a bad one fails before the model loads); ``-`` becomes standard input's bytes.
+
+    Args:
+        arguments: the image arguments, as given.
+        timeout: seconds to wait for each URL; None for :data:`vilt.images.DEFAULT_TIMEOUT`.
+        single: the command's name when each argument must be one image (a folder is then refused).
+
+    Raises:
+        FileNotFoundError: an argument that is no file, folder, URL or ``-``.
+        ViltInputError: a folder without images (or a folder where one image is needed), an unreachable
+            URL, ``-`` twice or with nothing (or a terminal) on standard input.
+    """
+    from .images import describe, is_url, load_image
+
+    if sum(argument == STDIN for argument in arguments) > 1:
+        raise ViltInputError("standard input can be read once: pass '-' for one image only")
+    images: list[tuple[str, Any]] = []
+    for argument in arguments:
+        if argument == STDIN:
+            images.append((argument, _read_stdin()))
+        elif is_url(argument):
+            images.append((argument, load_image(argument, timeout)))
+        elif os.path.isdir(argument):
+            if single:
+                raise ViltInputError(
+                    f"{argument!r} is a folder; {single} takes one image: pass one of its files"
+                )
+            images.extend((path, path) for path in _folder_images(argument))
+        elif os.path.exists(argument):
+            images.append((argument, argument))
+        else:
+            raise FileNotFoundError(f"{describe(argument)}: no such file; check the path.")
+    return images
+
+
+def _folder_images(folder: str) -> list[str]:
+    """The image files directly in ``folder``, sorted by name."""
+    names = sorted(
+        name
+        for name in os.listdir(folder)
+        if not name.startswith(".")
+        and name.lower().endswith(IMAGE_EXTENSIONS)
+        and os.path.isfile(os.path.join(folder, name))
+    )
+    if not names:
+        raise ViltInputError(
+            f"folder {folder!r} holds no images (files ending {', '.join(IMAGE_EXTENSIONS)}); pass image files"
+        )
+    return [os.path.join(folder, name) for name in names]
+
+
+def _read_stdin() -> bytes:
+    """The image file piped into standard input."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise ViltInputError(
+            "'-' reads an image from standard input, but standard input is a terminal: pipe an image into "
+            "it (vilt vqa - -q QUESTION < photo.jpg)"
+        )
+    data = sys.stdin.buffer.read()
+    if not data:
+        raise ViltInputError(
+            "standard input is empty: pipe an image file into it (vilt vqa - -q QUESTION < photo.jpg)"
+        )
+    return data
+
+
 # ----------------------------------------------------------------------------- helpers
+
+
+def _require_model(task: str, args: argparse.Namespace) -> None:
+    """Refuse a command without ``--model`` whose task the bundled model cannot do."""
+    if args.model is None:
+        architectures = " or ".join(find_task(task).architectures)
+        raise ViltInputError(
+            f"{args.command} needs a model: pass --model with a hub id or a directory holding a "
+            f"{architectures} (the bundled model only answers easy-VQA questions)"
+        )
 
 
 def _pipeline(task: str, args: argparse.Namespace) -> Any:
@@ -143,10 +300,11 @@ def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
 
 def run_vqa(args: argparse.Namespace) -> int:
     """``vilt vqa IMAGE... -q QUESTION``: top answers for each image."""
+    images = _read_images(args.images, args.timeout)
     vqa = _pipeline("visual-question-answering", args)
-    results = vqa(list(args.images), args.question, top_k=args.top_k)
+    results = vqa([image for _, image in images], args.question, top_k=args.top_k)
     payload = [
-        {"image": image, "question": args.question, "answers": r} for image, r in zip(args.images, results)
+        {"image": name, "question": args.question, "answers": r} for (name, _), r in zip(images, results)
     ]
     lines = []
     for item in payload:
@@ -158,57 +316,65 @@ def run_vqa(args: argparse.Namespace) -> int:
 
 def run_nlvr2(args: argparse.Namespace) -> int:
     """``vilt nlvr2 IMG_A IMG_B -s STATEMENT``: true or false, with its probability."""
+    _require_model("nlvr2", args)
+    (_, image_a), (_, image_b) = _read_images([args.image_a, args.image_b], args.timeout, single="nlvr2")
     nlvr2 = _pipeline("nlvr2", args)
-    result = nlvr2((args.image_a, args.image_b), args.statement)
+    result = nlvr2((image_a, image_b), args.statement)
     _emit(args, result, f"{result['label']}  ({result['score']:.3f})  {args.statement}")
     return 0
 
 
 def run_rank(args: argparse.Namespace) -> int:
     """``vilt rank --images ... --texts ...``: the score matrix and the best matches each way."""
+    _require_model("image-text-retrieval", args)
+    images = _read_images(args.images, args.timeout)
+    names = [name for name, _ in images]
     rank = _pipeline("image-text-retrieval", args)
-    ranked = rank.rank(list(args.images), list(args.texts), top_k=args.top_k)
+    ranked = rank.rank([image for _, image in images], list(args.texts), top_k=args.top_k)
     payload = {
-        "images": args.images,
+        "images": names,
         "texts": args.texts,
         "scores": ranked["scores"].tolist(),
         "text_to_images": ranked["text_to_images"],
         "image_to_texts": ranked["image_to_texts"],
     }
     lines = ["best texts per image:"]
-    for image, hits in zip(args.images, ranked["image_to_texts"]):
-        lines.append(f"  {image}")
+    for name, hits in zip(names, ranked["image_to_texts"]):
+        lines.append(f"  {name}")
         lines.extend(f"    {hit['score']:8.3f}  {hit['text']}" for hit in hits)
     lines.append("best images per text:")
     for text, hits in zip(args.texts, ranked["text_to_images"]):
         lines.append(f"  {text}")
-        lines.extend(f"    {hit['score']:8.3f}  {args.images[hit['index']]}" for hit in hits)
+        lines.extend(f"    {hit['score']:8.3f}  {names[hit['index']]}" for hit in hits)
     _emit(args, payload, "\n".join(lines))
     return 0
 
 
 def run_fill_mask(args: argparse.Namespace) -> int:
     """``vilt fill-mask IMAGE -t TEXT``: the filled text and each filled token's probability."""
+    _require_model("fill-mask", args)
+    [(_, image)] = _read_images([args.image], args.timeout, single="fill-mask")
     fill = _pipeline("fill-mask", args)
-    result = fill(args.image, args.text)
+    result = fill(image, args.text)
     filled = ", ".join(f"{t} ({s:.3f})" for t, s in zip(result["tokens"], result["scores"]))
     _emit(args, result, f"{result['sequence']}\n  filled: {filled}")
     return 0
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    """``vilt explain IMAGE -q TEXT -o OUT``: draw one heatmap per word (any ViLT model)."""
+    """``vilt explain IMAGE -q TEXT -o OUT``: draw one heatmap per word (any ViLT model; bundled by default)."""
+    [(_, image)] = _read_images([args.image], args.timeout, single="explain")
     from .explain import draw, explain
     from .heads import ViltForQuestionAnswering
     from .pipelines import load_model, pipeline
 
     model, processor = load_model(args.model, args.device, args.dtype)
-    explanation = explain(model, processor, args.image, args.text, method=args.method)
+    explanation = explain(model, processor, image, args.text, method=args.method)
     title = f"{args.text} ({explanation.method})"
     payload: dict[str, Any] = {"output": args.output, "words": explanation.words, "method": args.method}
     if isinstance(model, ViltForQuestionAnswering):  # a VQA model also says what it answers
         vqa = pipeline("vqa", model=model, processor=processor)
-        payload["answer"] = vqa(args.image, args.text, top_k=1)[0]
+        payload["answer"] = vqa(image, args.text, top_k=1)[0]
         title = f"{args.text} -> {payload['answer']['answer']} ({explanation.method})"
     draw(explanation, args.output, title=title)
     answer = f", answer {payload['answer']['answer']!r}" if "answer" in payload else ""
@@ -218,8 +384,6 @@ def run_explain(args: argparse.Namespace) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     """``vilt demo``: answer seeded easy-VQA test questions and report the accuracy on them."""
-    if args.n < 1:
-        raise ValueError(f"--n must be at least 1, got {args.n}")
     try:
         import easy_vqa
     except ImportError as err:
@@ -256,7 +420,7 @@ def run_info(args: argparse.Namespace) -> int:
     """``vilt info MODEL``: architecture, head, labels, sizes, parameter count and image preprocessing."""
     from .pipelines import load_model
 
-    model, processor = load_model(None if args.model == "bundled" else args.model, "cpu", "float32")
+    model, processor = load_model(args.model, "cpu", "float32")
     config = model.config
     id2label = config.id2label or {}
     labels = [id2label[i] for i in sorted(id2label)]

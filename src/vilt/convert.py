@@ -29,8 +29,11 @@ import logging
 import math
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
+
+from .errors import ViltInputError
 
 logger = logging.getLogger(__name__)
 
@@ -88,25 +91,66 @@ def read_original_checkpoint(src: str | os.PathLike[str]) -> tuple[dict[str, Any
 
     Raises:
         FileNotFoundError: ``src`` does not exist.
-        ValueError: the pickle refers to code, or the file holds no state dict.
+        ViltInputError: ``src`` is a folder, or a file that is no PyTorch checkpoint (empty, an image, text,
+            safetensors, another zip archive, a truncated checkpoint), or holds no state dict.
+        ValueError: the pickle refers to code.
     """
+    _check_torch_file(Path(src))
     import torch
 
     from .checkpoint import read_torch_file
 
-    if not Path(src).is_file():
-        raise FileNotFoundError(f"{src} does not exist (expected an original ViLT .ckpt file)")
     checkpoint = read_torch_file(src)
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{src} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+        raise ViltInputError(f"{src} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{src} holds no state dict of tensors")
+        raise ViltInputError(f"{src} holds no state dict of tensors")
     state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     hyper = checkpoint.get("hyper_parameters")
     hyper = hyper if isinstance(hyper, dict) else {}
     training_config = hyper.get("config", hyper)  # ViLT saves its sacred config as hparams["config"]
     return state, training_config if isinstance(training_config, dict) else {}
+
+
+def _check_torch_file(path: Path) -> None:
+    """Refuse, from its first bytes, a file that ``torch.load`` cannot read as a checkpoint.
+
+    ``torch.save`` writes a zip archive holding ``<name>/data.pkl`` (the format since PyTorch 1.6) or,
+    in the legacy format, a pickle (first byte 0x80). Anything else would reach the unpickler as garbage.
+    """
+    expected = "pass an original ViLT .ckpt (a PyTorch-Lightning checkpoint of dandelin/ViLT)"
+    if path.is_dir():
+        raise ViltInputError(f"{path} is a folder; {expected}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (expected an original ViLT .ckpt file)")
+    with path.open("rb") as file:
+        head = file.read(16)
+    if not head:
+        raise ViltInputError(f"{path} is empty (0 bytes); download the checkpoint again")
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
+        raise ViltInputError(
+            f"{path} is a safetensors file, not an original ViLT .ckpt; a model directory holding it loads "
+            "as it is (from_pretrained, --model DIR)"
+        )
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            raise ViltInputError(
+                f"{path} is truncated or corrupt (not a complete zip archive, as torch.save writes); "
+                "download it again"
+            ) from None
+        if not any(name.endswith("/data.pkl") for name in names):
+            raise ViltInputError(
+                f"{path} is a zip archive but not a PyTorch checkpoint (no data.pkl); {expected}"
+            )
+    elif not head.startswith(b"\x80"):
+        raise ViltInputError(
+            f"{path} is not a PyTorch checkpoint (it begins {head[:8]!r}: neither a zip archive nor a "
+            f"pickle); {expected}"
+        )
 
 
 def _family(state: dict[str, Any]) -> str | None:
@@ -130,9 +174,13 @@ def detect_kind(state: dict[str, Any], hint: str = "", training_config: dict[str
         heads = sorted(
             {k.split(".")[0] for k in state if not k.startswith(("transformer.", "text_embeddings."))}
         )
-        raise ValueError(
-            f"not an original ViLT checkpoint of a known kind: it has none of the heads "
-            f"{', '.join(key.split('.')[0] for _, key in _SIGNATURE_KEYS)} (its top-level modules: {heads})"
+        converted = (
+            " (its names are vilt's and transformers': it is converted already)" if "vilt" in heads else ""
+        )
+        raise ViltInputError(
+            f"{hint or 'this checkpoint'} is not an original ViLT checkpoint of a known kind: it has none of "
+            f"the heads {', '.join(key.split('.')[0] for _, key in _SIGNATURE_KEYS)} (its top-level modules: "
+            f"{heads}){converted}"
         )
     if family != "irtr":
         return family
