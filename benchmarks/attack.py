@@ -112,7 +112,7 @@ async def good_client(url: str, requests: list[tuple[bytes, str]], stop: asyncio
             good.outcomes[outcome] += 1
             if outcome == "200":
                 good.latencies_ms.append((time.perf_counter() - start) * 1000)
-            elif outcome in ("refused", "disconnected"):
+            elif outcome in ("connection refused", "disconnected"):
                 await asyncio.sleep(0.5)
 
 
@@ -131,7 +131,7 @@ async def _ask_until_answered(
                 body = await response.read()
                 retry_after = response.headers.get("Retry-After")
         except aiohttp.ClientConnectorError:
-            return "refused"  # nothing listens (the server stopped)
+            return "connection refused"  # nothing listens (the server stopped)
         except (aiohttp.ClientError, ConnectionError):
             return "disconnected"
         except asyncio.TimeoutError:
@@ -490,7 +490,6 @@ async def sigterm_under_load(served: Served, requests: list[tuple[bytes, str]], 
     good = Good()
     stop = asyncio.Event()
     served.reset_peak()
-    peak = served.rss_mb("VmHWM")
     clients = [
         asyncio.ensure_future(good_client(served.url, requests, stop, good)) for _ in range(GOOD_CLIENTS)
     ]
@@ -517,12 +516,13 @@ async def sigterm_under_load(served: Served, requests: list[tuple[bytes, str]], 
     )
     attack = (
         f"SIGTERM 2 s in: the process exited after {seconds:.1f} s with code {exit_code}; "
-        f"8 dripping uploads: {tally(list(dripped))}; {burst_outcome}"
+        f"8 dripping uploads: {tally(list(dripped))}; {burst_outcome}; good requests sent after the "
+        "server stopped listening are refused"
     )
     return Phase("8. SIGTERM under load", good, attack, server_5xx, peak, float("nan"), -1, "(stopped)")
 
 
-async def attack_all(model: str, out: Path) -> list[str]:
+async def attack_all(model: str, out: Path) -> None:
     requests = easy_vqa_requests(200)
     huge = huge_transparent_png()
     small_images = [image for image, _ in requests[:10]]
@@ -530,8 +530,9 @@ async def attack_all(model: str, out: Path) -> list[str]:
     header = [
         "vilt serve under attack: one server (every limit at its default), loopback only; four good clients ask",
         "easy-VQA questions (64x64 PNG) during each attack and wait as told on 503 (Retry-After), 40 s at most.",
-        f"model: {model}",
-        "The machine is shared: other work runs on the same cores as the server and the clients.",
+        f"model: {'the bundled easy-VQA model' if Path(model) == BUNDLED_MODEL else model}",
+        "The machine is shared: other work (other sessions' builds and tests) runs on the same cores as the",
+        "server and the clients during the run; the load average before and after records how much.",
         *(f"  {key}: {value}" for key, value in machine_info().items()),
         "",
     ]
@@ -539,11 +540,17 @@ async def attack_all(model: str, out: Path) -> list[str]:
     lines = list(header)
     with server_process(model, "--log-level", "warning") as served:
         for _ in range(3):  # warm up: the first forward passes allocate what later ones reuse
-            await run_phase(served, "warm-up", lambda: asyncio.sleep(1), requests)
+            await run_phase(served, "warm-up", lambda: _quiet(1), requests)
         idle = served.rss_mb()
-        lines.append(f"server resident memory after warm-up (idle): {idle:.0f} MB")
+        with urllib.request.urlopen(served.url + "/readyz", timeout=10) as response:
+            threads = json.load(response)["threads"]
+        lines.append(
+            f"server threads: model {threads['model']}, decode {threads['decode']}, OpenMP wait policy "
+            f"{threads['omp_wait_policy']}; resident memory after warm-up (idle): {idle:.0f} MB"
+        )
+        print(lines[-1], flush=True)
         phases = [
-            ("1. baseline (no attack)", lambda: asyncio.sleep(5), 0.0),
+            ("1. baseline (no attack)", lambda: _quiet(5), 0.0),
             ("2. large-image burst", lambda: large_image_burst(served, huge), 0.0),
             ("3. slow headers", lambda: slow_headers(served), 0.0),
             ("4. connection flood", lambda: connection_flood(served), 0.0),
@@ -560,7 +567,7 @@ async def attack_all(model: str, out: Path) -> list[str]:
         tracebacks = log.count("Traceback")
         lines += ["", *(line for phase in results for line in phase.report())]
     with server_process(model, "--log-level", "info") as served:
-        await run_phase(served, "warm-up", lambda: asyncio.sleep(1), requests)
+        await run_phase(served, "warm-up", lambda: _quiet(1), requests)
         stopped = await sigterm_under_load(served, requests, huge)
         print("\n".join(stopped.report()), flush=True)
         lines += stopped.report()
@@ -585,7 +592,11 @@ async def attack_all(model: str, out: Path) -> list[str]:
     lines += footer
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
-    return lines
+
+
+async def _quiet(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return f"none ({seconds:g} s)"
 
 
 def main() -> None:

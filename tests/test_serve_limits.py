@@ -164,11 +164,14 @@ def test_headers_larger_than_the_limit_are_refused_431(server: Served) -> None:
 def test_a_connection_past_the_cap_gets_503_and_the_server_recovers(server: Served) -> None:
     held = [connect(server) for _ in range(12)]  # --max-connections 12
     time.sleep(0.3)  # let the server accept them
-    with connect(server) as extra:
-        response, closed = read_until_closed(extra, 5)
-    status, headers, body = parse(response)
-    assert closed and status == 503 and headers["retry-after"] == "1"
-    assert "12 connections open, its limit" in json.loads(body)["error"]
+    for sends_a_request in (False, True):
+        with connect(server) as extra:
+            if sends_a_request:
+                extra.sendall(request_head("/v1/vqa", len(IMAGE), "image/png") + IMAGE)
+            response, closed = read_until_closed(extra, 5)
+        status, headers, body = parse(response)
+        assert closed and status == 503 and headers["retry-after"] == "1"
+        assert "12 connections open, its limit" in json.loads(body)["error"]
     for sock in held:
         sock.close()
     wait_for(lambda: _answers(server), 10, "the server to answer again")

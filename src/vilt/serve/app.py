@@ -79,8 +79,9 @@ _ERROR_STATUSES = {
     400: "The body or an image in it cannot be read, or the model refused the input",
     401: "Missing or wrong API key",
     404: "The model has no head for this task",
-    408: "The body did not arrive within the body timeout",
-    413: "The body is larger than the upload limit, or an image has too many pixels",
+    408: "The body did not arrive within the body timeout or the request deadline",
+    413: "The body is larger than the upload limit, or an image has too many pixels or needs more memory to "
+    "decode than the memory budget",
     415: "The body is neither multipart/form-data nor JSON",
     422: "A field is missing, of the wrong type, or out of range",
     503: "The queue or memory budget is full, or the server is starting or stopping; retry after Retry-After "

@@ -32,7 +32,7 @@ from .settings import ConnectionLimits
 
 logger = logging.getLogger(__name__)
 
-REFUSED_LINGER_S = 1.0  # a refused connection is read (and discarded) this long, so the client sees the 503
+REFUSED_LINGER_S = 1.0  # a refused connection that sends nothing is closed after this
 LOG_EVERY_S = 10.0  # refusals and timeouts are logged at most once per this many seconds
 
 
@@ -100,8 +100,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return  # read and dropped, so that closing does not reset the connection before the 503 is read
+        if self._refused:  # the request came after the 503: read (so closing resets nothing), then close
+            self.transport.close()
+            return
         if self._reading_headers:
             self._header_bytes += len(data)
         super().data_received(data)
@@ -156,7 +157,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _refuse(self, transport: Transport) -> None:
-        """Answer 503 to a connection past the cap, and close it once the client has had time to read it."""
+        """Answer 503 to a connection past the cap at once, and close it when its request arrives (or it
+        closes, or :data:`REFUSED_LINGER_S` passes): closing before its request was read would reset the
+        connection, and the client might lose the 503."""
         self._refused = True
         self.transport = transport
         _REFUSED(limit=self.limits.max_connections)

@@ -92,7 +92,7 @@ function chooseFile(file) {
   if (!file) return;
   clearImage();
   if (file.type && !IMAGE_TYPES.includes(file.type)) {
-    setStatus(`${file.name} is not an image (${file.type}); pick a PNG, JPEG, GIF, BMP, WEBP or TIFF file.`, true);
+    setStatus(`${file.name} is not an image this server reads (${file.type}); pick a PNG, JPEG, GIF, BMP, WEBP or TIFF file.`, true);
     return;
   }
   if (file.size > state.maxBytes) {
