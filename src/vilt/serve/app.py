@@ -443,7 +443,7 @@ class Server:
             raise _unavailable("the server is decoding as many images as its memory budget allows")
         decode = partial(fit_image, image, field, self.fits[task.name])
         if cost <= INLINE_DECODE_BYTES:  # a millisecond's work: no need to queue behind large images
-            try:
+            try:  # (if the request is cancelled meanwhile, at most this much is given back a little early)
                 fitted = await run_in_threadpool(decode)
             finally:
                 self.budget.give_back(cost)
