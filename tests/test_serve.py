@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
+import os
 import re
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -23,11 +27,14 @@ pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from tiny_models import png_bytes, random_image, save_tiny  # noqa: E402
+from tiny_models import BUNDLED, png_bytes, random_image, save_tiny  # noqa: E402
 
+from vilt.errors import ViltInputError  # noqa: E402
 from vilt.serve import ServeSettings, create_app, load_pipelines  # noqa: E402
+from vilt.serve.admission import DecodePool, MemoryBudget  # noqa: E402
 from vilt.serve.batching import DynamicBatcher, QueueFullError  # noqa: E402
-from vilt.serve.cli import is_loopback  # noqa: E402
+from vilt.serve.cli import allowed_hosts, configure_threads, is_loopback  # noqa: E402
+from vilt.serve.images import fit_image, model_size, open_image  # noqa: E402
 
 QA_LABELS = {"circle", "red", "yes", "no", "blue"}  # tiny_models.LABELS of the QA model
 MAX_BODY = 300_000
@@ -136,7 +143,7 @@ def test_explain_returns_one_overlay_per_word(client: TestClient, qa_pipelines: 
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["words"] == ["what", "color", "is", "it"]
-    assert (body["height"], body["width"]) == (48, 64) and body["method"] == "ipot"
+    assert (body["height"], body["width"]) == (48, 64) and body["method"] == "rollout"
     assert len(body["heatmaps"]) == 4
     assert all(url.startswith("data:image/png;base64,") for url in body["heatmaps"])
     large = png_bytes(np.zeros((900, 1200, 3), np.uint8))  # shrunk to 768 pixels a side before explaining
@@ -275,6 +282,42 @@ BAD_REQUESTS = {
         "JSON",
     ),
     "plain text body": ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "multipart"),
+    "JSON nested 100,000 deep": (
+        {"content": b"[" * 100_000 + b"]" * 100_000, "headers": {"content-type": "application/json"}},
+        400,
+        "nested too deeply",
+    ),
+    "JSON top_k of 5,000 digits": (
+        {
+            "content": b'{"image": "", "question": "q", "top_k": ' + b"7" * 5000 + b"}",
+            "headers": {"content-type": "application/json"},
+        },
+        400,
+        "not valid JSON",
+    ),
+    "form top_k of 5,000 digits": (
+        {**_multipart(IMAGE), "data": {"question": "q", "top_k": "7" * 5000}},
+        422,
+        "'top_k'",
+    ),
+    "JSON top_k NaN": (
+        {
+            "content": b'{"image": "", "question": "q", "top_k": NaN}',
+            "headers": {"content-type": "application/json"},
+        },
+        422,
+        "'top_k'",
+    ),
+    "JSON in UTF-32": (
+        {"content": '{"question": "q"}'.encode("utf-32"), "headers": {"content-type": "application/json"}},
+        422,
+        "'image'",
+    ),
+    "invalid UTF-8 bytes in JSON": (
+        {"content": b'{"question": "\xc3\x28"}', "headers": {"content-type": "application/json"}},
+        400,
+        "JSON",
+    ),
 }
 
 
@@ -396,11 +439,15 @@ class GatedVQA:
 
     def __init__(self, real: object) -> None:
         self.model = real.model  # type: ignore[attr-defined]
+        self.config = real.config  # type: ignore[attr-defined]
+        self.processor = real.processor  # type: ignore[attr-defined]
         self.gate = threading.Event()
         self.calls = 0
+        self.images: list = []  # the images of every item it was given
 
     def __call__(self, items: list, top_k: int, batch_size: int) -> list:
         self.calls += 1
+        self.images += [item["image"] for item in items]
         self.gate.wait(timeout=10)
         return [[{"answer": "red", "score": 0.9}] for _ in items]
 
@@ -539,3 +586,312 @@ def test_settings_refuse_impossible_limits(bad: dict) -> None:
 
 def test_the_api_key_is_never_printed() -> None:
     assert API_KEY not in repr(ServeSettings(api_key=API_KEY))
+
+
+# ----------------------------------------------------------------------------- errors: input or bug
+
+
+class RaisingVQA(GatedVQA):
+    """A stand-in VQA pipeline that raises ``error`` on every call."""
+
+    def __init__(self, real: object, error: Exception) -> None:
+        super().__init__(real)
+        self.error = error
+
+    def __call__(self, items: list, top_k: int, batch_size: int) -> list:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error, status",
+    [
+        (ViltInputError("the image holds NaN pixels; send finite ones"), 400),
+        (ValueError("an internal shape mismatch"), 500),  # only fill-mask's ValueErrors are about the input
+        (RuntimeError("an internal failure"), 500),
+    ],
+)
+def test_only_input_errors_of_the_pipeline_are_4xx_and_a_bug_is_a_logged_500(
+    qa_pipelines: dict, caplog: pytest.LogCaptureFixture, error: Exception, status: int
+) -> None:
+    raising = RaisingVQA(qa_pipelines["visual-question-answering"], error)
+    with _client({"visual-question-answering": raising}) as client, caplog.at_level("ERROR"):
+        response = ask(client)
+    logged = [record for record in caplog.records if record.levelname == "ERROR" and record.exc_info]
+    if status == 400:
+        assert_error(response, 400, "NaN pixels")
+        assert not logged
+    else:
+        assert_error(response, 500, "server log")
+        assert str(error) not in response.text  # the details stay in the log
+        assert any(record.exc_info[1] is error for record in logged), caplog.text
+
+
+# ----------------------------------------------------------------------------- memory and time
+
+
+def test_an_image_larger_than_the_memory_budget_is_413_before_it_is_decoded(qa_pipelines: dict) -> None:
+    with _client(qa_pipelines, memory_budget_bytes=4 * 2**20, max_image_pixels=2**24) as small:
+        refused = ask(small, png_bytes(np.zeros((1024, 1024, 3), np.uint8)))  # 4 MiB once decoded
+        assert_error(refused, 413, "1024x1024", "memory budget")
+        assert_answers(ask(small))
+
+
+def test_images_past_the_budget_in_use_get_503_while_small_ones_still_pass(qa_pipelines: dict) -> None:
+    large = png_bytes(np.zeros((2048, 2048, 3), np.uint8))  # 16 MiB once decoded
+    with _client(qa_pipelines, memory_budget_bytes=64 * 2**20, max_image_pixels=2**24) as busy:
+        budget = busy.app.state.server.budget
+        budget.charge(40 * 2**20)  # as if other requests were decoding 40 MiB of images
+        try:
+            refused = ask(busy, large)
+            assert_error(refused, 503, "memory budget")
+            assert refused.headers["retry-after"] == "1"
+            assert_answers(ask(busy))  # a small image fits in the eighth kept for small ones
+        finally:
+            budget.give_back(40 * 2**20)
+        assert_answers(ask(busy, large))
+        assert budget.held == 0  # every body and image was given back
+
+
+def test_a_body_past_the_budget_in_use_gets_503_before_it_is_read(qa_pipelines: dict) -> None:
+    with _client(qa_pipelines, memory_budget_bytes=2**20) as busy:
+        budget = busy.app.state.server.budget
+        budget.charge(2**20 - 1000)  # as if other requests held nearly all of it
+        try:
+            refused = ask(busy)  # a body of a few KB
+            assert_error(refused, 503, "request bodies")
+            assert refused.headers["retry-after"] == "1"
+        finally:
+            budget.give_back(2**20 - 1000)
+        assert_answers(ask(busy))
+
+
+def test_images_wait_in_the_queue_shrunk_to_the_size_the_model_reads(qa_pipelines: dict) -> None:
+    gated = GatedVQA(qa_pipelines["visual-question-answering"])
+    gated.gate.set()
+    with _client({"visual-question-answering": gated}) as client:
+        assert ask(client, png_bytes(random_image(300, 200, seed=3))).status_code == 200
+    [image] = gated.images
+    assert (image.width, image.height, image.mode) == (32, 48, "RGB")  # tiny processor: shorter side 32
+
+
+def _encode(mode: str, height: int = 150, width: int = 100) -> bytes:
+    """A random image of ``mode`` (alpha and transparency included) as PNG, or TIFF where PNG cannot."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    rgba = Image.fromarray(rng.integers(0, 256, (height, width, 4), dtype=np.uint8), "RGBA")
+    image = rgba.convert(mode) if mode not in ("I;16", "P+transparency") else None
+    if mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65536, (height, width), dtype=np.uint16))  # I;16
+    if mode == "P+transparency":
+        image = rgba.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE)
+        image.info["transparency"] = 3
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF" if mode == "CMYK" else "PNG")
+    return buffer.getvalue()
+
+
+IMAGE_MODES = ["RGB", "RGBA", "LA", "L", "1", "P", "P+transparency", "CMYK", "I;16"]
+
+
+@pytest.mark.parametrize("mode", IMAGE_MODES)
+def test_shrinking_before_the_queue_keeps_the_pixels_the_processor_makes(
+    qa_pipelines: dict, mode: str
+) -> None:
+    """Bit equality is right here: both paths convert and resize the same integer pixels with the same
+    Pillow calls, then normalise them the same way."""
+    processor = qa_pipelines["visual-question-answering"].processor.image_processor
+    data = _encode(mode)
+    fitted = fit_image(open_image(data, "image", 10**8), "image", model_size(processor))
+    expected = processor(data, return_tensors="np")["pixel_values"]
+    np.testing.assert_array_equal(processor(fitted, return_tensors="np")["pixel_values"], expected)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P+transparency", "CMYK"])
+def test_answers_for_every_image_mode_are_the_pipelines(
+    client: TestClient, qa_pipelines: dict, mode: str
+) -> None:
+    data = _encode(mode)
+    expected = qa_pipelines["visual-question-answering"](data, "what color is it?", top_k=5)
+    got = assert_answers(ask(client, data))
+    assert [a["answer"] for a in got] == [e["answer"] for e in expected]
+    np.testing.assert_allclose([a["score"] for a in got], [e["score"] for e in expected], atol=1e-5)
+
+
+def test_the_request_deadline_covers_decoding(qa_pipelines: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vilt.serve.app
+
+    real_fit = vilt.serve.app.fit_image
+
+    def slow_fit(*args: object) -> object:
+        time.sleep(1.0)
+        return real_fit(*args)
+
+    monkeypatch.setattr(vilt.serve.app, "fit_image", slow_fit)
+    with _client(qa_pipelines, timeout_s=0.3) as slow:
+        start = time.monotonic()
+        assert_error(ask(slow), 504, "0.3 s")
+        assert time.monotonic() - start < 0.9
+        _wait_until(lambda: slow.app.state.server.budget.held == 0)  # the decode's charge comes back
+
+
+# ----------------------------------------------------------------------------- hosts, headers, key, docs
+
+
+def test_only_the_allowed_hosts_are_answered(qa_pipelines: dict) -> None:
+    allowed = ("localhost", "127.0.0.1", "::1", "*.example.org")
+    with _client(qa_pipelines, allowed_hosts=allowed) as guarded:
+        for host in ("localhost", "localhost:8000", "127.0.0.1:8000", "[::1]:8000", "api.example.org"):
+            assert guarded.get("/healthz", headers={"host": host}).status_code == 200, host
+        for host in ("attacker.example", "example.org", "localhost.attacker.example", "[::2]:80"):
+            assert_error(guarded.get("/healthz", headers={"host": host}), 400, "--allowed-hosts")
+
+
+def test_the_allowed_hosts_default_to_the_loopback_names_on_loopback() -> None:
+    assert allowed_hosts(None, "127.0.0.1") == ("localhost", "127.0.0.1", "::1")
+    assert allowed_hosts(None, "0.0.0.0") is None
+    assert allowed_hosts("*", "127.0.0.1") is None
+    assert allowed_hosts("vilt.example.org, *.vilt.example.org", "0.0.0.0") == (
+        "vilt.example.org",
+        "*.vilt.example.org",
+    )
+    with pytest.raises(ValueError, match="--allowed-hosts"):
+        allowed_hosts(" , ", "127.0.0.1")
+
+
+def test_the_page_carries_security_headers_and_a_strict_csp(client: TestClient) -> None:
+    page = client.get("/")
+    csp = page.headers["content-security-policy"]
+    for directive in (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "frame-ancestors 'none'",
+    ):
+        assert directive in csp
+    for response in (page, client.get("/static/app.js"), ask(client), client.get("/healthz")):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["referrer-policy"] == "no-referrer"
+    assert client.get("/static/style.css").headers["content-security-policy"] == csp
+    assert not re.search(r"<script>|<style|\sstyle=|\son[a-z]+=", page.text), (
+        "inline code the CSP would block"
+    )
+
+
+def test_a_non_ascii_api_key_sent_as_utf8_is_accepted(qa_pipelines: dict) -> None:
+    key = "clé-ключ-鍵"
+    with _client(qa_pipelines, api_key=key) as keyed:
+        assert_answers(keyed.post("/v1/vqa", headers={"X-API-Key": key.encode("utf-8")}, **_multipart(IMAGE)))
+        wrong = (key[:-1] + "x").encode("utf-8")
+        assert_error(keyed.post("/v1/vqa", headers={"X-API-Key": wrong}, **_multipart(IMAGE)), 401)
+        latin1 = key.encode("latin-1", errors="replace")
+        assert_error(keyed.post("/v1/vqa", headers={"X-API-Key": latin1}, **_multipart(IMAGE)), 401)
+
+
+def test_every_operation_has_a_real_summary_and_description(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    assert schema["info"]["description"]
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            where = f"{method.upper()} {path}"
+            assert operation.get("summary") and operation.get("description"), where
+            assert (
+                "partial(" not in operation["description"] and "new function" not in operation["description"]
+            ), where
+
+
+def test_the_model_card_is_served(qa_pipelines: dict) -> None:
+    app = create_app(qa_pipelines, ServeSettings(), model_name="my-org/tiny-vqa")
+    with TestClient(app) as client:
+        card = client.get("/v1/model").json()
+        assert client.get("/readyz").json()["model_card"] == card
+    assert card == {
+        "name": "my-org/tiny-vqa",
+        "architecture": "ViltForQuestionAnswering",
+        "task": "visual question answering",
+        "answers": 5,
+        "description": None,
+    }
+
+
+@pytest.mark.skipif(not (BUNDLED / "config.json").is_file(), reason="the bundled model is not built yet")
+def test_the_bundled_models_card_says_what_it_knows() -> None:
+    with TestClient(create_app(load_pipelines(None, device="cpu", dtype="float32"))) as client:
+        card = client.get("/v1/model").json()
+    assert card["name"] == "vilt easy-VQA demo (bundled)" and card["answers"] == 13
+    assert "colour and shape questions about simple synthetic images" in card["description"]
+
+
+# ----------------------------------------------------------------------------- admission and threads
+
+
+def test_the_budget_keeps_an_eighth_for_small_charges() -> None:
+    budget = MemoryBudget(800)
+    assert budget.try_take(300) and budget.try_take(300)
+    assert not budget.try_take(200)  # a large charge may fill only 700
+    assert budget.try_take(100) and budget.try_take(100)  # small ones (at most 100) may fill all 800
+    assert not budget.try_take(1) and not budget.fits_ever(701) and budget.fits_ever(700)
+
+
+def test_the_decode_pool_runs_the_cheapest_first_and_always_gives_back() -> None:
+    order: list[str] = []
+    given_back: list[str] = []
+    started = threading.Event()
+    release = threading.Event()
+
+    def blocker() -> str:
+        started.set()
+        release.wait(5)
+        return "blocker"
+
+    async def scenario() -> list[str]:
+        pool = DecodePool(1, release_memory=lambda: order.append("trimmed"))
+        first = asyncio.ensure_future(pool.run(10, blocker, done=lambda: given_back.append("blocker")))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+        jobs = [
+            asyncio.ensure_future(
+                pool.run(
+                    cost,
+                    lambda name=name: order.append(name) or name,
+                    done=lambda name=name: given_back.append(name),
+                )
+            )
+            for name, cost in (("large", 2**30), ("small", 1), ("medium", 2**20))
+        ]
+        abandoned = asyncio.ensure_future(
+            pool.run(5, lambda: order.append("abandoned"), done=lambda: given_back.append("abandoned"))
+        )
+        await asyncio.sleep(0.05)
+        abandoned.cancel()  # its caller stopped waiting before it started: skipped, but still given back
+        release.set()
+        results = await asyncio.gather(first, *jobs)
+        await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        return results
+
+    assert asyncio.run(scenario()) == ["blocker", "large", "small", "medium"]
+    assert order == ["small", "medium", "large", "trimmed"]
+    assert sorted(given_back) == ["abandoned", "blocker", "large", "medium", "small"]
+
+
+def test_the_openmp_wait_policy_is_set_before_torch_loads() -> None:
+    code = "from vilt.serve.cli import configure_threads; print(configure_threads(1)); import torch; print(torch.get_num_threads())"
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "OMP_DISPLAY_ENV": "TRUE"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.stdout.split() == ["PASSIVE", "1"], run.stdout + run.stderr
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in run.stderr  # what OpenMP itself read when torch loaded
+
+
+def test_a_wait_policy_too_late_to_apply_is_reported_not_pretended(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # and torch is loaded in this process already
+    assert configure_threads(None) == "default"
+    assert "OMP_WAIT_POLICY" not in os.environ
+    assert "set OMP_WAIT_POLICY=PASSIVE in the environment" in caplog.text

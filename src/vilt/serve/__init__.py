@@ -12,6 +12,7 @@ from typing import Any
 
 _LAZY = {
     "create_app": "vilt.serve.app",
+    "ConnectionLimits": "vilt.serve.settings",
     "ServeSettings": "vilt.serve.settings",
     "load_pipelines": "vilt.serve.tasks",
 }

@@ -1,16 +1,26 @@
 """The FastAPI application: task endpoints on dynamic batchers, health, metrics, and the web page.
 
 ``create_app(pipelines, settings)`` builds the app around pipelines that are already loaded (see
-:func:`.tasks.load_pipelines`); ``vilt serve`` runs it under uvicorn. Routes:
+:func:`.tasks.load_pipelines`); ``vilt serve`` runs it under uvicorn with the connection guards of
+:mod:`.protocol`. Routes:
 
 * ``POST /v1/vqa``, ``/v1/explain``, ``/v1/nlvr2``, ``/v1/rank``, ``/v1/fill-mask``: the tasks of
   :data:`.tasks.TASKS`; a task whose head the model lacks answers 404 saying so.
-* ``GET /healthz`` (the process is up), ``GET /readyz`` (the batchers run; lists the tasks),
-  ``GET /metrics`` (Prometheus text), ``GET /openapi.json`` and ``GET /docs``.
+* ``GET /v1/model``: the model card (name, task, number of answers, what it knows).
+* ``GET /healthz`` (the process is up), ``GET /readyz`` (the batchers run; the model card, tasks and
+  limits), ``GET /metrics`` (Prometheus text), ``GET /openapi.json`` and ``GET /docs``.
 * ``GET /``: the page (``static/``), which calls the API from the browser.
 
-Every error is ``{"error": "..."}`` with a 4xx or 5xx status and never a traceback. With an API key
-set, every ``/v1`` route and ``/metrics`` need it in the ``X-API-Key`` header.
+A task request goes through, each step bounded: the body (charged to the memory budget before it is
+read, within ``body_timeout_s``), validation, each image's header (its decoded size charged to the
+budget before it is decoded), decoding and shrinking (on the decode pool, smallest first; images of at
+most :data:`INLINE_DECODE_BYTES` at once), the batch queue, inference.
+The whole request must finish within ``timeout_s``: 408 while the body is still arriving, else 504.
+
+Every error is ``{"error": "..."}`` with a 4xx or 5xx status and never a traceback. Input the caller
+can fix is a 4xx (:class:`.errors.APIError`, :class:`vilt.errors.ViltInputError`); anything else is a
+500 that is logged. A client that goes away mid-request is counted as 499 and not logged as an error.
+With an API key set, every ``/v1`` route and ``/metrics`` need it in the ``X-API-Key`` header.
 """
 
 from __future__ import annotations
@@ -18,81 +28,82 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vilt.errors import ViltInputError
+
+from .admission import DecodePool, MemoryBudget
 from .batching import DynamicBatcher, QueueFullError
 from .errors import APIError
+from .images import (
+    LongestSide,
+    decode_cost,
+    fit_image,
+    held_bytes,
+    model_size,
+    open_image,
+    release_free_memory,
+)
 from .metrics import ServerMetrics
-from .schemas import ErrorResponse, describe_validation_errors, read_request, request_body_openapi
+from .schemas import ErrorResponse, ModelCard, describe_validation_errors, read_request, request_body_openapi
 from .settings import ServeSettings
-from .tasks import TASKS, Task, Work, decode_request_images
+from .tasks import EXPLAIN_SIDE, TASKS, Task, Work, model_card
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATIC_DIR = Path(__file__).parent / "static"
 API_KEY_HEADER = "X-API-Key"
 RETRY_AFTER_S = 1
+CLIENT_CLOSED = 499  # nginx's status for a client that went away before the answer
+INLINE_DECODE_BYTES = 2**20  # images that decode to at most this are decoded at once, not in the decode pool
 _ERROR_STATUSES = {
-    400: "The body or an image in it cannot be read",
+    400: "The body or an image in it cannot be read, or the model refused the input",
     401: "Missing or wrong API key",
     404: "The model has no head for this task",
-    413: "The body is larger than the upload limit, or an image has too many pixels",
+    408: "The body did not arrive within the body timeout or the request deadline",
+    413: "The body is larger than the upload limit, or an image has too many pixels or needs more memory to "
+    "decode than the memory budget",
     415: "The body is neither multipart/form-data nor JSON",
     422: "A field is missing, of the wrong type, or out of range",
-    503: "The queue is full, or the server is starting or stopping; retry after Retry-After seconds",
+    503: "The queue or memory budget is full, or the server is starting or stopping; retry after Retry-After "
+    "seconds",
     504: "No answer within the request timeout",
 }
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
 
 
 # ----------------------------------------------------------------------------- ASGI middleware
 
 
-class BodySizeLimit:
-    """Answer 413 to a request whose body is larger than ``max_bytes``, before the app reads it all.
-
-    A declared Content-Length over the limit is refused at once; a chunked body is counted as it
-    streams and refused as soon as it passes the limit.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        too_large = APIError(413, f"the request body is larger than the limit of {self.max_bytes} bytes")
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await error_response(too_large)(scope, receive, send)
-            return
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise too_large
-            return message
-
-        await self.app(scope, counting_receive, send)
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    return next((value for key, value in scope["headers"] if key == name), None)
 
 
 class RequestMetrics:
@@ -123,6 +134,145 @@ class RequestMetrics:
             self.metrics.observe_request(endpoint, status, time.perf_counter() - start)
 
 
+class AnswerWhenCancelled:
+    """Answer 503 to a request whose task is cancelled before it answered.
+
+    uvicorn cancels the requests still running when the graceful-shutdown deadline passes; without this
+    they would get its plain-text 500 and a logged traceback.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            if scope["type"] != "http" or started:
+                raise
+            logger.warning("answered 503 to %s: the server stopped before it was done", scope.get("path"))
+            stopped = APIError(
+                503, "the server stopped before answering; retry", {"Retry-After": str(RETRY_AFTER_S)}
+            )
+            await error_response(stopped)(scope, receive, send)
+
+
+class SecurityHeaders:
+    """``nosniff``, ``DENY`` framing and no referrer on every response; a strict CSP on the page."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = list(SECURITY_HEADERS)
+        if scope["path"] == "/" or scope["path"].startswith("/static/"):
+            extra.append((b"content-security-policy", PAGE_CSP.encode()))
+
+        async def adding_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, adding_send)
+
+
+class HostAllowList:
+    """Answer 400 to a request whose Host header is not allowed (a guard against DNS rebinding)."""
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
+        self.app = app
+        self.allowed = tuple(host.lower() for host in allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = (_header(scope, b"host") or b"").decode("latin-1")
+            if not host_allowed(host, self.allowed):
+                refused = APIError(
+                    400,
+                    f"this server does not answer to the host {host!r}; use one of {', '.join(self.allowed)} "
+                    "(vilt serve --allowed-hosts)",
+                )
+                await error_response(refused)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def host_allowed(host_header: str, allowed: tuple[str, ...]) -> bool:
+    """Whether ``host_header`` (``name``, ``name:port``, ``[v6]:port``) matches an allowed name.
+
+    ``*`` allows any host; ``*.example.com`` allows the subdomains of example.com.
+    """
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else ""
+    elif host.count(":") == 1:
+        host = host.split(":")[0]
+    if not host:
+        return "*" in allowed
+    return any(
+        pattern == "*" or host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:]))
+        for pattern in allowed
+    )
+
+
+class RequestBodyLimits:
+    """Refuse a body larger than ``max_bytes`` (413), and charge bodies to the memory budget (503).
+
+    A declared Content-Length over the limit is refused at once, and one the budget cannot hold now is
+    refused before it is read; a chunked body is counted and charged as it streams. The charge is given
+    back when the request ends.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, budget: MemoryBudget) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.budget = budget
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = APIError(413, f"the request body is larger than the limit of {self.max_bytes} bytes")
+        declared = _header(scope, b"content-length") or b""
+        charged = int(declared) if declared.isdigit() else 0
+        if charged > self.max_bytes:
+            await error_response(too_large)(scope, receive, send)
+            return
+        if not self.budget.try_take(charged):
+            await error_response(_unavailable("the server holds as many request bodies as it may"))(
+                scope, receive, send
+            )
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received, charged
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise too_large
+            if received > charged:  # chunked, or longer than declared
+                if not self.budget.try_take(received - charged):
+                    raise _unavailable("the server holds as many request bodies as it may")
+                charged = received
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        finally:
+            self.budget.give_back(charged)
+
+
 # ----------------------------------------------------------------------------- errors
 
 
@@ -130,10 +280,17 @@ def error_response(error: APIError) -> JSONResponse:
     return JSONResponse({"error": error.message}, status_code=error.status_code, headers=error.headers)
 
 
+def _unavailable(reason: str) -> APIError:
+    return APIError(503, f"{reason}; retry in {RETRY_AFTER_S} s", {"Retry-After": str(RETRY_AFTER_S)})
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, APIError)
         return error_response(exc)
+
+    async def on_input_error(request: Request, exc: Exception) -> Response:
+        return error_response(APIError(400, str(exc)))
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -143,13 +300,19 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return error_response(APIError(422, describe_validation_errors(list(exc.errors()))))
 
+    async def on_client_gone(request: Request, exc: Exception) -> Response:
+        logger.debug("the client of %s %s went away before the answer", request.method, request.url.path)
+        return error_response(APIError(CLIENT_CLOSED, "the client closed the connection"))
+
     async def on_unexpected_error(request: Request, exc: Exception) -> Response:
-        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
         return error_response(APIError(500, "internal server error; the server log has the details"))
 
     app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(ViltInputError, on_input_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(ClientDisconnect, on_client_gone)
     app.add_exception_handler(Exception, on_unexpected_error)
 
 
@@ -157,21 +320,32 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 class Server:
-    """What the routes share: the pipelines, settings, metrics, and (while running) the batchers."""
+    """What the routes share: the pipelines, settings, metrics, the memory budget, and (while running)
+    the decode pool and the batchers."""
 
-    def __init__(self, pipelines: dict[str, Any], settings: ServeSettings) -> None:
+    def __init__(self, pipelines: dict[str, Any], settings: ServeSettings, model_name: str | None) -> None:
         self.pipelines = pipelines
         self.settings = settings
         self.metrics = ServerMetrics()
+        self.budget = MemoryBudget(settings.memory_budget_bytes)
+        self.decoder: DecodePool | None = None
         self.batchers: dict[str, DynamicBatcher[Work, dict[str, Any]]] = {}
         first = next(iter(pipelines.values()))
         self.model_name = type(first.model).__name__
+        self.model_card = model_card(first, model_name)
         self.tasks = [task for task in TASKS if task.pipeline_task in pipelines]
+        self.fits = {
+            task.name: LongestSide(EXPLAIN_SIDE)
+            if task.fit == "explain"
+            else model_size(self.pipelines[task.pipeline_task].processor.image_processor)
+            for task in self.tasks
+        }
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """Start one batcher per served task, all feeding one inference thread; stop them at exit."""
+        """Start the decode pool and one batcher per served task, all feeding one inference thread."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vilt-inference")
+        self.decoder = DecodePool(self.settings.decode_threads, release_free_memory)
         for task in self.tasks:
             self.batchers[task.name] = DynamicBatcher(
                 task.name,
@@ -191,12 +365,15 @@ class Server:
                 await batcher.stop()
             self.batchers.clear()
             executor.shutdown(wait=True)
+            self.decoder.shutdown()
+            self.decoder = None
 
     def ready(self) -> bool:
         return bool(self.batchers) and all(batcher.running for batcher in self.batchers.values())
 
     async def answer(self, task: Task, request: Request) -> dict[str, Any]:
-        """Validate a task request, decode its images, queue it, and wait for its answer."""
+        """Read, validate and decode a task request, queue it, and wait for its answer, all within
+        ``timeout_s``."""
         if task not in self.tasks:
             raise APIError(
                 404,
@@ -208,29 +385,87 @@ class Server:
             raise _unavailable("the server is starting or stopping")
         if batcher.full:  # refuse before reading and decoding the upload
             raise _unavailable(f"the {task.name} queue is full")
-        body = await read_request(request, task.request)
-        images = await run_in_threadpool(decode_request_images, body, self.settings.max_image_pixels)
+        deadline = time.monotonic() + self.settings.timeout_s
+        body = await self._read(request, task, deadline)
+        kept = 0  # the bytes of the shrunk images, charged to the budget while the request waits
         try:
-            return await batcher.submit(Work(body, images), self.settings.timeout_s)
-        except QueueFullError as err:
-            raise _unavailable(str(err)) from None
+            images = await _within(deadline, self._decode(task, body))
+            kept = sum(held_bytes(image) for image in images)
+            self.budget.charge(kept)
+            return await batcher.submit(Work(body, images), max(deadline - time.monotonic(), 0.0))
         except asyncio.TimeoutError:
             raise APIError(
                 504, f"no answer within {self.settings.timeout_s:g} s; the server is overloaded, retry later"
             ) from None
-        except ValueError as err:  # the pipeline refused this input (e.g. no [MASK] to fill)
+        except QueueFullError as err:
+            raise _unavailable(str(err)) from None
+        except (APIError, ViltInputError):
+            raise
+        except task.input_errors as err:  # the pipeline refused this input (e.g. no [MASK] to fill)
             raise APIError(400, str(err)) from None
+        except Exception:
+            logger.exception("/v1/%s failed", task.name)
+            raise APIError(500, "internal server error; the server log has the details") from None
+        finally:
+            self.budget.give_back(kept)
+
+    async def _read(self, request: Request, task: Task, deadline: float) -> Any:
+        """The validated request body; 408 (and the connection closed) if it does not arrive in time."""
+        seconds = min(self.settings.body_timeout_s, deadline - time.monotonic())
+        try:
+            return await asyncio.wait_for(read_request(request, task.request), seconds)
+        except asyncio.TimeoutError:
+            raise APIError(
+                408,
+                f"the request body did not arrive within {seconds:g} s; send it faster or make it smaller",
+                {"Connection": "close"},
+            ) from None
+
+    async def _decode(self, task: Task, body: Any) -> list[Image.Image]:
+        """Decode the ``image`` or ``images`` of a request, each charged to the memory budget first."""
+        uploads = [("image", body.image)] if hasattr(body, "image") else list(enumerate(body.images))
+        decoded = []
+        for key, data in uploads:
+            field = key if isinstance(key, str) else f"images[{key}]"
+            opened = await run_in_threadpool(open_image, data, field, self.settings.max_image_pixels)
+            decoded.append(await self._decode_one(opened, field, task))
+        return decoded
+
+    async def _decode_one(self, image: Image.Image, field: str, task: Task) -> Image.Image:
+        cost = decode_cost(image)
+        if not self.budget.fits_ever(cost):
+            raise APIError(
+                413,
+                f"'{field}' ({image.width}x{image.height} {image.mode}) needs {cost / 2**20:.0f} MiB to decode, "
+                f"more than this server's memory budget allows; downscale it",
+            )
+        if not self.budget.try_take(cost):
+            raise _unavailable("the server is decoding as many images as its memory budget allows")
+        decode = partial(fit_image, image, field, self.fits[task.name])
+        if cost <= INLINE_DECODE_BYTES:  # a millisecond's work: no need to queue behind large images
+            try:  # (if the request is cancelled meanwhile, at most this much is given back a little early)
+                fitted = await run_in_threadpool(decode)
+            finally:
+                self.budget.give_back(cost)
+        else:
+            assert self.decoder is not None
+            fitted = await self.decoder.run(cost, decode, done=partial(self.budget.give_back, cost))
+        logger.debug("%s: %s %s -> %s", field, image.size, image.mode, fitted.size)
+        return fitted
 
 
-def _unavailable(reason: str) -> APIError:
-    return APIError(503, f"{reason}; retry in {RETRY_AFTER_S} s", {"Retry-After": str(RETRY_AFTER_S)})
+async def _within(deadline: float, work: Awaitable[T]) -> T:
+    return await asyncio.wait_for(work, max(deadline - time.monotonic(), 0.0))
 
 
 def _api_key_check(expected: str) -> Callable[..., Awaitable[None]]:
     header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="the server's API key")
+    expected_bytes = expected.encode("utf-8")
 
     async def check(key: str | None = Depends(header)) -> None:
-        if key is None or not hmac.compare_digest(key.encode(), expected.encode()):
+        # Starlette decodes header bytes as latin-1; encoding back gives the bytes the client sent
+        sent = key.encode("latin-1", errors="replace") if key is not None else None
+        if sent is None or not hmac.compare_digest(sent, expected_bytes):
             raise APIError(
                 401, f"missing or wrong API key; send the server's key in the {API_KEY_HEADER} header"
             )
@@ -238,20 +473,24 @@ def _api_key_check(expected: str) -> Callable[..., Awaitable[None]]:
     return check
 
 
-def create_app(pipelines: dict[str, Any], settings: ServeSettings | None = None) -> FastAPI:
+def create_app(
+    pipelines: dict[str, Any], settings: ServeSettings | None = None, model_name: str | None = None
+) -> FastAPI:
     """The server around already loaded pipelines.
 
     Args:
         pipelines: pipeline task -> pipeline, as :func:`.tasks.load_pipelines` returns (at least one).
-        settings: limits, batching and the optional API key.
+        settings: limits, timeouts, batching, allowed hosts and the optional API key.
+        model_name: how the model was given (a hub id or directory), for the model card when the model's
+            config has no ``model_card.name``.
 
     Returns:
-        The FastAPI app; its lifespan starts and stops the batchers.
+        The FastAPI app; its lifespan starts and stops the decode pool and the batchers.
     """
     if not pipelines:
         raise ValueError("create_app needs at least one pipeline; see vilt.serve.tasks.load_pipelines")
     settings = settings or ServeSettings()
-    server = Server(pipelines, settings)
+    server = Server(pipelines, settings, model_name)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -261,12 +500,19 @@ def create_app(pipelines: dict[str, Any], settings: ServeSettings | None = None)
     app = FastAPI(
         title="vilt",
         summary="ViLT (Vision-and-Language Transformer): visual question answering and friends",
+        description="Ask questions about images, check statements against image pairs, rank captions and "
+        "fill masked words with a ViLT model. Each task endpoint batches the requests that arrive "
+        'together. Every error is `{"error": "..."}`.',
         version=_version(),
         lifespan=lifespan,
     )
     app.state.server = server
     _install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestBodyLimits, max_bytes=settings.max_body_bytes, budget=server.budget)
+    if settings.allowed_hosts is not None:
+        app.add_middleware(HostAllowList, allowed=settings.allowed_hosts)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(AnswerWhenCancelled)
     app.add_middleware(RequestMetrics, metrics=server.metrics)
     protected = [Depends(_api_key_check(settings.api_key))] if settings.api_key else []
     error_docs: dict[int | str, dict[str, Any]] = {
@@ -275,24 +521,44 @@ def create_app(pipelines: dict[str, Any], settings: ServeSettings | None = None)
     for task in TASKS:
         app.add_api_route(
             f"/v1/{task.name}",
-            partial(server.answer, task),
+            _task_endpoint(server, task),
             methods=["POST"],
             name=task.name,
             summary=task.summary,
+            description=task.description,
             response_model=task.response,
             responses=error_docs,
             dependencies=protected,
             openapi_extra=request_body_openapi(task.request),
         )
 
-    @app.get("/healthz", summary="The process is up")
+    @app.get(
+        "/v1/model",
+        summary="The model card",
+        description="What the served model is: its name, class, task, the number of answers it chooses "
+        "from, and what it knows (from the `model_card` of its config).",
+        response_model=ModelCard,
+        dependencies=protected,
+        responses={401: {"model": ErrorResponse, "description": _ERROR_STATUSES[401]}},
+    )
+    async def model() -> dict[str, Any]:
+        return server.model_card
+
+    @app.get(
+        "/healthz",
+        summary="The process is up",
+        description='Always `{"status": "ok"}` while the process runs; for liveness probes.',
+    )
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get(
         "/readyz",
         summary="The model is loaded and the batchers run",
-        responses={503: {"model": ErrorResponse}},
+        description="200 with the model card, the tasks served, whether an API key is needed, the limits "
+        "and the threads, once the server answers requests; 503 with Retry-After while it starts or "
+        "stops. For readiness probes and for the page.",
+        responses={503: {"model": ErrorResponse, "description": "starting or stopping"}},
     )
     async def readyz() -> dict[str, Any]:
         if not server.ready():
@@ -302,12 +568,21 @@ def create_app(pipelines: dict[str, Any], settings: ServeSettings | None = None)
         return {
             "status": "ready",
             "model": server.model_name,
+            "model_card": server.model_card,
             "tasks": [task.name for task in server.tasks],
             "api_key_required": settings.api_key is not None,
             "limits": settings.limits(),
+            "threads": _threads(settings),
         }
 
-    @app.get("/metrics", summary="Prometheus metrics", dependencies=protected, response_class=Response)
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        description="Requests by endpoint and status, latencies, batch sizes and queue depths, in the "
+        "Prometheus text format.",
+        dependencies=protected,
+        response_class=Response,
+    )
     async def metrics() -> Response:
         return Response(server.metrics.render(), media_type=server.metrics.content_type)
 
@@ -317,6 +592,25 @@ def create_app(pipelines: dict[str, Any], settings: ServeSettings | None = None)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+def _task_endpoint(server: Server, task: Task) -> Callable[[Request], Awaitable[dict[str, Any]]]:
+    async def endpoint(request: Request) -> dict[str, Any]:
+        return await server.answer(task, request)
+
+    endpoint.__name__ = f"post_{task.name.replace('-', '_')}"
+    endpoint.__doc__ = task.description
+    return endpoint
+
+
+def _threads(settings: ServeSettings) -> dict[str, Any]:
+    import torch
+
+    return {
+        "model": torch.get_num_threads(),
+        "decode": settings.decode_threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY") or "default",  # see cli.configure_threads
+    }
 
 
 def _version() -> str:

@@ -1,7 +1,7 @@
 """``vilt serve``: run the HTTP server and web page on one model.
 
 Only argparse and the standard library are imported here; FastAPI, uvicorn and torch load when the
-command runs. The API key comes from the ``VILT_API_KEY`` environment variable (never from the command
+command runs, after the thread budget is set (:func:`configure_threads`). The API key comes from the ``VILT_API_KEY`` environment variable (never from the command
 line, where other users could read it in the process list); binding anything but a loopback address
 without one is refused.
 """
@@ -9,14 +9,16 @@ without one is refused.
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import logging
 import os
+import sys
 
-from .settings import ServeSettings
+from .settings import MIB, ConnectionLimits, ServeSettings
 
 API_KEY_ENV = "VILT_API_KEY"
-MIB = 2**20
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,50 +27,111 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="serve a model over HTTP (JSON API with dynamic batching, and a web page at /)",
         description="Serve a model over HTTP: POST /v1/vqa, /v1/explain, /v1/nlvr2, /v1/rank, /v1/fill-mask "
-        "(those the model has a head for), GET /healthz, /readyz, /metrics, /docs, and a web page at /. "
-        f"Set {API_KEY_ENV} to require that key in the X-API-Key header; it is required when --host is "
-        "not a loopback address. Needs the serve extra: pip install 'vilt[serve]'.",
+        "(those the model has a head for), GET /v1/model, /healthz, /readyz, /metrics, /docs, and a web page "
+        f"at /. Set {API_KEY_ENV} to require that key in the X-API-Key header; it is required when --host is "
+        "not a loopback address. Every limit and timeout is listed in docs/serving.md. Needs the serve "
+        "extra: pip install 'vilt[serve]'.",
     )
-    default = ServeSettings()
+    default, connection = ServeSettings(), ConnectionLimits()
     add = parser.add_argument
     add("--model", default=None, help="hub id or local directory (default: the bundled easy-VQA model)")
     add("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     add("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
+    add(
+        "--allowed-hosts",
+        default=None,
+        help="comma-separated Host header names answered, '*.example.com' for subdomains, '*' for any "
+        f"(default: {','.join(LOOPBACK_NAMES)} when --host is a loopback address, else any)",
+    )
     add("--device", default=None, help="cpu, cuda or cuda:N (default: the fastest available)")
     add("--dtype", default=None, help="float32, bfloat16 or float16 (default: the fastest exact one)")
-    add("--threads", type=int, default=None, help="CPU threads per forward pass (default: one per core)")
-    add(
+    threads = parser.add_argument_group("threads")
+    threads.add_argument(
+        "--threads", type=int, default=None, help="model threads (default: torch's, one per physical core)"
+    )
+    threads.add_argument(
+        "--decode-threads",
+        type=int,
+        default=default.decode_threads,
+        help="image decoding threads (default: a quarter of the cores, 1 to 4: %(default)s here)",
+    )
+    batching = parser.add_argument_group("batching")
+    batching.add_argument(
         "--max-batch-size",
         type=int,
         default=default.max_batch_size,
         help="requests per forward pass (%(default)s)",
     )
-    add(
+    batching.add_argument(
         "--max-wait-ms", type=float, default=default.max_wait_ms, help="wait to fill a batch (%(default)s ms)"
     )
-    add(
+    batching.add_argument(
         "--max-queue",
         type=int,
         default=default.max_queue,
         help="waiting requests per task before 503 (%(default)s)",
     )
-    add(
+    requests = parser.add_argument_group("request limits")
+    requests.add_argument(
         "--timeout",
         type=float,
         default=default.timeout_s,
-        help="seconds a request may take, else 504 (%(default)s)",
+        help="seconds a whole request may take, upload to answer, else 408/504 (%(default)s)",
     )
-    add(
+    requests.add_argument(
+        "--body-timeout",
+        type=float,
+        default=default.body_timeout_s,
+        help="seconds the body may take to arrive after the headers, else 408 (%(default)s)",
+    )
+    requests.add_argument(
         "--max-upload-mb",
         type=float,
         default=default.max_body_bytes / MIB,
         help="largest body, MiB (%(default)s)",
     )
-    add(
+    requests.add_argument(
         "--max-image-pixels",
         type=int,
         default=default.max_image_pixels,
         help="most pixels per image (%(default)s)",
+    )
+    requests.add_argument(
+        "--memory-budget-mb",
+        type=float,
+        default=default.memory_budget_bytes / MIB,
+        help="request bodies and decoded images held at once, MiB; past it 503 (%(default)s)",
+    )
+    connections = parser.add_argument_group("connections")
+    connections.add_argument(
+        "--max-connections",
+        type=int,
+        default=connection.max_connections,
+        help="open connections; one more gets 503 (%(default)s)",
+    )
+    connections.add_argument(
+        "--header-timeout",
+        type=float,
+        default=connection.header_timeout_s,
+        help="seconds for the request line and headers, else 408 (%(default)s)",
+    )
+    connections.add_argument(
+        "--max-header-kb",
+        type=float,
+        default=connection.max_header_bytes / 1024,
+        help="largest request line and headers, KiB, else 431 (%(default)s)",
+    )
+    connections.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=connection.keep_alive_timeout_s,
+        help="seconds an idle connection stays open between requests (%(default)s)",
+    )
+    connections.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=connection.shutdown_timeout_s,
+        help="seconds requests in flight get to finish after SIGTERM (%(default)s)",
     )
     add("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(handler=serve)
@@ -84,8 +147,42 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to a public address
 
 
+def allowed_hosts(option: str | None, host: str) -> tuple[str, ...] | None:
+    """The Host header allow-list: ``--allowed-hosts`` split on commas; by default the loopback names when
+    bound to a loopback address, else None (any host). ``*`` alone also means any host."""
+    if option is None:
+        return LOOPBACK_NAMES if is_loopback(host) else None
+    names = tuple(name.strip() for name in option.split(",") if name.strip())
+    if not names:
+        raise ValueError("--allowed-hosts is empty; give host names separated by commas, or '*' for any")
+    return None if names == ("*",) else names
+
+
+def configure_threads(model_threads: int | None) -> str:
+    """Set the thread budget before the model loads; returns the OpenMP wait policy in effect.
+
+    The model gets ``model_threads`` threads (None: torch's default). Its OpenMP threads are made to
+    sleep when idle (``OMP_WAIT_POLICY=PASSIVE``) rather than spin on the cores the decoding threads
+    need, unless the environment chose a policy. OpenMP reads the policy once, when torch loads: if
+    torch is loaded already, the policy cannot change and a warning says how to set it.
+    """
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    if policy is None and "torch" in sys.modules:
+        logging.getLogger("vilt.serve").warning(
+            "torch was loaded before vilt serve could set OMP_WAIT_POLICY=PASSIVE, so idle model threads "
+            "spin; set OMP_WAIT_POLICY=PASSIVE in the environment to let the decoding threads have the cores"
+        )
+    elif policy is None:
+        os.environ["OMP_WAIT_POLICY"] = policy = "PASSIVE"
+    import torch
+
+    if model_threads is not None:
+        torch.set_num_threads(model_threads)
+    return policy or "default"
+
+
 def serve(args: argparse.Namespace) -> int:
-    """Load the model, build the app and run it under uvicorn until interrupted."""
+    """Load the model, build the app and run it under uvicorn until interrupted or terminated."""
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     if args.threads is not None and args.threads < 1:
@@ -101,15 +198,26 @@ def serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
         timeout_s=args.timeout,
+        body_timeout_s=args.body_timeout,
         max_body_bytes=int(args.max_upload_mb * MIB),
         max_image_pixels=args.max_image_pixels,
+        memory_budget_bytes=int(args.memory_budget_mb * MIB),
+        decode_threads=args.decode_threads,
+        allowed_hosts=allowed_hosts(args.allowed_hosts, args.host),
         api_key=api_key,
     )
+    connection_limits = ConnectionLimits(
+        max_connections=args.max_connections,
+        header_timeout_s=args.header_timeout,
+        max_header_bytes=int(args.max_header_kb * 1024),
+        keep_alive_timeout_s=args.keep_alive_timeout,
+        shutdown_timeout_s=args.shutdown_timeout,
+    )
     try:
-        import torch
         import uvicorn
 
         from .app import create_app
+        from .protocol import GuardedHttpToolsProtocol
         from .tasks import load_pipelines
     except ModuleNotFoundError as err:
         raise ImportError(
@@ -118,17 +226,28 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    app = create_app(load_pipelines(args.model, device=args.device, dtype=args.dtype), settings)
+    configure_threads(args.threads)
+    pipelines = load_pipelines(args.model, device=args.device, dtype=args.dtype)
+    app = create_app(pipelines, settings, model_name=args.model)
     server = app.state.server
     logging.getLogger("vilt.serve").info(
-        "serving a %s (%s) on http://%s:%d/%s",
+        "serving %s, a %s (%s) on http://%s:%d/%s",
+        server.model_card["name"],
         server.model_name,
         ", ".join(f"/v1/{task.name}" for task in server.tasks),
         args.host,
         args.port,
         " (API key required)" if api_key else "",
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, server_header=False)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        server_header=False,
+        http=functools.partial(GuardedHttpToolsProtocol, limits=connection_limits),
+        timeout_keep_alive=connection_limits.keep_alive_timeout_s,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=connection_limits.shutdown_timeout_s,  # type: ignore[arg-type]
+    )
+    uvicorn.Server(config).run()
     return 0

@@ -98,10 +98,13 @@ class VQARequest(BaseModel):
 class ExplainRequest(BaseModel):
     """A question (or caption) to explain: where the model looks for each of its words."""
 
-    model_config = _config(image=EXAMPLE_IMAGE, question="What color is the shape?", method="ipot")
+    model_config = _config(image=EXAMPLE_IMAGE, question="What color is the shape?", method="rollout")
     image: ImageData = Field(description="the image (an upload, or base64 in JSON)")
     question: Text = Field(description="the text whose words are mapped onto the image")
-    method: Literal["ipot", "rollout"] = Field("ipot", description="'ipot' alignment or attention 'rollout'")
+    method: Literal["rollout", "ipot"] = Field(
+        "rollout",
+        description="attention 'rollout' (finds the shape on the bundled model) or 'ipot' alignment",
+    )
 
 
 class NLVR2Request(BaseModel):
@@ -167,6 +170,14 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="what was wrong and how to fix it")
 
 
+class ModelCard(BaseModel):
+    name: str = Field(description="the model's name, from its config's model_card, else how it was loaded")
+    architecture: str = Field(description="the model class, e.g. ViltForQuestionAnswering")
+    task: str = Field(description="what the model does")
+    answers: int | None = Field(description="how many answers a question-answering model chooses from")
+    description: str | None = Field(description="what the model knows, from its config's model_card")
+
+
 # ----------------------------------------------------------------------------- reading a body
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
@@ -217,10 +228,7 @@ async def read_request(request: Request, model: type[RequestT]) -> RequestT:
     if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         data = await _form_fields(request, _list_fields(model))
     elif content_type == "application/json":
-        try:
-            data = json.loads(await request.body())
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise APIError(400, f"the body is not valid JSON ({err})") from None
+        data = _parse_json(await request.body())
     else:
         raise APIError(
             415,
@@ -230,6 +238,22 @@ async def read_request(request: Request, model: type[RequestT]) -> RequestT:
         return model.model_validate(data)
     except ValidationError as err:
         raise APIError(422, describe_validation_errors(err.errors())) from None
+
+
+def _parse_json(body: bytes) -> Any:
+    """The JSON value of a body, or a 400 saying why it is not one (bad syntax or encoding, nesting too
+    deep for the parser, an integer with more digits than Python converts)."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise APIError(400, "the JSON body is nested too deeply; send a flat object of the fields") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, int() of too many digits
+        raise APIError(400, f"the body is not valid JSON ({_first_line(err)})") from None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 async def _form_fields(request: Request, list_fields: frozenset[str]) -> dict[str, Any]:

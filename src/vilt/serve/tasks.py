@@ -1,8 +1,9 @@
 """The served tasks: which pipeline answers each endpoint, and how a batch of requests runs through it.
 
 Each endpoint ``/v1/<name>`` is a :class:`Task`. Its requests are validated (:mod:`.schemas`) and their
-images decoded (:mod:`.images`) before they queue; a batch of them then runs as one call of the task's
-pipeline (:mod:`vilt.pipelines`), which does all preprocessing and inference.
+images decoded and shrunk to what the model reads (:mod:`.images`) before they queue; a batch of them
+then runs as one call of the task's pipeline (:mod:`vilt.pipelines`), which does the rest of the
+preprocessing and the inference.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel
 
 from . import schemas
-from .images import decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +33,6 @@ class Work:
 
     request: Any
     images: list[Image.Image]
-
-
-def decode_request_images(request: Any, max_pixels: int) -> list[Image.Image]:
-    """Decode the ``image`` or ``images`` field of a request (see :func:`.images.decode_image`)."""
-    if hasattr(request, "image"):
-        return [decode_image(request.image, "image", max_pixels)]
-    return [decode_image(data, f"images[{i}]", max_pixels) for i, data in enumerate(request.images)]
 
 
 # ----------------------------------------------------------------------------- batch runners
@@ -78,10 +71,8 @@ def _run_explain(vqa: Any, batch: Sequence[Work]) -> list[dict[str, Any]]:
     from vilt.explain import explain
 
     results = []
-    for work in batch:
-        image = work.images[0].copy()
-        image.thumbnail((EXPLAIN_SIDE, EXPLAIN_SIDE))  # only shrinks; bounds the heatmaps' memory
-        found = explain(vqa.model, vqa.processor, image, work.request.question, work.request.method)
+    for work in batch:  # each image arrives shrunk to EXPLAIN_SIDE (Task.fit)
+        found = explain(vqa.model, vqa.processor, work.images[0], work.request.question, work.request.method)
         height, width = found.heatmaps.shape[1:]
         results.append(
             {
@@ -126,7 +117,12 @@ class Task:
         run: ``run(pipeline, batch) -> responses`` (blocking; runs in the inference thread).
         batched: whether requests share forward passes (rank and explain run one request at a time:
             a rank request is already N x M pairs, an explanation is one example's attention).
-        summary: the OpenAPI summary.
+        fit: how uploaded images are shrunk before they queue: ``"model"`` to the size the model's image
+            processor resizes them to (so the answer is unchanged), ``"explain"`` to at most
+            :data:`EXPLAIN_SIDE` a side (the heatmaps are drawn at the image's size).
+        input_errors: exceptions of this task's pipeline that mean the request was wrong (400), besides
+            :class:`vilt.errors.ViltInputError`; any other exception is a server error (500, logged).
+        summary, description: the OpenAPI summary and description.
     """
 
     name: str
@@ -135,21 +131,82 @@ class Task:
     response: type[BaseModel]
     run: Callable[[Any, Sequence[Work]], list[dict[str, Any]]]
     batched: bool
+    fit: Literal["model", "explain"]
+    input_errors: tuple[type[Exception], ...]
     summary: str
+    description: str
 
 
+_BODIES = (
+    " The body is multipart/form-data (images as file uploads) or JSON (images as base64 strings, a "
+    "`data:` URL prefix allowed)."
+)
 TASKS = (
-    Task("vqa", "visual-question-answering", schemas.VQARequest, schemas.VQAResponse, _run_vqa, True,
-         "Answer a question about an image"),
-    Task("explain", "visual-question-answering", schemas.ExplainRequest, schemas.ExplainResponse, _run_explain,
-         False, "Where the model looks for each word of a question (heatmap overlays)"),
-    Task("nlvr2", "nlvr2", schemas.NLVR2Request, schemas.NLVR2Response, _run_nlvr2, True,
-         "Check a statement against a pair of images"),
-    Task("rank", "image-text-retrieval", schemas.RankRequest, schemas.RankResponse, _run_rank, False,
-         "Score N images against M texts"),
-    Task("fill-mask", "fill-mask", schemas.FillMaskRequest, schemas.FillMaskResponse, _run_fill_mask, True,
-         "Fill the [MASK] words of a text from an image"),
+    Task(
+        "vqa", "visual-question-answering", schemas.VQARequest, schemas.VQAResponse, _run_vqa,
+        batched=True, fit="model", input_errors=(),
+        summary="Answer a question about an image",
+        description="The model's `top_k` most likely answers to a question about one image, best first, each "
+        "with its sigmoid probability. Requests that arrive together share one forward pass." + _BODIES,
+    ),
+    Task(
+        "explain", "visual-question-answering", schemas.ExplainRequest, schemas.ExplainResponse,
+        _run_explain, batched=False, fit="explain", input_errors=(),
+        summary="Where the model looks for each word of a question",
+        description="One heatmap per word of the question, as a transparent PNG overlay (a `data:` URL) to "
+        "draw over the image: attention `rollout` (the default) or the `ipot` word-patch alignment. Images "
+        f"are shrunk to at most {EXPLAIN_SIDE} pixels a side first; `width` and `height` give the size the "
+        "heatmaps were made at." + _BODIES,
+    ),
+    Task(
+        "nlvr2", "nlvr2", schemas.NLVR2Request, schemas.NLVR2Response, _run_nlvr2,
+        batched=True, fit="model", input_errors=(),
+        summary="Check a statement against a pair of images",
+        description="Whether a statement is true of a pair of images (NLVR2), with the probability of that "
+        "label. Needs a `ViltForImagesAndTextClassification` model." + _BODIES,
+    ),
+    Task(
+        "rank", "image-text-retrieval", schemas.RankRequest, schemas.RankResponse, _run_rank,
+        batched=False, fit="model", input_errors=(),
+        summary="Score N images against M texts",
+        description="An N x M matrix of image-text match scores, higher for a better match. Needs a "
+        "retrieval (`ViltForImageAndTextRetrieval`) or `ViltForImageTextMatching` model." + _BODIES,
+    ),
+    Task(
+        "fill-mask", "fill-mask", schemas.FillMaskRequest, schemas.FillMaskResponse, _run_fill_mask,
+        batched=True, fit="model", input_errors=(ValueError,),  # no [MASK], or one past the model's tokens
+        summary="Fill the [MASK] words of a text from an image",
+        description="The text with each `[MASK]` filled from the image, most confident first, with the "
+        "filled word pieces and their probabilities. A text without `[MASK]`, or whose `[MASK]` lies past "
+        "the tokens the model reads, is a 400. Needs a `ViltForMaskedLM` model." + _BODIES,
+    ),
 )  # fmt: skip
+MODEL_TASKS = {
+    "ViltForQuestionAnswering": "visual question answering",
+    "ViltForImagesAndTextClassification": "checking statements against image pairs (NLVR2)",
+    "ViltForImageAndTextRetrieval": "image-text retrieval",
+    "ViltForImageTextMatching": "image-text matching",
+    "ViltForMaskedLM": "filling masked words from an image",
+}
+
+
+def model_card(pipeline: Any, name: str | None) -> dict[str, Any]:
+    """The card of a pipeline's model: its ``config.json``'s ``model_card`` (``name``, ``description``)
+    when it has one, else ``name`` (how the model was given) and what its class says."""
+    architecture = type(pipeline.model).__name__
+    card = getattr(pipeline.config, "extra", {}).get("model_card")
+    card = card if isinstance(card, dict) else {}
+    given = card.get("name")
+    description = card.get("description")
+    return {
+        "name": given if isinstance(given, str) and given else name or architecture,
+        "architecture": architecture,
+        "task": MODEL_TASKS.get(architecture, "vision and language"),
+        "answers": pipeline.config.num_labels if architecture == "ViltForQuestionAnswering" else None,
+        "description": description if isinstance(description, str) and description else None,
+    }
+
+
 SERVED_PIPELINES = tuple(dict.fromkeys(task.pipeline_task for task in TASKS))
 
 

@@ -3,7 +3,10 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { file: null, tasks: [], maxBytes: Infinity, keyRequired: false };
+const IMAGE_TYPES = ["image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "image/tiff"];
+// `question` counts the questions asked: an answer that arrives for an older question, or for an image
+// no longer chosen, is dropped, so a heatmap never lands on an image it was not made for.
+const state = { file: null, previewUrl: null, question: 0, tasks: [], maxBytes: Infinity, keyRequired: false };
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -28,6 +31,12 @@ async function post(path, form) {
   return body;
 }
 
+function describeModel(card) {
+  const answers = card.answers ? `, ${card.answers} answers` : "";
+  const about = card.description ? ` ${card.description}` : "";
+  return `Model: ${card.name} (${card.task}${answers}).${about}`;
+}
+
 async function connect() {
   try {
     const response = await fetch("/readyz");
@@ -37,7 +46,7 @@ async function connect() {
     state.maxBytes = ready.limits.max_body_bytes;
     state.keyRequired = ready.api_key_required;
     $("key-row").hidden = !state.keyRequired;
-    $("model").textContent = `Model: ${ready.model}.`;
+    $("model").textContent = describeModel(ready.model_card);
     if (!state.tasks.includes("vqa")) {
       setStatus("This server's model does not answer questions (no VQA head).", true);
       return;
@@ -56,22 +65,16 @@ function updateAskButton() {
   $("ask").disabled = !(state.file && $("question").value.trim() && state.tasks.includes("vqa"));
 }
 
-function chooseFile(file) {
-  if (!file) return;
-  if (!file.type.startsWith("image/")) {
-    setStatus(`${file.name} is not an image.`, true);
-    return;
-  }
-  if (file.size > state.maxBytes) {
-    setStatus(`${file.name} is ${file.size} bytes; this server takes at most ${state.maxBytes}.`, true);
-    return;
-  }
-  state.file = file;
-  $("preview").src = URL.createObjectURL(file);
-  document.querySelector(".stage").hidden = false;
-  $("drop-hint").hidden = true;
+// Forget the chosen image and everything shown for it.
+function clearImage() {
+  state.file = null;
+  $("stage").hidden = true;
+  $("drop-hint").hidden = false;
+  $("file-name").hidden = true;
+  $("preview").removeAttribute("src");
+  if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+  state.previewUrl = null;
   clearResults();
-  setStatus("");
   updateAskButton();
 }
 
@@ -79,6 +82,45 @@ function clearResults() {
   $("answers").replaceChildren();
   $("words").replaceChildren();
   $("overlay").hidden = true;
+  $("overlay").removeAttribute("src");
+  $("heatmap-note").textContent = state.tasks.includes("explain") || !state.tasks.length
+    ? "Ask a question to see a heatmap for each of its words."
+    : "Heatmaps are unavailable on this server.";
+}
+
+function chooseFile(file) {
+  if (!file) return;
+  clearImage();
+  if (file.type && !IMAGE_TYPES.includes(file.type)) {
+    setStatus(`${file.name} is not an image this server reads (${file.type}); pick a PNG, JPEG, GIF, BMP, WEBP or TIFF file.`, true);
+    return;
+  }
+  if (file.size > state.maxBytes) {
+    setStatus(`${file.name} is ${file.size} bytes; this server takes at most ${state.maxBytes}.`, true);
+    return;
+  }
+  state.file = file;
+  state.previewUrl = URL.createObjectURL(file);
+  $("file-name").textContent = file.name;
+  $("file-name").hidden = false;
+  const preview = $("preview");
+  preview.onload = () => {
+    if (state.file !== file) return;
+    $("stage").hidden = false;
+    $("drop-hint").hidden = true;
+  };
+  preview.onerror = () => {
+    if (state.file !== file) return;
+    if (file.type === "image/tiff") {
+      setStatus(`This browser cannot show ${file.name}, but the server reads TIFF: ask away.`);
+      return;
+    }
+    clearImage();
+    setStatus(`${file.name} could not be read as an image; it is damaged or not an image at all.`, true);
+  };
+  preview.src = state.previewUrl;
+  setStatus("");
+  updateAskButton();
 }
 
 function showAnswers(answers) {
@@ -90,6 +132,7 @@ function showAnswers(answers) {
       name.textContent = answer;
       const bar = document.createElement("span");
       bar.className = "bar";
+      bar.setAttribute("aria-hidden", "true");
       bar.style.setProperty("--score", score.toFixed(4));
       const value = document.createElement("span");
       value.className = "score";
@@ -110,7 +153,8 @@ function showHeatmaps(explanation) {
     return button;
   });
   $("words").replaceChildren(...buttons);
-  $("heatmap-note").textContent = "Click a word to see where the model looks for it.";
+  const method = explanation.method === "ipot" ? "IPOT alignment" : "attention rollout";
+  $("heatmap-note").textContent = `Click a word to see where the model looks for it (${method}).`;
   const last = explanation.words.findLastIndex((word) => /\w/.test(word));
   if (last >= 0) selectWord(buttons, last, explanation.heatmaps[last]);
 }
@@ -131,17 +175,25 @@ async function ask(event) {
   event.preventDefault();
   const question = $("question").value.trim();
   if (!state.file || !question) return;
-  const fields = { image: state.file, question };
+  const file = state.file;
+  const asked = ++state.question;
+  const current = () => state.file === file && state.question === asked;
+  const fields = { image: file, question };
   $("ask").disabled = true;
   clearResults();
   setStatus("Thinking…");
   try {
     const { answers } = await post("/v1/vqa", formOf({ ...fields, top_k: "5" }));
+    if (!current()) return;
     showAnswers(answers);
     setStatus(`Best answer: ${answers[0].answer}`);
-    if (state.tasks.includes("explain")) showHeatmaps(await post("/v1/explain", formOf(fields)));
+    if (state.tasks.includes("explain")) {
+      $("heatmap-note").textContent = "Making the heatmaps…";
+      const explanation = await post("/v1/explain", formOf({ ...fields, method: $("method").value }));
+      if (current()) showHeatmaps(explanation);
+    }
   } catch (err) {
-    setStatus(err.message, true);
+    if (current()) setStatus(err.message, true);
   } finally {
     updateAskButton();
   }
@@ -162,6 +214,7 @@ $("question").addEventListener("input", updateAskButton);
 document.querySelectorAll(".example").forEach((button) =>
   button.addEventListener("click", () => {
     $("question").value = button.textContent;
+    $("question").focus();
     updateAskButton();
   })
 );

@@ -1,0 +1,319 @@
+"""``vilt serve`` in a real uvicorn process, attacked through real sockets: slow or huge headers, too
+many connections, slow, unread and aborted bodies, SIGTERM while a client drips its body, a Host
+header it does not answer to, and a burst of huge images against its memory budget.
+
+Each test fails on a server without the guards (it waits forever, or the memory or the log shows it).
+The models are tiny random-weight ones (tests/tiny_models.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httptools")
+
+from PIL import Image  # noqa: E402
+from serve_process import Served, server_process, wait_for  # noqa: E402
+from tiny_models import png_bytes, random_image, save_tiny  # noqa: E402
+
+IMAGE = png_bytes(random_image(48, 64, seed=0))
+LIMITS = (
+    "--decode-threads",
+    "1",
+    "--header-timeout",
+    "1",
+    "--body-timeout",
+    "1",
+    "--max-connections",
+    "12",
+    "--shutdown-timeout",
+    "2",
+)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("qa"), "ViltForQuestionAnswering")
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path) -> Iterator[Served]:
+    with server_process(model_dir, *LIMITS) as served:
+        yield served
+
+
+# ----------------------------------------------------------------------------- raw HTTP
+
+
+def connect(served: Served, timeout_s: float = 10) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", served.port), timeout=timeout_s)
+    return sock
+
+
+def multipart(question: str = "what color?", image: bytes = IMAGE) -> tuple[bytes, str]:
+    boundary = "vilt-test-boundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + image
+        + f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="question"\r\n\r\n{question}'
+        f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def request_head(
+    path: str, length: int, content_type: str = "application/json", host: str = "127.0.0.1"
+) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def read_until_closed(sock: socket.socket, timeout_s: float) -> tuple[bytes, bool]:
+    """Everything the server sends within ``timeout_s``, and whether it closed the connection."""
+    sock.settimeout(0.2)
+    received = b""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return received, True
+        if not chunk:
+            return received, True
+        received += chunk
+    return received, False
+
+
+def parse(response: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, value in (line.split(":", 1) for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def ask(served: Served, image: bytes = IMAGE, host: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
+    """One POST /v1/vqa on its own connection (closed after the answer)."""
+    body, content_type = multipart(image=image)
+    with connect(served, timeout_s=60) as sock:
+        sock.sendall(
+            request_head("/v1/vqa", len(body), content_type, host).replace(
+                b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"
+            )
+            + body
+        )
+        response, closed = read_until_closed(sock, 60)
+    assert closed, "the server kept a Connection: close request open"
+    return parse(response)
+
+
+def metrics(served: Served) -> str:
+    with urllib.request.urlopen(served.url + "/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def no_server_errors(served: Served) -> None:
+    """No 5xx but the deliberate 503 (overload, with Retry-After) in the metrics, no traceback in the log."""
+    counted = [line for line in metrics(served).splitlines() if line.startswith("vilt_requests_total")]
+    assert not any('status="5' in line and 'status="503"' not in line for line in counted), counted
+    log = served.log()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
+
+
+# ----------------------------------------------------------------------------- headers and connections
+
+
+def test_connections_that_never_finish_their_headers_are_answered_408_and_closed(server: Served) -> None:
+    slow = [connect(server) for _ in range(8)]
+    for sock in slow:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+    assert ask(server)[0] == 200  # others are served meanwhile
+    for sock in slow:
+        response, closed = read_until_closed(sock, 5)
+        assert closed, "a connection without complete headers stayed open"
+        status, _, body = parse(response)
+        assert status == 408 and "headers did not arrive within 1 s" in json.loads(body)["error"]
+        sock.close()
+    idle = connect(server)  # one that sends nothing at all
+    assert read_until_closed(idle, 5)[1]
+    idle.close()
+    no_server_errors(server)
+
+
+def test_headers_larger_than_the_limit_are_refused_431(server: Served) -> None:
+    with connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Filler: " + b"a" * 100_000)
+        response, closed = read_until_closed(sock, 5)
+    assert closed and parse(response)[0] == 431
+
+
+def test_a_connection_past_the_cap_gets_503_and_the_server_recovers(server: Served) -> None:
+    held = [connect(server) for _ in range(12)]  # --max-connections 12
+    time.sleep(0.3)  # let the server accept them
+    for sends_a_request in (False, True):
+        with connect(server) as extra:
+            if sends_a_request:
+                extra.sendall(request_head("/v1/vqa", len(IMAGE), "image/png") + IMAGE)
+            response, closed = read_until_closed(extra, 5)
+        status, headers, body = parse(response)
+        assert closed and status == 503 and headers["retry-after"] == "1"
+        assert "12 connections open, its limit" in json.loads(body)["error"]
+    for sock in held:
+        sock.close()
+    wait_for(lambda: _answers(server), 10, "the server to answer again")
+
+
+def _answers(served: Served) -> bool:
+    try:
+        return ask(served)[0] == 200
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------- bodies
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408(server: Served) -> None:
+    with connect(server) as sock:
+        sock.sendall(request_head("/v1/vqa", 1000) + b'{"question": ')  # and nothing more
+        start = time.monotonic()
+        response, closed = read_until_closed(sock, 10)
+    status, headers, body = parse(response)
+    assert status == 408 and closed and time.monotonic() - start < 5
+    assert "did not arrive within 1 s" in json.loads(body)["error"]
+    no_server_errors(server)
+
+
+def test_the_request_deadline_covers_the_upload(model_dir: Path) -> None:
+    with server_process(model_dir, "--timeout", "1", "--body-timeout", "30") as served:
+        with connect(served) as sock:
+            sock.sendall(request_head("/v1/vqa", 1000) + b"{")
+            start = time.monotonic()
+            for _ in range(8):  # a byte every 0.25 s: never idle, never done
+                time.sleep(0.25)
+                try:
+                    sock.sendall(b" ")
+                except OSError:  # the server answered and closed
+                    break
+            response, _ = read_until_closed(sock, 10)
+        assert parse(response)[0] == 408 and time.monotonic() - start < 5
+
+
+def test_a_body_nobody_reads_does_not_keep_the_connection_open(server: Served) -> None:
+    with connect(server) as sock:
+        sock.sendall(request_head("/nowhere", 1_000_000) + b"x" * 100)
+        response, closed = read_until_closed(sock, 1)
+        for _ in range(10):  # keep dripping the body the server will never read
+            if closed:
+                break
+            try:
+                sock.sendall(b"x" * 100)
+            except OSError:
+                break
+            more, closed = read_until_closed(sock, 0.3)
+            response += more
+    assert parse(response)[0] == 404
+    assert closed, "the server kept reading a body it answered without"
+
+
+def test_an_upload_the_client_aborts_is_not_an_error(server: Served) -> None:
+    for _ in range(5):
+        with connect(server) as sock:
+            body, content_type = multipart()
+            sock.sendall(request_head("/v1/vqa", len(body), content_type) + body[: len(body) // 2])
+            time.sleep(0.1)
+    wait_for(lambda: 'status="499"' in metrics(server), 10, "the aborted uploads to be counted")
+    assert ask(server)[0] == 200
+    no_server_errors(server)
+
+
+# ----------------------------------------------------------------------------- shutdown
+
+
+def test_sigterm_answers_what_is_in_flight_and_exits_in_time_despite_a_dripping_client(
+    model_dir: Path,
+) -> None:
+    with server_process(model_dir, "--shutdown-timeout", "2") as served:
+        dripping = connect(served)
+        dripping.sendall(request_head("/v1/vqa", 10_000) + b"{")
+        body, content_type = multipart()
+        in_flight = connect(served, timeout_s=30)
+        in_flight.sendall(request_head("/v1/vqa", len(body), content_type) + body)
+        seconds = served.terminate()  # sent at once, while the good request is being answered
+        answer, _ = read_until_closed(in_flight, 5)
+        dripped, _ = read_until_closed(dripping, 5)
+        log = served.log()
+    assert seconds < 2 + 3, f"the server took {seconds:.1f} s to exit after SIGTERM"
+    assert parse(answer)[0] == 200
+    status, headers, _ = parse(dripped)
+    assert status == 503 and headers["retry-after"] == "1"
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
+
+
+# ----------------------------------------------------------------------------- hosts and threads
+
+
+def test_a_host_header_other_than_localhost_is_refused_on_loopback(server: Served) -> None:
+    status, _, body = ask(server, host="attacker.example")
+    assert status == 400 and "attacker.example" in json.loads(body)["error"]
+    assert ask(server, host=f"localhost:{server.port}")[0] == 200
+
+
+def test_the_thread_budget_is_reported_as_it_is(server: Served) -> None:
+    with urllib.request.urlopen(server.url + "/readyz", timeout=10) as response:
+        threads = json.load(response)["threads"]
+    assert threads["model"] >= 1 and threads["decode"] == 1  # --decode-threads 1
+    if threads["omp_wait_policy"] != "PASSIVE":  # torch was loaded before vilt serve could set it
+        assert (
+            threads["omp_wait_policy"] == "default"
+            and "OMP_WAIT_POLICY=PASSIVE in the environment" in server.log()
+        )
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def huge_transparent_png() -> bytes:
+    """A 4096x4096 RGBA PNG of about 75 KB: 64 MiB once decoded."""
+    pixels = np.zeros((4096, 4096, 4), np.uint8)
+    pixels[..., 0], pixels[..., 3] = 200, 255
+    pixels[1000:3000, 1000:3000, 1] = 180
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGBA").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_a_burst_of_huge_images_stays_within_the_memory_budget_and_memory_returns(model_dir: Path) -> None:
+    huge = huge_transparent_png()
+    with server_process(model_dir) as served:
+        for _ in range(3):
+            assert ask(served)[0] == 200  # warm up
+        idle = served.rss_mb()
+        served.reset_peak()
+        with ThreadPoolExecutor(48) as pool:
+            answers = list(pool.map(lambda _: ask(served, huge), range(48)))
+        time.sleep(1)
+        peak, after = served.rss_mb("VmHWM"), served.rss_mb()
+        statuses = [status for status, _, _ in answers]
+        assert set(statuses) <= {200, 503} and statuses.count(200) >= 1, statuses
+        assert all(headers["retry-after"] == "1" for status, headers, _ in answers if status == 503)
+        assert ask(served)[0] == 200
+        no_server_errors(served)
+    # 48 fully decoded images would take 48 x 64 MiB RGBA (and twice that while converted)
+    assert peak - idle < 600, f"idle {idle:.0f} MB, peak {peak:.0f} MB"
+    assert after - idle < 60, f"idle {idle:.0f} MB, after the burst {after:.0f} MB"
