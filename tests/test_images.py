@@ -28,8 +28,10 @@ from vilt.images import (
     image_size,
     load_image,
     load_pipeline_image,
-    load_untrusted_image,
+    load_pixels,
     open_image,
+    open_untrusted_image,
+    to_rgb,
 )
 
 HEIGHT, WIDTH = 60, 90  # the stored size of the test pictures; EXIF orientation 6 shows them 90 x 60
@@ -283,7 +285,12 @@ def test_image_size_refuses_urls_and_bad_arrays() -> None:
         image_size(np.zeros(6))
 
 
-# -- load_untrusted_image ------------------------------------------------------------------------------
+# -- open_untrusted_image ------------------------------------------------------------------------------
+
+
+def load_untrusted_image(data: object, max_pixels: int, name: str = "image") -> Image.Image:
+    """What the server does with an upload: the header checks, then the decode as load_image does it."""
+    return to_rgb(load_pixels(open_untrusted_image(data, max_pixels, name=name)))  # type: ignore[arg-type]
 
 
 def test_untrusted_image_loads_like_load_image(files: Path) -> None:

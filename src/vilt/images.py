@@ -9,7 +9,7 @@ Who loads how (transformers' split, kept):
   input, PIL objects included: :func:`load_pipeline_image` (arrays and tensors pass through to the
   processor). So a PIL object is turned upright by a pipeline, not by the processor.
 * **The server** takes uploaded bytes and base64 text only, never paths or URLs:
-  :func:`load_untrusted_image`, which also refuses formats outside :data:`SAFE_FORMATS` and images of
+  :func:`open_untrusted_image`, which also refuses formats outside :data:`SAFE_FORMATS` and images of
   more than a given number of pixels (read from the header, before decoding).
 
 :func:`load_image` takes, as ``transformers.image_utils.load_image`` does:
@@ -300,12 +300,12 @@ def load_pixels(image: Image.Image, *, apply_exif: bool = True, name: str | None
         ) from exc
     if image.width == 0 or image.height == 0:
         raise ViltInputError(f"{name} is empty (width x height = {image.width} x {image.height}).")
-    if apply_exif and _orientation(image, name) in _TRANSPOSING_ORIENTATIONS:
+    if apply_exif and exif_orientation(image, name) in _TRANSPOSING_ORIENTATIONS:
         return ImageOps.exif_transpose(image)
     return image
 
 
-def _orientation(image: Image.Image, name: str, header_only: bool = False) -> int:
+def exif_orientation(image: Image.Image, name: str = "image", header_only: bool = False) -> int:
     """The image's EXIF orientation (1 = upright), as ``ImageOps.exif_transpose`` reads it.
 
     With ``header_only``, only what the header holds is read (a PNG's eXIf chunk after its pixels is not).
@@ -404,32 +404,29 @@ def load_pipeline_image(image: Any, timeout: float | None = None, *, name: str |
     return image if is_array(image) else load_image(image, timeout, name=name)
 
 
-def load_untrusted_image(
+def open_untrusted_image(
     data: bytes | bytearray | str,
     max_pixels: int,
     *,
     name: str = "image",
     formats: tuple[str, ...] = SAFE_FORMATS,
 ) -> Image.Image:
-    """Decode an image that came from outside (an upload) as :func:`load_image` does, refusing harm.
+    """Open an image that came from outside (an upload) lazily, refusing harm from its header alone.
 
-    The checks run so that no hostile input costs more than its header: empty data; a format outside
-    ``formats`` (raster formats only: no EPS or PDF, whose decoders run external programs); the pixel
-    count read from the header; and only then the full decode, which catches truncated and corrupt
-    data. Paths and URLs are never followed: a string is base64 (or a ``data:`` URL).
+    The checks cost no more than the header: empty data; a format outside ``formats`` (raster formats
+    only: no EPS or PDF, whose decoders run external programs); the pixel count. Paths and URLs are never
+    followed: a string is base64 (or a ``data:`` URL). ``to_rgb(load_pixels(image))`` then decodes it as
+    :func:`load_image` does, catching truncated and corrupt data.
 
     Args:
         data: The encoded image, or base64 text of it.
-        max_pixels: The most pixels (width x height) accepted, checked before decoding.
+        max_pixels: The most pixels (width x height) accepted.
         name: How error messages call the input (e.g. the request field).
         formats: The Pillow formats accepted.
 
-    Returns:
-        The decoded, upright RGB image.
-
     Raises:
         ImageTooLargeError: More than ``max_pixels`` pixels (or Pillow's own limit).
-        ViltInputError: Empty, not base64, not an image of ``formats``, truncated or corrupt.
+        ViltInputError: Empty, not base64, or not an image of ``formats``.
         TypeError: Neither bytes nor text.
     """
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
@@ -445,7 +442,7 @@ def load_untrusted_image(
             f"{name} is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels, so "
             "downscale it first."
         )
-    return to_rgb(load_pixels(image, name=name), name=name)
+    return image
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -529,7 +526,7 @@ def image_size(
         width, height = opened.size
         if opened.format == "TIFF":  # Pillow's TIFF reader turns the image upright itself, size included
             return height, width
-        orientation = _orientation(opened, name, header_only=opened is not image)
+        orientation = exif_orientation(opened, name, header_only=opened is not image)
     finally:
         if opened is not image:
             opened.close()

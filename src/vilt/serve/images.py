@@ -2,16 +2,15 @@
 
 Two steps, so that no hostile upload costs more than its header before it is admitted:
 
-1. :func:`open_image` reads only the header: empty input, an allowed format (raster formats only; no
-   EPS/PDF, which would run external programs) and the pixel count. :func:`decode_cost` then says how
-   much memory decoding will take, which the server checks against its memory budget.
-2. :func:`fit_image` decodes (catching truncated and corrupt files), converts to RGB or grayscale exactly
-   as :class:`vilt.ViltImageProcessor` does, and shrinks the result to the size the model reads. The
-   processor then finds an image already at its target size, so the answer is the one the pipeline
-   gives for the original file, while a queued request holds kilobytes instead of a full decoded image.
-
-Alpha is flattened onto white in strips of rows, which gives the same pixels as one whole-image
-composite at a fraction of its memory.
+1. :func:`open_image` reads only the header (:func:`vilt.images.open_untrusted_image`: empty input, an
+   allowed raster format — no EPS/PDF, which would run external programs — and the pixel count).
+   :func:`decode_cost` then says how much memory decoding will take, which the server checks against
+   its memory budget.
+2. :func:`fit_image` decodes (catching truncated and corrupt files), turns it upright and converts it to
+   RGB exactly as the pipelines load every image (:mod:`vilt.images`: ``exif_transpose`` and
+   ``convert("RGB")``), and shrinks the result to the size the model reads. The processor then finds an
+   image already at its target size, so the answer is the one the pipeline gives for the original file,
+   while a queued request holds kilobytes instead of a full decoded image.
 """
 
 from __future__ import annotations
@@ -19,27 +18,22 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import io
 import logging
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from vilt.errors import ViltInputError
+from vilt.images import ImageTooLargeError, exif_orientation, load_pixels, open_untrusted_image, to_rgb
 
 from .errors import APIError
 
 logger = logging.getLogger(__name__)
 
-# raster formats Pillow decodes in-process
-ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
-# as vilt.image_processing converts them: alpha is flattened onto white, numeric modes are scaled
-_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-_NUMERIC_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 _ONE_BYTE_MODES = frozenset({"1", "L", "P"})
-_STRIP_ROWS = 256  # rows flattened at a time
-_BYTES_PER_CONVERTED_PIXEL = 4  # Pillow stores RGB in 4 bytes a pixel
+_BYTES_PER_RGB_PIXEL = 4  # Pillow stores RGB in 4 bytes a pixel
 
 
 def open_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
@@ -53,27 +47,17 @@ def open_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
     Raises:
         APIError: 400 for empty or unreadable data; 413 for too many pixels.
     """
-    if not data:
-        raise APIError(400, f"'{field}' is empty (0 bytes); upload an image file")
-    too_many_pixels = f"the limit is {max_pixels} pixels, so downscale it first"
     try:
-        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except Image.DecompressionBombError:
-        raise APIError(413, f"'{field}' has far too many pixels; {too_many_pixels}") from None
-    except (UnidentifiedImageError, *_DECODE_ERRORS) as err:
-        raise APIError(
-            400,
-            f"'{field}' is not an image this server reads ({type(err).__name__}); upload one of "
-            f"{', '.join(ALLOWED_FORMATS)}",
-        ) from None
-    width, height = image.size
-    if width * height > max_pixels:
-        raise APIError(413, f"'{field}' is {width}x{height} = {width * height} pixels; {too_many_pixels}")
-    return image
+        return open_untrusted_image(data, max_pixels, name=f"'{field}'")
+    except ImageTooLargeError as err:
+        raise APIError(413, str(err)) from None
+    except ViltInputError as err:
+        raise APIError(400, str(err)) from None
 
 
 def decode_cost(image: Image.Image) -> int:
-    """The bytes that decoding and converting ``image`` (opened by :func:`open_image`) hold at their peak."""
+    """The bytes that decoding, turning and converting ``image`` (from :func:`open_image`) hold at their peak:
+    the decoded pixels plus one RGB copy (a conversion or an EXIF rotation makes a new image)."""
     pixels = image.width * image.height
     if image.mode in _ONE_BYTE_MODES:
         decoded = 1
@@ -81,10 +65,9 @@ def decode_cost(image: Image.Image) -> int:
         decoded = 2
     else:
         decoded = 4
-    converted = 0 if image.mode in ("RGB", "L") else _BYTES_PER_CONVERTED_PIXEL
-    if image.mode in _NUMERIC_MODES:
-        converted = 3 * 8  # the processor scales these through float arrays
-    return pixels * (decoded + converted)
+    upright_rgb = image.mode == "RGB" and exif_orientation(image, header_only=True) == 1
+    copies = 0 if upright_rgb else 1
+    return pixels * (decoded + copies * _BYTES_PER_RGB_PIXEL)
 
 
 def held_bytes(image: Image.Image) -> int:
@@ -138,50 +121,19 @@ def model_size(image_processor: object) -> Fit | None:
 
 
 def fit_image(image: Image.Image, field: str, fit: Fit | None) -> Image.Image:
-    """Decode an opened image, convert it as the processor does and shrink it with ``fit``.
-
-    Images in numeric modes (16-bit, float) are returned decoded but unconverted: the processor scales
-    them itself.
+    """Decode an opened image, turn and convert it as the pipelines do, and shrink it with ``fit``.
 
     Raises:
         APIError: 400 when the data is truncated or corrupt, or the mode cannot be converted.
     """
     try:
-        image.load()
-    except _DECODE_ERRORS as err:
-        raise APIError(
-            400, f"'{field}' could not be decoded ({err}); the file is truncated or corrupt"
-        ) from None
-    if image.mode in _NUMERIC_MODES:
-        return image
-    try:
-        converted = _to_rgb_or_gray(image)
-    except ValueError as err:
-        raise APIError(400, f"'{field}' has an image mode this server cannot convert ({err})") from None
+        converted = to_rgb(load_pixels(image, name=f"'{field}'"), name=f"'{field}'")
+    except ViltInputError as err:
+        raise APIError(400, str(err)) from None
     fitted = converted if fit is None else fit(converted)
     if fitted is not image:
         image.close()  # frees the full decoded pixels now, in this thread, whoever still refers to image
     return fitted
-
-
-def _to_rgb_or_gray(image: Image.Image) -> Image.Image:
-    """RGB, or L when grayscale; alpha (or a transparent colour) flattened onto white."""
-    if image.mode in _ALPHA_MODES or "transparency" in image.info:
-        return _flatten_on_white(image)
-    if image.mode in ("RGB", "L"):
-        return image
-    return image.convert("L" if image.mode == "1" else "RGB")
-
-
-def _flatten_on_white(image: Image.Image) -> Image.Image:
-    """``alpha_composite(white, image)`` as RGB, a strip of rows at a time."""
-    flat = Image.new("RGB", image.size)
-    white = Image.new("RGBA", (image.width, _STRIP_ROWS), (255, 255, 255, 255))
-    for top in range(0, image.height, _STRIP_ROWS):
-        strip = image.crop((0, top, image.width, min(top + _STRIP_ROWS, image.height))).convert("RGBA")
-        background = white if strip.height == _STRIP_ROWS else white.crop((0, 0, image.width, strip.height))
-        flat.paste(Image.alpha_composite(background, strip).convert("RGB"), (0, top))
-    return flat
 
 
 # ----------------------------------------------------------------------------- returning memory
