@@ -35,6 +35,7 @@ from torch import nn
 
 from ..checkpoint import read_config
 from ..configuration import ViltConfig
+from ..files import atomic_directory
 from ..heads import MODEL_CLASSES
 from ..hub import resolve_file
 from ..modeling import ViltModel, ViltPreTrainedModel
@@ -60,6 +61,7 @@ PROCESSOR_FILES = (
     "special_tokens_map.json",
     "vocab.txt",
 )
+EXPORT_FILES = frozenset((ONNX_FILE, "config.json", *PROCESSOR_FILES))  # what an export writes
 MAX_PATCHES_PER_SIDE = 1024  # upper bound of the dynamic patch-grid axes (32768 pixels at patch 32)
 VERIFY_TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| accepted for the float32 graph
 
@@ -338,7 +340,9 @@ def export_onnx(
 
     Args:
         model_or_path: a model instance, a local checkpoint directory or a hub id.
-        output_dir: the directory to write (created; must be empty unless ``force``).
+        output_dir: the directory to write (created; must be empty unless ``force``), all at once: killed
+            at any moment, it holds its earlier contents or the whole export. With ``force`` the files of
+            an earlier export there are replaced and other files kept.
         task: "vqa", "nlvr2", "retrieval", "mlm" or "itm": the head to export; None exports the class
             the checkpoint names in ``config.architectures`` (or the instance's class), the base model
             when it names none.
@@ -369,25 +373,27 @@ def export_onnx(
     config = model.config.replace(architectures=[architecture])
     num_images = config.num_images if architecture == TASKS["nlvr2"] else None
     graph = OnnxGraph(model).eval()
-    target = output_dir / ONNX_FILE
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".export-") as scratch:
-        float_path = Path(scratch) / ONNX_FILE
-        logger.info("exporting %s to ONNX opset %d", architecture, opset)
-        _export_graph(graph, config, num_images, opset, float_path)
-        diff = _max_abs_diff(float_path, graph, config, num_images)
-        logger.info("float32 graph vs PyTorch on an unseen batch shape: max |diff| = %.2e", diff)
-        if diff > VERIFY_TOLERANCE:
-            raise ValueError(
-                f"the exported graph disagrees with PyTorch (max |diff| {diff:.2e} > {VERIFY_TOLERANCE}); "
-                "please report this with the model's config.json"
-            )
-        if quantize == "int8":
-            _quantize_int8(float_path, Path(scratch) / "int8.onnx")
-            os.replace(Path(scratch) / "int8.onnx", float_path)
+    # the graph, its config and processor files appear together, whenever the process is killed; the
+    # files of an earlier export are replaced, anything else in the directory is kept
+    with atomic_directory(output_dir, keep_old=lambda name: name not in EXPORT_FILES) as staging:
+        with tempfile.TemporaryDirectory(dir=staging, prefix=".export-") as scratch:
+            float_path = Path(scratch) / ONNX_FILE
+            logger.info("exporting %s to ONNX opset %d", architecture, opset)
+            _export_graph(graph, config, num_images, opset, float_path)
             diff = _max_abs_diff(float_path, graph, config, num_images)
-            logger.info("int8 graph vs PyTorch float32: max |diff| = %.2e", diff)
-        os.replace(float_path, target)
-    config.save_pretrained(output_dir)
-    _copy_processor_files(source, processor, output_dir)
+            logger.info("float32 graph vs PyTorch on an unseen batch shape: max |diff| = %.2e", diff)
+            if diff > VERIFY_TOLERANCE:
+                raise ValueError(
+                    f"the exported graph disagrees with PyTorch (max |diff| {diff:.2e} > {VERIFY_TOLERANCE}); "
+                    "please report this with the model's config.json"
+                )
+            if quantize == "int8":
+                _quantize_int8(float_path, Path(scratch) / "int8.onnx")
+                os.replace(Path(scratch) / "int8.onnx", float_path)
+                diff = _max_abs_diff(float_path, graph, config, num_images)
+                logger.info("int8 graph vs PyTorch float32: max |diff| = %.2e", diff)
+            os.replace(float_path, staging / ONNX_FILE)
+        config.save_pretrained(staging)
+        _copy_processor_files(source, processor, staging)
+    target = output_dir / ONNX_FILE
     return ExportResult(target, architecture, opset, quantize, target.stat().st_size, diff)
