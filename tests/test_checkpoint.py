@@ -494,3 +494,154 @@ def test_a_cached_model_loads_when_the_hub_cannot_be_reached(tmp_path, monkeypat
     (repo / "refs" / "main").write_text(commit)
     loaded = MODEL_CLASSES["ViltForMaskedLM"].from_pretrained(REPO, cache_dir=tmp_path)
     _assert_same_tensors(loaded.state_dict(), model.state_dict())
+
+
+# ----------------------------------------------------------------------------- loading stays inside its directory
+
+
+def _sharded_bin(directory: Path, marker: Path) -> None:
+    """A tiny model saved as .bin shards, with an index, plus a shard whose pickle would create ``marker``."""
+    model = _ours("ViltModel")
+    model.save_pretrained(directory, max_shard_size="20KB")
+    index = json.loads((directory / "model.safetensors.index.json").read_text())
+    weight_map = {key: "pytorch_model-00001-of-00001.bin" for key in index["weight_map"]}
+    torch.save(model.state_dict(), directory / "pytorch_model-00001-of-00001.bin")
+    for file in directory.glob("model*.safetensors*"):
+        file.unlink()
+    (directory / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    torch.save({"payload": WritesAFile(marker)}, directory.parent / "evil.bin")
+
+
+def _point_index_at(directory: Path, shard: str) -> None:
+    index_file = directory / "pytorch_model.bin.index.json"
+    index = json.loads(index_file.read_text())
+    index["weight_map"]["pooler.dense.weight"] = shard
+    index_file.write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize(
+    "shard", ["../evil.bin", "{parent}/evil.bin", "sub/../../evil.bin", "sub/pytorch_model.bin", ".."]
+)
+def test_index_naming_a_shard_outside_the_directory_is_refused_unopened(shard, tmp_path):
+    from vilt.errors import ViltInputError
+
+    model_dir, marker = tmp_path / "model", tmp_path / "pwned.txt"
+    _sharded_bin(model_dir, marker)
+    MODEL_CLASSES["ViltModel"].from_pretrained(model_dir)  # loads before the index is changed
+    _point_index_at(model_dir, shard.format(parent=tmp_path))
+    start = time.monotonic()
+    with pytest.raises(
+        ViltInputError, match=r"pytorch_model\.bin\.index\.json names the shard .*plain \*\.bin"
+    ):
+        MODEL_CLASSES["ViltModel"].from_pretrained(model_dir)
+    assert time.monotonic() - start < 1
+    assert not marker.exists()
+
+
+def test_shard_that_links_outside_the_directory_is_refused_unopened(tmp_path):
+    from vilt.errors import ViltInputError
+
+    model_dir, marker = tmp_path / "model", tmp_path / "pwned.txt"
+    _sharded_bin(model_dir, marker)
+    (model_dir / "pytorch_model-00002-of-00002.bin").symlink_to(tmp_path / "evil.bin")
+    _point_index_at(model_dir, "pytorch_model-00002-of-00002.bin")
+    with pytest.raises(ViltInputError, match=r"resolves to .*evil\.bin, outside the model directory"):
+        MODEL_CLASSES["ViltModel"].from_pretrained(model_dir)
+    assert not marker.exists()
+
+
+def test_sharded_hub_snapshot_links_into_its_blobs_and_loads(tmp_path, monkeypatch):
+    """A hub cache snapshot's files are links into ../../blobs: inside the repository, so they load (by
+    hub id and by the snapshot's path); a snapshot link that leaves the repository is refused."""
+    from vilt.errors import ViltInputError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = _ours("ViltModel")
+    model.save_pretrained(tmp_path / "saved", max_shard_size="20KB")
+    repo, commit = tmp_path / "cache" / "models--org--sharded", "f" * 40
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for file in (tmp_path / "saved").iterdir():
+        file.rename(repo / "blobs" / f"blob-{file.name}")
+        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", f"blob-{file.name}"))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    shards = sorted(p.name for p in snapshot.glob("model-*.safetensors"))
+    assert len(shards) > 1
+
+    for source, options in (("org/sharded", {"cache_dir": tmp_path / "cache"}), (snapshot, {})):
+        loaded = MODEL_CLASSES["ViltModel"].from_pretrained(source, **options)
+        _assert_same_tensors(loaded.state_dict(), model.state_dict())
+
+    (tmp_path / "outside.safetensors").write_bytes((repo / "blobs" / f"blob-{shards[0]}").read_bytes())
+    (snapshot / shards[0]).unlink()
+    (snapshot / shards[0]).symlink_to(Path("..", "..", "..", "..", "outside.safetensors"))
+    with pytest.raises(ViltInputError, match="outside the model directory"):
+        MODEL_CLASSES["ViltModel"].from_pretrained("org/sharded", cache_dir=tmp_path / "cache")
+
+
+# ----------------------------------------------------------------------------- weights and configs checked
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (float("nan"), "holds NaN or infinite values"),
+        (float("inf"), "holds NaN or infinite values"),
+        (None, "is int64, but ViLT weights are floating point"),
+    ],
+    ids=["nan", "inf", "int64"],
+)
+@pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
+def test_weights_that_are_not_finite_floats_are_refused_by_name(value, message, safe, tmp_path):
+    from vilt.errors import ViltInputError
+
+    model = _ours("ViltModel")
+    with torch.no_grad():
+        if value is None:
+            model.pooler.dense.weight = torch.nn.Parameter(
+                torch.ones(32, 32, dtype=torch.int64), requires_grad=False
+            )
+        else:
+            model.pooler.dense.weight[3, 5] = value
+    model.save_pretrained(tmp_path, safe_serialization=safe)
+    with pytest.raises(ViltInputError, match=rf"tensor 'pooler\.dense\.weight' {message}"):
+        MODEL_CLASSES["ViltModel"].from_pretrained(tmp_path)
+
+
+def test_weights_near_the_float32_limit_are_finite(tmp_path):
+    """A sum that overflows on finite values is checked element by element, not refused."""
+    model = _ours("ViltModel")
+    with torch.no_grad():
+        model.pooler.dense.weight.fill_(3e38)
+    model.save_pretrained(tmp_path)
+    loaded = MODEL_CLASSES["ViltModel"].from_pretrained(tmp_path)
+    assert torch.equal(loaded.pooler.dense.weight, model.pooler.dense.weight)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"num_hidden_layers": 100000}, "num_hidden_layers"),
+        ({"hidden_size": 4_000_000, "num_attention_heads": 1}, "hidden_size"),
+        ({"vocab_size": 10**11}, "vocab_size"),
+        ({"num_labels": 10**12}, "num_labels"),
+        ({"num_hidden_layers": True}, "num_hidden_layers"),
+    ],
+)
+def test_absurd_config_is_refused_before_anything_is_allocated(changes, field, tmp_path):
+    """Within a second, naming the field, and without reading the weights (a pickle that would run code
+    sits where they are). 100000 layers of ViLT-B/32 would take 2.6 TB."""
+    from vilt.errors import ViltInputError
+
+    marker = tmp_path / "pwned.txt"
+    config = ViltConfig().to_dict()  # ViLT-B/32's sizes
+    del config["id2label"], config["label2id"]  # (which would set num_labels)
+    (tmp_path / "config.json").write_text(json.dumps({**config, **changes}))
+    torch.save({"payload": WritesAFile(marker)}, tmp_path / "pytorch_model.bin")
+    start = time.monotonic()
+    with pytest.raises(ViltInputError, match=field):
+        MODEL_CLASSES["ViltModel"].from_pretrained(tmp_path)
+    assert time.monotonic() - start < 1
+    assert not marker.exists()

@@ -162,3 +162,78 @@ def test_a_config_file_that_is_not_json_is_refused(tmp_path) -> None:  # type: i
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         ViltConfig.from_json_file(path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field_named"),
+    [
+        ({"num_hidden_layers": True}, r"num_hidden_layers must be an integer, got True \(bool\)"),
+        ({"num_hidden_layers": 12.0}, r"num_hidden_layers must be an integer, got 12\.0 \(float\)"),
+        ({"vocab_size": "30522"}, r"vocab_size must be an integer"),
+        ({"num_attention_heads": 0}, r"num_attention_heads must be >= 1"),
+        ({"modality_type_vocab_size": 1}, r"modality_type_vocab_size must be >= 2"),
+        ({"num_images": 0}, r"num_images must be -1 or > 0"),
+        ({"layer_norm_eps": "1e-12"}, r"layer_norm_eps must be a number"),
+        ({"layer_norm_eps": 0.0}, r"layer_norm_eps must be above 0"),
+        ({"hidden_dropout_prob": 1.5}, r"hidden_dropout_prob must be a number in \[0\.0, 1\.0\]"),
+        ({"attention_probs_dropout_prob": float("nan")}, r"attention_probs_dropout_prob"),
+        ({"qkv_bias": 1}, r"qkv_bias must be true or false"),
+        ({"return_dict": "yes"}, r"return_dict must be true or false"),
+        ({"pad_token_id": 99, "vocab_size": 99}, r"pad_token_id \(99\) must be a token id below vocab_size"),
+        ({"pad_token_id": 1.0}, r"pad_token_id must be an integer"),
+        ({"id2label": ["no", "yes"]}, r"id2label must be a non-empty .* mapping, got list"),
+        ({"id2label": {"0": "no", "2": "yes"}}, r"id2label must number its classes 0\.\.1"),
+        ({"id2label": {"zero": "no"}}, r"id2label must map class indices to names"),
+        ({"label2id": {"no": "zero"}}, r"label2id must map names to class indices"),
+        ({"architectures": "ViltForMaskedLM"}, r"architectures must be a list of class names"),
+        ({"hidden_act": "tanh"}, r"hidden_act 'tanh' is not supported"),
+    ],
+)
+def test_types_and_ranges_are_checked_naming_the_field(changes: dict, field_named: str) -> None:
+    """Values that JSON allows but a model cannot use: a bool is not a count, a string not a number."""
+    from vilt.errors import ViltInputError
+
+    with pytest.raises(ViltInputError, match=field_named):
+        ViltConfig.from_dict({**ViltConfig().to_dict(), "id2label": None, "label2id": None, **changes})
+
+
+@pytest.mark.parametrize(
+    ("changes", "fields_named"),
+    [
+        ({"num_hidden_layers": 100000}, "num_hidden_layers"),
+        ({"hidden_size": 1_000_000, "num_attention_heads": 1}, "hidden_size"),
+        ({"vocab_size": 10**10}, "vocab_size"),
+        ({"image_size": 10**7, "patch_size": 1}, "image_size and patch_size"),
+        ({"num_labels": 10**12}, "num_labels"),
+        ({"num_images": 10**6, "modality_type_vocab_size": 10**6 + 1}, "num_images"),
+    ],
+)
+def test_a_model_larger_than_the_machine_is_refused_at_once(
+    changes: dict, fields_named: str, monkeypatch
+) -> None:
+    import time
+
+    from vilt import configuration
+    from vilt.errors import ViltInputError
+
+    monkeypatch.setattr(configuration, "machine_memory", lambda: 64 * 2**30)  # the same on every machine
+    start = time.monotonic()
+    with pytest.raises(
+        ViltInputError, match=rf"more than this machine's memory \(64 GiB\); check .*{fields_named}"
+    ):
+        ViltConfig(**changes)
+    assert time.monotonic() - start < 1
+
+
+def test_the_parameter_estimate_bounds_every_head() -> None:
+    """An upper bound of every class's parameters, close to the largest one's (ViLT-B/32: within 2%)."""
+    from vilt.heads import MODEL_CLASSES
+
+    tiny = ViltConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99,
+        image_size=32, patch_size=8, num_images=2, modality_type_vocab_size=3,
+    )  # fmt: skip
+    for config, margin in ((tiny, 1.2), (ViltConfig(num_images=2, modality_type_vocab_size=3), 1.02)):
+        estimate = sum(config.parameter_estimate().values())
+        largest = max(sum(p.numel() for p in cls(config).parameters()) for cls in MODEL_CLASSES.values())
+        assert largest <= estimate < margin * largest

@@ -224,3 +224,31 @@ def test_we_load_what_transformers_saves(reference, tmp_path):
     saved = {path.name for path in tmp_path.iterdir()}
     if "preprocessor_config.json" not in saved:
         assert "image_processor" in json.loads((tmp_path / "processor_config.json").read_text())
+
+
+def test_saved_configs_name_the_processor_class(tmp_path, processor):
+    """As transformers writes them: what its AutoProcessor reads to open the folder as a ViltProcessor."""
+    processor.save_pretrained(tmp_path)
+    for name in ("preprocessor_config.json", "tokenizer_config.json"):
+        assert json.loads((tmp_path / name).read_text())["processor_class"] == "ViltProcessor"
+    assert ViltProcessor.from_pretrained(tmp_path).image_processor == processor.image_processor
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "message"),
+    [
+        ("preprocessor_config.json", "{not json", r"preprocessor_config\.json is not valid JSON"),
+        ("preprocessor_config.json", '{"size": "big"}', r"preprocessor_config\.json: size must be"),
+        ("preprocessor_config.json", '{"image_std": [0, 1, 1]}', r"preprocessor_config\.json: image_std"),
+        ("tokenizer_config.json", "[1, 2]", r"tokenizer_config\.json must hold a JSON object"),
+        ("special_tokens_map.json", "\xff\xfe", r"special_tokens_map\.json is not valid JSON"),
+        ("tokenizer.json", '{"version": "1.0"}', r"tokenizer\.json is not a readable tokenizer\.json"),
+    ],
+)
+def test_a_broken_saved_file_is_named(file, content, message, tmp_path, processor):
+    from vilt.errors import ViltInputError
+
+    processor.save_pretrained(tmp_path)
+    (tmp_path / file).write_bytes(content.encode("latin-1"))
+    with pytest.raises(ViltInputError, match=message):
+        ViltProcessor.from_pretrained(tmp_path)

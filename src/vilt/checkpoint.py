@@ -4,11 +4,15 @@ Reads a local directory or a Hugging Face hub id (through ``huggingface_hub``, w
 ``HF_HUB_OFFLINE`` and the cache) holding ``config.json`` plus ``model.safetensors``,
 ``pytorch_model.bin`` or a sharded ``*.index.json``. ``.bin`` files are read with
 ``torch.load(weights_only=True)``, so a pickle that would run code is refused, never executed
-(:func:`read_torch_file`). Keys are adapted between layouts (v4/v5 MLM bias, base/head prefixes) and
-every missing, unexpected or wrong-shaped tensor is reported (:func:`load_into`).
+(:func:`read_torch_file`). Before anything large is allocated or any weight file opened, the config is
+checked (:meth:`ViltConfig.validate`: types, ranges, memory) and a shard index may only name plain
+files inside the model directory (:func:`find_weight_files`); weights that are not floating point or
+hold NaN or infinity are refused by name (:func:`check_weights`). Keys are adapted between layouts
+(v4/v5 MLM bias, base/head prefixes) and every missing, unexpected or wrong-shaped tensor is reported
+(:func:`load_into`).
 
 Writes ``config.json`` + ``model.safetensors`` (sharded above ``max_shard_size``), which
-``transformers`` loads unchanged.
+``transformers`` loads unchanged, all at once (:func:`vilt.files.atomic_directory`).
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from torch import nn
 
 from .configuration import ViltConfig
 from .devices import dtype_name, parse_dtype
-from .files import atomic_directory
-from .hub import is_offline, model_source, resolve_file, split_hub_options
+from .errors import ViltInputError
+from .files import atomic_directory, read_json
+from .hub import check_inside, is_offline, is_plain_file_name, model_source, resolve_file, split_hub_options
 
 logger = logging.getLogger(__name__)
 
@@ -50,19 +55,26 @@ _IGNORED_KEYS = re.compile(r"(^|\.)embeddings\.text_embeddings\.(position_ids|to
 
 
 def find_weight_files(path_or_repo_id: str | os.PathLike[str], **hub: Any) -> list[str]:
-    """The weight files of a checkpoint: one file, or every shard named in an index."""
+    """The weight files of a checkpoint: one file, or every shard named in an index.
+
+    Shards are checked before any is opened: each must be a plain file name of the index's kind that,
+    links followed, stays inside the model directory (:func:`vilt.hub.check_inside`).
+
+    Raises:
+        FileNotFoundError: no weight file exists.
+        ViltInputError: the index is malformed or names a shard outside the model directory.
+    """
     for name in WEIGHT_FILES:
         found = resolve_file(path_or_repo_id, name, required=False, **hub)
         if found is None:
             continue
         if not name.endswith(".index.json"):
             return [found]
-        with open(found, encoding="utf-8") as fh:
-            index = json.load(fh)
-        shards = sorted(set(index.get("weight_map", {}).values()))
-        if not shards:
-            raise ValueError(f"{found} names no shard in its weight_map")
-        return [resolve_file(path_or_repo_id, shard, **hub) for shard in shards]  # type: ignore[misc]
+        shards = _shard_names(found, name.removesuffix(".index.json").rsplit(".", 1)[-1])
+        files = [resolve_file(path_or_repo_id, shard, **hub) for shard in shards]
+        for file in files:
+            check_inside(file, Path(found).parent, named_in=found)  # type: ignore[arg-type]
+        return files  # type: ignore[return-value]
     offline = not Path(model_source(path_or_repo_id)).is_dir() and is_offline(
         hub.get("local_files_only", False)
     )
@@ -70,6 +82,21 @@ def find_weight_files(path_or_repo_id: str | os.PathLike[str], **hub: Any) -> li
     raise FileNotFoundError(
         f"no weights found at {path_or_repo_id}{where}: expected one of {', '.join(WEIGHT_FILES)}"
     )
+
+
+def _shard_names(index_file: str, extension: str) -> list[str]:
+    """The shard file names an index's ``weight_map`` names, each a plain ``*.{extension}`` file name."""
+    weight_map = read_json(index_file).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ViltInputError(f'{index_file} has no "weight_map" of tensor names to shard files')
+    shards = sorted(set(weight_map.values()), key=str)
+    for shard in shards:
+        if not is_plain_file_name(shard) or not shard.endswith(f".{extension}"):
+            raise ViltInputError(
+                f"{index_file} names the shard {shard!r}: shards must be plain *.{extension} file names "
+                "inside the model directory (no directories, no '..', no absolute paths). Refusing to read it"
+            )
+    return shards
 
 
 # ----------------------------------------------------------------------------- reading tensors
@@ -194,6 +221,41 @@ def load_weights(files: Iterable[str]) -> dict[str, torch.Tensor]:
     for file in files:
         state.update(load_state_dict(file))
     return state
+
+
+def check_weights(state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse tensors that cannot be ViLT weights: not floating point, or holding NaN or infinity.
+
+    One summation per tensor finds any NaN or infinity (they propagate through a sum); only a sum that
+    overflows on finite values, which takes weights near the dtype's limit, is checked element by
+    element. The buffers some checkpoints carry (``position_ids``) are skipped.
+
+    Raises:
+        ViltInputError: naming ``source`` and the tensor.
+    """
+    for key, tensor in state.items():
+        if _IGNORED_KEYS.search(key):
+            continue
+        if not tensor.is_floating_point():
+            raise ViltInputError(
+                f"{source}: tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}, but ViLT weights are "
+                "floating point; the file is corrupt or not a ViLT checkpoint"
+            )
+        if not _finite(tensor):
+            raise ViltInputError(
+                f"{source}: tensor {key!r} holds NaN or infinite values; the checkpoint is corrupt (or was "
+                "saved from a diverged training run): use another one"
+            )
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    accumulate = torch.float32 if tensor.element_size() < 4 else tensor.dtype
+    try:
+        if bool(torch.isfinite(tensor.sum(dtype=accumulate))):
+            return True
+        return bool(torch.isfinite(tensor).all())  # NaN or inf, or finite values whose sum overflowed
+    except RuntimeError:  # a dtype without these kernels (float8)
+        return bool(torch.isfinite(tensor.float()).all())
 
 
 # ----------------------------------------------------------------------------- matching keys
@@ -390,13 +452,13 @@ def _as_dtype(torch_dtype: str | torch.dtype | None, config: ViltConfig) -> torc
 
 
 def read_config(file: str | os.PathLike[str]) -> ViltConfig:
-    """Read a ``config.json``; errors name the file."""
+    """Read a ``config.json``; errors (:class:`ViltInputError`) name the file."""
     try:
         return ViltConfig.from_json_file(file)
     except ValueError as err:
         if str(file) in str(err):
             raise
-        raise ValueError(f"{file}: {err}") from None
+        raise ViltInputError(f"{file}: {err}") from None
 
 
 def load_pretrained(
@@ -433,6 +495,7 @@ def load_pretrained(
     files = find_weight_files(pretrained_model_name_or_path, **hub)
     source = files[0] if len(files) == 1 else f"{Path(files[0]).parent} ({len(files)} shards)"
     state = load_weights(files)
+    check_weights(state, source)
     model = _build(cls, config, state)
     info = load_into(model, state, ignore_mismatched_sizes, source=source)
     _report(info, model, source)

@@ -8,15 +8,43 @@ equal config. Keys this class does not know are kept in ``extra`` and written ba
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-from .files import atomic_write
+from .errors import ViltInputError
+from .files import atomic_write, read_json
 from .hub import resolve_file, split_hub_options
 
 CONFIG_NAME = "config.json"
+# count field -> smallest value
+_COUNTS = {
+    "vocab_size": 1,
+    "type_vocab_size": 1,
+    "max_position_embeddings": 1,
+    "image_size": 1,
+    "patch_size": 1,
+    "num_channels": 1,
+    "modality_type_vocab_size": 2,  # text and image
+    "hidden_size": 1,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 1,
+    "intermediate_size": 1,
+    "num_labels": 1,
+}
+# float field -> (lowest, highest)
+_FLOATS = {
+    "hidden_dropout_prob": (0.0, 1.0),
+    "attention_probs_dropout_prob": (0.0, 1.0),
+    "initializer_range": (0.0, 10.0),
+    "layer_norm_eps": (0.0, 1.0),  # and above 0
+}
+_FLAGS = ("qkv_bias", "tie_word_embeddings", "output_attentions", "output_hidden_states", "return_dict")
+_ACTIVATIONS = ("gelu", "relu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish")
 
 
 @dataclass
@@ -24,7 +52,8 @@ class ViltConfig:
     """Configuration of a ViLT model and its heads (same fields and defaults as the reference).
 
     Raises:
-        ValueError: when a field has an impossible value (see :meth:`validate`).
+        ViltInputError: (a ValueError) when a field has an impossible type or value, or the model would not
+            fit in this machine's memory (see :meth:`validate`).
     """
 
     # --- text ---
@@ -67,60 +96,122 @@ class ViltConfig:
 
     def __post_init__(self) -> None:
         if self.id2label is not None:
-            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            self.id2label = _id2label(self.id2label)
             self.num_labels = len(self.id2label)
-        else:
+        if self.label2id is not None:
+            self.label2id = _label2id(self.label2id)
+        self.validate()  # before the default label names are made: num_labels may be absurd
+        if self.id2label is None:
             self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
         if self.label2id is None:
             self.label2id = {v: k for k, v in self.id2label.items()}
-        else:
-            self.label2id = {str(k): int(v) for k, v in self.label2id.items()}
-        self.validate()
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Check that the fields describe a model that can be built; raise ValueError if not."""
-        for name in ("image_size", "patch_size", "hidden_size", "num_attention_heads", "num_channels"):
+        """Check that the fields describe a model that can be built on this machine, before anything is
+        allocated: types (a bool is not a count), ranges, and the memory its parameters would take.
+
+        Raises:
+            ViltInputError: naming the field that is wrong and what it must be.
+        """
+        for name, minimum in _COUNTS.items():
+            _check_count(name, getattr(self, name), minimum)
+        for name in ("max_image_length", "num_images"):  # -1 means "all patches" / "not an NLVR2 model"
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"ViltConfig.{name} must be a positive int, got {value!r}")
+            _check_count(name, value, -1)
+            if value == 0:
+                raise ViltInputError(f"ViltConfig.{name} must be -1 or > 0, got 0")
+        if self.pad_token_id is not None:
+            _check_count("pad_token_id", self.pad_token_id, 0)
+            if self.pad_token_id >= self.vocab_size:
+                raise ViltInputError(
+                    f"ViltConfig.pad_token_id ({self.pad_token_id}) must be a token id below vocab_size "
+                    f"({self.vocab_size}), or null"
+                )
+        for name, (low, high) in _FLOATS.items():
+            value = getattr(self, name)
+            if not _is_number(value) or not low <= value <= high:
+                raise ViltInputError(f"ViltConfig.{name} must be a number in [{low}, {high}], got {value!r}")
+        if self.layer_norm_eps == 0:
+            raise ViltInputError("ViltConfig.layer_norm_eps must be above 0 (LayerNorm divides by it), got 0")
+        for name in _FLAGS:
+            if not isinstance(getattr(self, name), bool):
+                raise ViltInputError(f"ViltConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.hidden_act not in _ACTIVATIONS:
+            raise ViltInputError(
+                f"ViltConfig.hidden_act {self.hidden_act!r} is not supported; use one of {', '.join(_ACTIVATIONS)}"
+            )
+        if self.architectures is not None and (
+            not isinstance(self.architectures, list)
+            or not all(isinstance(a, str) for a in self.architectures)
+        ):
+            raise ViltInputError(
+                f"ViltConfig.architectures must be a list of class names, got {self.architectures!r}"
+            )
+        if not isinstance(self.extra, dict):
+            raise ViltInputError(f"ViltConfig.extra must be a dict, got {type(self.extra).__name__}")
         if self.image_size % self.patch_size:
-            raise ValueError(
+            raise ViltInputError(
                 f"ViltConfig.image_size ({self.image_size}) must be divisible by patch_size "
                 f"({self.patch_size}); pick sizes such as image_size=384, patch_size=32"
             )
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
+            raise ViltInputError(
                 f"ViltConfig.hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_attention_heads ({self.num_attention_heads})"
             )
-        if not isinstance(self.max_image_length, int) or isinstance(self.max_image_length, bool):
-            raise ValueError(
-                f"ViltConfig.max_image_length must be an int (-1 keeps every patch), got {self.max_image_length!r}"
-            )
-        if self.max_image_length == 0 or self.max_image_length < -1:
-            raise ValueError(
-                f"ViltConfig.max_image_length must be -1 (all patches) or > 0, got {self.max_image_length}"
-            )
-        for name in ("vocab_size", "max_position_embeddings", "num_hidden_layers", "intermediate_size"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"ViltConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        if self.modality_type_vocab_size < 2:
-            raise ValueError("ViltConfig.modality_type_vocab_size must be >= 2 (text and image)")
-        if self.num_labels < 1:
-            raise ValueError(f"ViltConfig.num_labels must be >= 1, got {self.num_labels}")
-        if self.hidden_act not in ("gelu", "relu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish"):
-            raise ValueError(f"ViltConfig.hidden_act {self.hidden_act!r} is not supported")
+        self._check_memory()
+
+    def parameter_estimate(self) -> dict[tuple[str, ...], int]:
+        """An upper bound of the parameters of any model of this config, by the fields that size each part.
+
+        The base model plus every head at once (an untied MLM decoder and the classifier of
+        ``num_images`` pooled outputs): within 2% of the largest class for ViLT-B/32.
+        """
+        h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        grid = (self.image_size // self.patch_size) ** 2 + 1  # patch positions + the image CLS token
+        wide = max(self.num_images, 1) * h  # the NLVR2 classifier reads num_images pooled outputs
+        inner = max(2 * h, wide)  # the classifier's hidden width: 2h for VQA, wide for NLVR2
+        classifier = wide * inner + 3 * inner + (inner + 1) * self.num_labels  # Linear, LayerNorm, Linear
+        return {
+            ("vocab_size", "hidden_size"): 2 * v * h + v,  # word embeddings, MLM decoder and its bias
+            ("max_position_embeddings", "hidden_size"): self.max_position_embeddings * h,
+            ("type_vocab_size", "modality_type_vocab_size", "hidden_size"): (
+                (self.type_vocab_size + self.modality_type_vocab_size) * h
+            ),
+            ("image_size", "patch_size", "hidden_size"): grid * h,
+            ("num_channels", "patch_size", "hidden_size"): self.num_channels * self.patch_size**2 * h + h,
+            ("num_hidden_layers", "hidden_size", "intermediate_size"): (
+                self.num_hidden_layers * (4 * h * h + 2 * h * i + i + 9 * h)  # Q, K, V, output, MLP, 2 norms
+            ),
+            ("hidden_size",): 2 * h * h + 8 * h,  # text LayerNorm, final LayerNorm, pooler, MLM transform
+            ("num_images", "num_labels", "hidden_size"): classifier,
+        }
+
+    def _check_memory(self) -> None:
+        """Refuse a config whose float32 parameters alone need more memory than the machine has."""
+        parts = self.parameter_estimate()
+        needed = 4 * sum(parts.values())
+        available = machine_memory()
+        if needed <= available:
+            return
+        fields_of_largest = max(parts, key=parts.__getitem__)
+        values = ", ".join(f"{name}={getattr(self, name)}" for name in fields_of_largest)
+        raise ViltInputError(
+            f"ViltConfig: {values} make a model of about {sum(parts.values()):.3g} parameters "
+            f"({needed / 2**30:.3g} GiB in float32), more than this machine's memory ({available / 2**30:.3g} GiB); "
+            f"check {' and '.join(fields_of_largest)} in config.json"
+        )
 
     def validate_num_images(self) -> None:
         """Check the fields the multi-image (NLVR2) head needs."""
         if self.num_images < 1:
-            raise ValueError(
+            raise ViltInputError(
                 f"ViltForImagesAndTextClassification needs config.num_images >= 1 (NLVR2 uses 2), "
                 f"got {self.num_images}"
             )
         if self.modality_type_vocab_size < self.num_images + 1:
-            raise ValueError(
+            raise ViltInputError(
                 f"config.modality_type_vocab_size ({self.modality_type_vocab_size}) must be at least "
                 f"num_images + 1 ({self.num_images + 1}): each image gets its own modality embedding"
             )
@@ -148,7 +239,7 @@ class ViltConfig:
         merged = {**config_dict, **kwargs}
         model_type = merged.pop("model_type", "vilt")
         if model_type != "vilt":
-            raise ValueError(
+            raise ViltInputError(
                 f"this config.json has model_type={model_type!r}, not 'vilt': it describes another model; "
                 "point vilt at a ViLT checkpoint"
             )
@@ -177,14 +268,7 @@ class ViltConfig:
     @classmethod
     def from_json_file(cls, path: str | os.PathLike[str]) -> ViltConfig:
         """Read a ``config.json`` file."""
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); is it a ViLT config.json?") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must contain a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path))
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -220,3 +304,68 @@ class ViltConfig:
                 data.pop("id2label", None)
         data.update(changes)
         return ViltConfig.from_dict(data)
+
+
+def _is_number(value: Any) -> bool:
+    """An int or a float, finite; not a bool (``true`` in a JSON file is not a number)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_count(name: str, value: Any, minimum: int) -> None:
+    """``value`` is an int (not a bool, float or string) of at least ``minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ViltInputError(f"ViltConfig.{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ViltInputError(f"ViltConfig.{name} must be >= {minimum}, got {value}")
+
+
+def _id2label(id2label: Any) -> dict[int, str]:
+    """``{index: name}`` with the indices 0..n-1, from int keys or the string keys of a config.json."""
+    if not isinstance(id2label, dict) or not id2label:
+        raise ViltInputError(
+            f'ViltConfig.id2label must be a non-empty {{"0": "name", ...}} mapping, got {type(id2label).__name__}'
+        )
+    labels = {}
+    for key, name in id2label.items():
+        index = key if isinstance(key, int) and not isinstance(key, bool) else None
+        if isinstance(key, str) and key.strip().lstrip("-").isdigit():
+            index = int(key)
+        if index is None or not isinstance(name, str):
+            raise ViltInputError(
+                f"ViltConfig.id2label must map class indices to names, got {key!r}: {name!r}"
+            )
+        labels[index] = name
+    if sorted(labels) != list(range(len(labels))):
+        raise ViltInputError(
+            f"ViltConfig.id2label must number its classes 0..{len(labels) - 1} (one name per classifier "
+            f"output), got indices {sorted(labels)[:10]}"
+        )
+    return labels
+
+
+def _label2id(label2id: Any) -> dict[str, int]:
+    if not isinstance(label2id, dict) or not all(
+        isinstance(k, str)
+        and isinstance(v, (int, str))
+        and not isinstance(v, bool)
+        and str(v).lstrip("-").isdigit()
+        for k, v in label2id.items()
+    ):
+        raise ViltInputError(
+            f'ViltConfig.label2id must map names to class indices ({{"name": 0, ...}}), got {label2id!r:.200}'
+        )
+    return {k: int(v) for k, v in label2id.items()}
+
+
+@functools.cache
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the physical memory, or the cgroup limit when lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 2**50
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            limit = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            total = min(total, int(limit))
+    return total

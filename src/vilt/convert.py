@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ViltInputError
+from .files import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -392,7 +393,8 @@ def convert_original_checkpoint(
 
     Args:
         src_ckpt: the original checkpoint, e.g. ``vilt_200k_mlm_itm.ckpt``.
-        dest_dir: the directory to write (config.json, model.safetensors, processor files).
+        dest_dir: the directory to write (config.json, model.safetensors, processor files), all at once:
+            killed at any moment, it holds its earlier contents or the whole conversion.
         kind: one of :data:`KINDS`; detected from the heads present (and the file name) when None.
         answers: for ``vqa``, the answer vocabulary: ``vqa_dict.json``, another ``{id: answer}`` JSON file,
             or a list or dict (see :func:`read_answers`). Without it the labels are LABEL_0...LABEL_3128.
@@ -411,7 +413,7 @@ def convert_original_checkpoint(
         FileExistsError: ``dest_dir`` is not empty and ``overwrite`` is False.
         ValueError: the file is unsafe, not an original ViLT checkpoint, or not of ``kind``.
     """
-    from .checkpoint import save_state_dict
+    from .checkpoint import is_weight_file, save_state_dict
 
     dest = Path(dest_dir)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not overwrite:
@@ -438,9 +440,11 @@ def convert_original_checkpoint(
     unused = sorted(set(mapped) - used)
     if unused:
         raise ValueError(f"{src_ckpt} has weights no {detected} model uses: {unused[:8]}")
-    save_state_dict(mapped, config, dest, max_shard_size=max_shard_size)
-    if save_processor:
-        _processor_for(config).save_pretrained(dest)
+    # the weights, config and processor files appear together, whenever the process is killed
+    with atomic_directory(dest, keep_old=lambda name: not is_weight_file(name)) as staging:
+        save_state_dict(mapped, config, staging, max_shard_size=max_shard_size)
+        if save_processor:
+            _processor_for(config).save_pretrained(staging)
     logger.info("wrote %s (%s)", dest, ", ".join(architectures))
     return model.eval()
 

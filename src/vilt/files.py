@@ -1,4 +1,7 @@
-"""Writes that are all or nothing, whenever the process is killed.
+"""Model files: JSON configs read with errors that name the file, and writes that are all or nothing,
+whenever the process is killed.
+
+* :func:`read_json` reads a JSON object (a config, an index), or says which file is broken.
 
 * :func:`atomic_write` writes one file through a temporary file in the same directory, then renames it
   over the target: a reader sees the old file or the new one, never a torn one.
@@ -8,6 +11,10 @@
 
 Temporary files and staging directories carry the writer's process id; those of dead processes (a save
 killed half-way) are removed by the next write to the same place, so nothing stale stays for long.
+
+Writers compose: an :func:`atomic_directory` whose target is a staging directory of this same process
+(a model's files and its processor's, written as one directory) writes straight into it, since the
+outer swap already makes the whole all or nothing.
 """
 
 from __future__ import annotations
@@ -16,15 +23,35 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import json
 import os
 import shutil
 import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+from .errors import ViltInputError
 
 _STAGING = ".vilt-staging"  # .<name>.vilt-staging-<pid>-<random>: a directory being written
 _TMP = ".vilt-tmp"  # .<name>.vilt-tmp-<pid>-<random>: a file being written
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object in ``path``.
+
+    Raises:
+        ViltInputError: the file is not UTF-8 JSON, or holds something other than an object.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ViltInputError(f"{path} is not valid JSON ({err}); download or save it again") from None
+    if not isinstance(data, dict):
+        raise ViltInputError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _umask() -> int:
@@ -105,6 +132,9 @@ def atomic_directory(
             earlier save, which would shadow the new ones).
     """
     target = Path(path)
+    if _staged_by_this_process(target):  # inside an outer atomic_directory: that one swaps it in
+        yield target
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"{target} exists and is not a directory")
@@ -126,6 +156,17 @@ def atomic_directory(
         _swap_in(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # the staged copy on failure, the old directory on success
+
+
+def _staged_by_this_process(directory: Path) -> bool:
+    """Whether ``directory`` is a staging directory that this process's :func:`atomic_directory` made."""
+    name = directory.name
+    return (
+        name.startswith(".")
+        and _STAGING in name
+        and name.rsplit(_STAGING, 1)[1].startswith(f"-{os.getpid()}-")
+        and directory.is_dir()
+    )
 
 
 def _carry_over(entry: Path, destination: Path) -> None:

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from .errors import ViltInputError
+
 logger = logging.getLogger(__name__)
 
 BUNDLED = "bundled"
@@ -119,8 +121,9 @@ def resolve_file(
 
     Raises:
         FileNotFoundError: the directory, repository or (when required) file does not exist.
-        OSError: the hub cannot be reached and the file is not cached; the message says how to fix it.
-        ValueError: ``filename`` is not a plain file name.
+        OSError: the hub cannot be reached (or ``HF_HUB_OFFLINE`` is set) and the file is not cached, or
+            (even when not required) nothing of that revision is cached; the message says how to fix it.
+        ViltInputError: ``filename`` is not a plain file name.
     """
     _check_filename(filename)
     source = model_source(name_or_path)
@@ -151,9 +154,42 @@ def resolve_file(
 
 
 def _check_filename(filename: str) -> None:
-    parts = Path(filename).parts
-    if not parts or Path(filename).is_absolute() or len(parts) != 1 or filename in (".", ".."):
-        raise ValueError(f"{filename!r} is not a plain file name inside a model directory")
+    if not is_plain_file_name(filename):
+        raise ViltInputError(f"{filename!r} is not a plain file name inside a model directory")
+
+
+def is_plain_file_name(name: object) -> bool:
+    """Whether ``name`` names a file directly inside a directory: no separator, no ``..``, not absolute."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+
+
+def containing_root(directory: str | os.PathLike[str]) -> Path:
+    """The directory whose inside a model's files must resolve to.
+
+    It is the model directory itself, except in a Hugging Face hub cache, whose snapshot files are links
+    into the repository's ``blobs/``: there it is the repository's folder (``models--OWNER--NAME``), for
+    a hub id as for a snapshot directory given as a path.
+    """
+    directory = Path(directory).absolute()
+    for folder in (directory, *directory.parents):
+        if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+            return folder.parent.parent
+    return directory
+
+
+def check_inside(file: str | os.PathLike[str], directory: str | os.PathLike[str], named_in: str) -> None:
+    """Raise unless ``file``, symlinks followed, lies inside :func:`containing_root` of ``directory``.
+
+    Raises:
+        ViltInputError: the file resolves outside (``named_in`` is the file that named it, for the message).
+    """
+    root = containing_root(directory).resolve()
+    target = Path(file).resolve()
+    if not target.is_relative_to(root):
+        raise ViltInputError(
+            f"{named_in} names {Path(file).name!r}, which resolves to {target}, outside the model directory "
+            f"{root}; a model's files must stay inside its directory. Refusing to read it"
+        )
 
 
 def _hub_file(
@@ -174,14 +210,19 @@ def _hub_file(
     try:
         return hf_hub_download(repo_id, filename, local_files_only=offline or unreachable, **options)
     except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError: test it first)
-        if not required:
-            return None
-        raise _not_cached(repo_id, filename, offline, options["cache_dir"]) from None
+        if not required and _revision_cached(repo_id, options["revision"], options["cache_dir"]):
+            return None  # the revision is in the cache without this optional file
+        raise _not_cached(repo_id, filename, offline, options["cache_dir"], options["revision"]) from None
     except EntryNotFoundError:
         if required:
             raise FileNotFoundError(f"the hub repository {repo_id!r} has no file {filename!r}") from None
         return None
-    except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as err:
+    except RevisionNotFoundError:
+        raise FileNotFoundError(
+            f"the hub repository {repo_id!r} has no revision {options['revision'] or 'main'!r}; pass a branch, "
+            "tag or commit it has (revision=None is its main branch)"
+        ) from None
+    except (RepositoryNotFoundError, GatedRepoError) as err:
         revision = options["revision"] or "main"
         raise FileNotFoundError(
             f"the hub repository {repo_id!r} (revision {revision}) was not found or is not accessible "
@@ -189,7 +230,20 @@ def _hub_file(
         ) from None
 
 
-def _not_cached(repo_id: str, filename: str, offline: bool, cache_dir: str | None) -> OSError:
+def _revision_cached(repo_id: str, revision: str | None, cache_dir: str | None) -> bool:
+    """Whether a snapshot of ``revision`` (a branch, tag or commit) of ``repo_id`` is in the cache."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    storage = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    ref = storage / "refs" / (revision or constants.DEFAULT_REVISION)
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    return commit is not None and (storage / "snapshots" / commit).is_dir()
+
+
+def _not_cached(
+    repo_id: str, filename: str, offline: bool, cache_dir: str | None, revision: str | None
+) -> OSError:
     from huggingface_hub import constants
 
     why = (
@@ -197,8 +251,10 @@ def _not_cached(repo_id: str, filename: str, offline: bool, cache_dir: str | Non
         if offline
         else f"the Hugging Face Hub ({_endpoint()}) cannot be reached"
     )
+    at = "" if revision is None else f" at revision {revision!r}"
+    command = f"hf download {repo_id}" + ("" if revision is None else f" --revision {revision}")
     return OSError(
-        f"cannot load {filename!r} of {repo_id!r}: {why} and it is not in the cache ({cache_dir or constants.HF_HUB_CACHE}). "
-        f"Fix: on a machine with internet run `hf download {repo_id}` and copy its cache here (or set "
+        f"cannot load {filename!r} of {repo_id!r}{at}: {why} and it is not in the cache ({cache_dir or constants.HF_HUB_CACHE}). "
+        f"Fix: on a machine with internet run `{command}` and copy its cache here (or set "
         "HF_HUB_CACHE to it), or pass a local directory holding the model"
     )

@@ -75,7 +75,7 @@ from PIL import Image
 
 from .errors import ViltInputError
 from .feature import BatchFeature
-from .files import atomic_directory
+from .files import atomic_directory, read_json
 from .hub import resolve_file, split_hub_options
 from .images import array_layout, describe, is_array, load_pixels, open_image, to_rgb
 
@@ -497,16 +497,20 @@ class ViltImageProcessor:
         source = pretrained_model_name_or_path
         config_file = resolve_file(source, PREPROCESSOR_CONFIG_FILE, required=False, **hub)
         if config_file is not None:
-            return cls.from_dict(json.loads(Path(config_file).read_text(encoding="utf-8")), **overrides)
-        processor_file = resolve_file(source, PROCESSOR_CONFIG_FILE, required=False, **hub)
-        if processor_file is not None:
-            config = json.loads(Path(processor_file).read_text(encoding="utf-8")).get("image_processor")
-            if config is not None:
-                return cls.from_dict(config, **overrides)
-        raise FileNotFoundError(
-            f"{str(pretrained_model_name_or_path)!r} has no {PREPROCESSOR_CONFIG_FILE} (nor an image_processor "
-            f"entry in {PROCESSOR_CONFIG_FILE})."
-        )
+            config = read_json(config_file)
+        else:
+            config_file = resolve_file(source, PROCESSOR_CONFIG_FILE, required=False, **hub)
+            config = None if config_file is None else read_json(config_file).get("image_processor")
+        if config_file is None or not isinstance(config, dict):
+            raise FileNotFoundError(
+                f"{str(pretrained_model_name_or_path)!r} has no {PREPROCESSOR_CONFIG_FILE} (nor an image_processor "
+                f"entry in {PROCESSOR_CONFIG_FILE})."
+            )
+        try:
+            cls.from_dict(config)  # the file's own settings, so that an error names the file
+        except ValueError as err:
+            raise ViltInputError(f"{config_file}: {err}") from None
+        return cls.from_dict(config, **overrides)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
         """Write ``preprocessor_config.json`` into a directory (created if missing), all or nothing.

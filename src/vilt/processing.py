@@ -12,6 +12,7 @@ raises a ValueError. The reference returns it, and the model then fails on its 4
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +21,8 @@ from typing import Any
 from .feature import BatchFeature
 from .files import atomic_directory
 from .hub import split_hub_options
-from .image_processing import ViltImageProcessor
-from .tokenization import ViltTokenizer
+from .image_processing import PREPROCESSOR_CONFIG_FILE, ViltImageProcessor
+from .tokenization import TOKENIZER_CONFIG_FILE, ViltTokenizer
 
 _TEXT_ARGUMENTS = frozenset(inspect.signature(ViltTokenizer.__call__).parameters) - {
     "self",
@@ -157,7 +158,10 @@ class ViltProcessor:
         """Write preprocessor_config.json and the tokenizer files (tokenizer.json, vocab.txt,
         tokenizer_config.json, special_tokens_map.json), loadable by ``transformers.ViltProcessor``.
 
-        The directory changes all at once (:func:`vilt.files.atomic_directory`).
+        Both JSON configs name ``"processor_class": "ViltProcessor"``, as transformers writes them, so
+        ``transformers.AutoProcessor`` opens the directory as a ViltProcessor (not a tokenizer) even
+        without a model's config.json beside them. The directory changes all at once
+        (:func:`vilt.files.atomic_directory`).
 
         Args:
             save_directory: The directory (created if missing).
@@ -170,6 +174,8 @@ class ViltProcessor:
                 *self.image_processor.save_pretrained(staging),
                 *self.tokenizer.save_pretrained(staging),
             ]
+            for name in (PREPROCESSOR_CONFIG_FILE, TOKENIZER_CONFIG_FILE):
+                _name_the_processor_class(staging / name)
         return [str(Path(save_directory) / Path(path).name) for path in written]
 
     @classmethod
@@ -200,3 +206,10 @@ class ViltProcessor:
         return (
             f"{type(self).__name__}(image_processor={self.image_processor!r}, tokenizer={self.tokenizer!r})"
         )
+
+
+def _name_the_processor_class(config_file: Path) -> None:
+    """Add ``"processor_class": "ViltProcessor"`` to a JSON config (what transformers' Auto classes read)."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["processor_class"] = ViltProcessor.__name__
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

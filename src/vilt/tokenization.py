@@ -26,8 +26,9 @@ import torch
 from tokenizers import AddedToken, Encoding, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
+from .errors import ViltInputError
 from .feature import BatchFeature
-from .files import atomic_directory
+from .files import atomic_directory, read_json
 from .hub import resolve_file, split_hub_options
 
 VOCAB_FILE = "vocab.txt"
@@ -507,7 +508,13 @@ class ViltTokenizer:
         settings.update(overrides)
         tokenizer_file = find(TOKENIZER_FILE)
         if tokenizer_file is not None:
-            return cls(tokenizer_object=Tokenizer.from_file(str(tokenizer_file)), **settings)
+            try:
+                backend = Tokenizer.from_file(str(tokenizer_file))
+            except Exception as err:  # tokenizers raises a bare Exception for a malformed file
+                raise ViltInputError(
+                    f"{tokenizer_file} is not a readable tokenizer.json ({err}); download or save it again"
+                ) from None
+            return cls(tokenizer_object=backend, **settings)
         vocab_file = find(VOCAB_FILE)
         if vocab_file is not None:
             return cls(vocab_file=vocab_file, **settings)
@@ -564,7 +571,7 @@ def _as_tensor(key: str, value: list, return_tensors: str) -> np.ndarray | torch
 
 
 def _read_json(path: Path | None) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path is not None else {}
+    return read_json(path) if path is not None else {}
 
 
 def _token_content(token: str | dict[str, Any]) -> str:

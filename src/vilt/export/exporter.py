@@ -75,6 +75,8 @@ PROCESSOR_FILES = (
     "special_tokens_map.json",
     "vocab.txt",
 )
+# what an export writes: a new one replaces them all, other files in the directory stay
+EXPORT_FILES = frozenset((*GRAPH_FILES.values(), "openvino_model.bin", "config.json", *PROCESSOR_FILES))
 MAX_PATCHES_PER_SIDE = 1024  # upper bound of the dynamic patch-grid axes (32768 pixels at patch 32)
 VERIFY_TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| accepted for the float32 graph
 
@@ -372,7 +374,8 @@ def export_model(
             when it names none.
         opset: ONNX opset, 17 to 22.
         quantize: "int8" (see the module docstring), or None for float32 weights.
-        force: replace a non-empty ``output_dir``.
+        force: write into a non-empty ``output_dir``: the files of an earlier export there are replaced,
+            other files are kept.
         processor: a ViltProcessor to save beside the graph (default: copy the checkpoint's files).
 
     Returns:
@@ -394,7 +397,7 @@ def export_model(
     config = model.config.replace(architectures=[architecture])
     num_images = config.num_images if architecture == TASKS["nlvr2"] else None
     graph = OnnxGraph(model).eval()
-    with atomic_directory(output_dir, keep_old=lambda name: False) as staging:
+    with atomic_directory(output_dir, keep_old=lambda name: name not in EXPORT_FILES) as staging:
         onnx_path = staging / ONNX_FILE
         logger.info("exporting %s to ONNX opset %d", architecture, opset)
         _export_graph(graph, config, num_images, opset, onnx_path)
