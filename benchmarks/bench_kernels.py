@@ -311,7 +311,7 @@ def run(quick: bool = False) -> Section:
             streaming,
         ),
         "",
-        "### Encoder passes: the optimized bfloat16 model, 384x384, the batch in one pass or two pieces",
+        "### Encoder passes: the bfloat16 model, 384x384, the batch in one pass or two pieces",
         "",
         table(
             ["batch", "one pass ms", "two pieces ms", "speed-up of two pieces", "passes vilt runs"], passes
