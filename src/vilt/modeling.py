@@ -12,6 +12,10 @@ The contract:
   shuffled. The encoder is permutation-equivariant, so only float summation order changes.
 * The image embedding is vectorised over the batch: no Python loop over samples, and at most one
   host sync (to learn the number of image tokens when images are padded).
+* Each layer is written once (:class:`ViltLayer`), from blocks of :mod:`vilt.layers`; eval calls that
+  need no gradient, head mask or attention probabilities run those blocks on cached, prepacked weights
+  (the fast path, on by default: :meth:`ViltPreTrainedModel.set_fast_path`), with the CPU-dependent
+  choices made by :mod:`vilt.tuning`'s probes.
 
 Shape vocabulary: B batch, Lt text tokens, Li image tokens (patches kept), L = Lt + 1 + Li,
 D hidden size, H heads, Dh head size, Hp x Wp the patch grid of the (padded) pixel batch,
@@ -1021,9 +1025,9 @@ class ViltModel(ViltPreTrainedModel):
     ) -> None:
         """Token ids inside the vocabulary, segment ids inside ``type_vocab_size``, finite pixel values.
 
-        Three small reductions and one host sync (pixels: their float32 sum is finite unless a value
-        is not); the exact culprits are looked up only when a check fails. Skipped while compiling or
-        exporting, where a graph cannot branch on values.
+        A few reductions and one host sync (pixels: their sum is finite unless a value is not, or the
+        sum overflows); the exact culprits are looked up only when a check fails. Skipped while
+        compiling or exporting, where a graph cannot branch on values.
         """
         if torch.compiler.is_compiling():
             return
@@ -1038,7 +1042,7 @@ class ViltModel(ViltPreTrainedModel):
         ]
         stats = [s for _, ids, _ in checks for s in (ids.min(), ids.max())]
         if pixel_values is not None:
-            stats.append(pixel_values.sum(dtype=torch.float32))
+            stats.append(pixel_values.sum())  # in the pixels' dtype: no converted copy
         if not stats:
             return
         values = torch.stack([s.to(torch.float32) for s in stats]).tolist()  # the one host sync
@@ -1054,7 +1058,7 @@ class ViltModel(ViltPreTrainedModel):
                 )
         if pixel_values is not None and not math.isfinite(values[-1]):
             finite = torch.isfinite(pixel_values).flatten(1).all(dim=1)  # (B,)
-            if not bool(finite.all()):  # else only the float32 sum overflowed
+            if not bool(finite.all()):  # else only the sum overflowed
                 images = (~finite).nonzero().flatten().tolist()
                 raise ViltInputError(
                     f"pixel_values of image(s) {images} hold NaN or infinite values; pass images decoded "
