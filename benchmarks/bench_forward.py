@@ -5,8 +5,9 @@ ViLT-B/32 (default config, random weights, 3129 answers), 40 text tokens, batch 
 Contestants, alternating within every repetition:
 
 * ``reference``: ``transformers.ViltForQuestionAnswering``;
-* ``ours``: ``vilt.ViltForQuestionAnswering`` as loaded (eval);
-* ``ours optimized``: the same after ``model.optimize_for_inference()`` (what ``vilt.pipeline`` runs).
+* ``ours``: ``vilt.ViltForQuestionAnswering`` as loaded (eval), which takes the fast path by default;
+* ``ours optimized``: the same after ``model.optimize_for_inference()`` (the explicit form: its caches
+  are built before the first call).
 
 All run under ``torch.inference_mode()``. FLOPs per example are counted on the reference forward;
 "% of peak" divides the achieved FLOP/s by the measured ``torch.mm`` peak for the dtype, timed as one

@@ -2,20 +2,24 @@
 
 1. **Attention at ViLT's sequence lengths**: ``F.scaled_dot_product_attention`` (PyTorch's CPU flash
    kernel) at length L against the same attention padded to the next multiple of 32 with the padded keys
-   masked, which ``vilt.optimize.attention_length`` does in bfloat16 when the padding is small.
+   masked, which the fast path does when the padding is small and its probe finds a layer faster padded
+   (``ViltEncoder.attention_length``).
 2. **Patch embedding**: the reference's strided convolution against the same sum as one matrix product
    over flattened patches (``ViltPatchEmbeddings.patch_product``), plain and on the prepacked weight of
-   an optimized model (``vilt.optimize.PackedPatchProjection``).
+   the fast path (``vilt.layers.PatchProjection``).
 3. **The MLP products' weight layout**: oneDNN's bfloat16 up-projection (with GELU) and down-projection
    (with the residual add) at 192..6144 rows, the weight prepacked in its default blocked layout against
-   the layout chosen for 1 row, which the packed encoder uses for the down-projection.
+   the layout chosen for 1 row, which the fast path uses for the down-projection and the patch
+   projection where its probe finds it faster (``vilt.layers.one_row_layout_pays``).
 4. **Batch-1 matrix products, weights in cache or not**: the encoder's three Linear shapes at 192 rows (185 padded)
    with one prepacked weight reused (it stays in cache) against 24 different weights in turn, as a
    forward reads 12 layers' weights once each. The gap is what streaming the weights costs at batch 1.
-5. **Encoder passes**: the optimized bfloat16 model at batch 16 and 32 (384x384) with its encoder in one
-   pass over the batch or in two pieces (``vilt.optimize.batch_passes``).
+5. **Encoder passes**: the bfloat16 model at batch 16 and 32 (384x384) with its encoder in one pass over
+   the batch or in two pieces (``ViltEncoder.batch_pieces``).
 
-Contestants alternate within every repetition (``common.alternate``); figures are medians.
+Then the choices the fast path's probes made in this process (``vilt.tuning.decisions``), which are
+those a model makes on this machine. Contestants alternate within every repetition
+(``common.alternate``); figures are medians.
 
 Run: ``python benchmarks/bench_kernels.py [--quick]``.
 """
@@ -29,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from common import Section, alternate, forward_inputs, load_models, model_dir, set_threads, table
 
-from vilt import ViltConfig, optimize
-from vilt.modeling import ViltPatchEmbeddings
-from vilt.optimize import ATTENTION_ROW_MULTIPLE, PackedPatchProjection, attention_length, padded_bias
+from vilt import ViltConfig, tuning
+from vilt.layers import ATTENTION_ROW_MULTIPLE, one_row_layout_pays, padded_bias
+from vilt.modeling import ViltEncoder, ViltPatchEmbeddings
 
 HEADS, HEAD_DIM = 12, 64
 HIDDEN = HEADS * HEAD_DIM
@@ -71,12 +75,14 @@ def attention_pair(dtype: torch.dtype, batch: int, length: int, padded: int, rep
     )
 
 
-def attention_rows(dtype: torch.dtype, batch: int, repetitions: int) -> list[list[str]]:
+def attention_rows(encoder: ViltEncoder, dtype: torch.dtype, batch: int, repetitions: int) -> list[list[str]]:
+    """The attention pairs at every length, and the length the fast path of ``encoder`` (ViLT-B/32, in
+    ``dtype``) runs each at."""
     rows = []
     for length in LENGTHS:
         padded = -(-length // ATTENTION_ROW_MULTIPLE) * ATTENTION_ROW_MULTIPLE
         plain, pad = attention_pair(dtype, batch, length, padded, repetitions)
-        chosen = attention_length(length, torch.empty(batch, length, HIDDEN, dtype=dtype))
+        chosen = encoder.attention_length(torch.empty(batch, length, HIDDEN, dtype=dtype))
         rows.append(
             [
                 str(dtype).removeprefix("torch."), str(batch), str(length), str(padded),
@@ -88,23 +94,14 @@ def attention_rows(dtype: torch.dtype, batch: int, repetitions: int) -> list[lis
 
 def patch_times(dtype: torch.dtype, batch: int, repetitions: int) -> list[float]:
     """ms per patch embedding of a 384x384 batch: the strided convolution, the matrix product, and the
-    matrix product on the prepacked weight (what an optimized model runs)."""
+    matrix product on the prepacked weight (what the fast path runs)."""
     embed = ViltPatchEmbeddings(ViltConfig()).to(dtype).eval().requires_grad_(False)  # 32x32 patches
     pixels = torch.randn(batch, 3, 384, 384, dtype=dtype)
-    packed = PackedPatchProjection(embed.projection)
-
-    def packed_product() -> torch.Tensor:
-        embed.packed = packed
-        try:
-            return embed.patch_product(pixels)
-        finally:
-            embed.packed = None
-
     return per_call_ms(
         {
             "conv": lambda: embed.projection(pixels),
             "product": lambda: embed.patch_product(pixels),
-            "packed": packed_product,
+            "packed": lambda: embed.patch_product(pixels, fast=True),
         },
         repetitions,
     )
@@ -142,7 +139,10 @@ def layout_pair(k: int, n: int, post_op: str, rows: int, repetitions: int) -> li
 
 
 def layout_rows(repetitions: int) -> list[list[str]]:
+    """Both layouts of both MLP products by row count; the down-projection's layout is the probe's choice
+    (the up-projection always takes the default)."""
     rows = []
+    down = one_row_layout_pays(torch.zeros(HIDDEN, 4 * HIDDEN, dtype=torch.bfloat16))
     for name, k, n, post_op in (
         ("up + GELU", HIDDEN, 4 * HIDDEN, "gelu"),
         ("down + add", 4 * HIDDEN, HIDDEN, "add"),
@@ -151,9 +151,10 @@ def layout_rows(repetitions: int) -> list[list[str]]:
             m = batch * 192  # 192 rows per 384x384 example (185 padded)
             default_ms, one_ms = layout_pair(k, n, post_op, m, repetitions)
             gflop = 2 * m * k * n / 1e9
+            runs = "for 1 row" if name.startswith("down") and down else "default"
             rows.append(
                 [name, str(batch), str(m), f"{default_ms:.3f}", f"{gflop / default_ms:.2f}",
-                 f"{one_ms:.3f}", f"{gflop / one_ms:.2f}", f"{default_ms / one_ms:.2f}x"]
+                 f"{one_ms:.3f}", f"{gflop / one_ms:.2f}", f"{default_ms / one_ms:.2f}x", runs]
             )  # fmt: skip
     return rows
 
@@ -187,10 +188,11 @@ def streaming_pair(
 def streaming_rows(repetitions: int, rows: int = 192, weights: int = 24) -> list[list[str]]:
     """The encoder's products at batch 1 (192 rows: 185 padded), with the layouts the encoder packs."""
     table_rows = []
+    down = 1 if one_row_layout_pays(torch.zeros(HIDDEN, 4 * HIDDEN, dtype=torch.bfloat16)) else None
     for name, k, n, packed_rows in (
         ("QKV", HIDDEN, 3 * HIDDEN, None),
         ("MLP up", HIDDEN, 4 * HIDDEN, None),
-        ("MLP down", 4 * HIDDEN, HIDDEN, 1),
+        ("MLP down", 4 * HIDDEN, HIDDEN, down),
     ):
         cached, streamed = streaming_pair(k, n, packed_rows, rows, weights, repetitions)
         gflop, weight_mb = 2 * rows * k * n / 1e9, 2 * k * n / 1e6
@@ -202,43 +204,51 @@ def streaming_rows(repetitions: int, rows: int = 192, weights: int = 24) -> list
     return table_rows
 
 
-def passes_rows(repetitions: int) -> list[list[str]]:
-    """ms per forward of the optimized bfloat16 model with its encoder in one pass or two."""
-    model, _ = load_models(model_dir(), torch.bfloat16)
-    model.optimize_for_inference()
-    chosen = optimize.batch_passes
+def passes_rows(model: torch.nn.Module, repetitions: int) -> list[list[str]]:
+    """ms per forward of the bfloat16 model with its encoder in one pass or two."""
+    encoder = model.vilt.encoder
+    chosen = encoder.batch_pieces
 
     def forward(inputs: dict[str, torch.Tensor], passes: int) -> Callable[[], torch.Tensor]:
         def call() -> torch.Tensor:
-            optimize.batch_passes = lambda x: passes
+            encoder.batch_pieces = lambda x: passes  # this instance only
             try:
                 return model(**inputs).logits
             finally:
-                optimize.batch_passes = chosen
+                del encoder.batch_pieces
 
         return call
 
     rows = []
     for batch in (16, 32):
         inputs = forward_inputs(batch, 384, 384, torch.bfloat16)
+        picked = chosen(torch.empty(batch, 185, HIDDEN, dtype=torch.bfloat16))  # probes at batch 32
         timings = alternate({"one": forward(inputs, 1), "two": forward(inputs, 2)}, max(3, repetitions // 3))
         one, two = (1e3 * timings.median(name) for name in ("one", "two"))
-        picked = chosen(torch.empty(batch, 185, HIDDEN, dtype=torch.bfloat16))
         rows.append([str(batch), f"{one:.0f}", f"{two:.0f}", f"{one / two:.2f}x", str(picked)])
     return rows
 
 
+def decision_rows() -> list[list[str]]:
+    """Each choice the probes made in this process: its key and whether the candidate way won."""
+    return [
+        [str(key[0]), ", ".join(str(part) for part in key[1:]), "yes" if taken else "no"]
+        for key, taken in sorted(tuning.decisions().items(), key=str)
+    ]
+
+
 def run(quick: bool = False) -> Section:
-    """The five measurements as one Markdown section."""
+    """The five measurements and the probes' choices as one Markdown section."""
     set_threads()
     repetitions = 5 if quick else 15
+    models = {dtype: load_models(model_dir(), dtype)[0] for dtype in (torch.bfloat16, torch.float32)}
     with torch.inference_mode():
         attention = [row for dtype in (torch.bfloat16, torch.float32) for batch in (1, 8)
-                     for row in attention_rows(dtype, batch, repetitions)]  # fmt: skip
+                     for row in attention_rows(models[dtype].vilt.encoder, dtype, batch, repetitions)]  # fmt: skip
         patches = patch_rows(repetitions)
         layouts = layout_rows(repetitions)
         streaming = streaming_rows(repetitions)
-        passes = passes_rows(repetitions)
+        passes = passes_rows(models[torch.bfloat16], repetitions)
     lines = [
         "## Kernel measurements behind the fast path (`python benchmarks/bench_kernels.py`)",
         "",
@@ -246,7 +256,7 @@ def run(quick: bool = False) -> Section:
         "",
         "### Attention: plain length against padded to a multiple of 32 (padded keys masked)",
         "",
-        "The last column is what `vilt.optimize.attention_length` picks for the packed encoder.",
+        "The last column is the length ViLT-B/32's fast path runs at (`ViltEncoder.attention_length`).",
         "",
         table(
             ["dtype", "batch", "L", "padded", "plain ms", "padded ms", "plain / padded", "vilt runs"],
@@ -280,6 +290,7 @@ def run(quick: bool = False) -> Section:
                 "layout for 1 row ms",
                 "TFLOP/s",
                 "speed-up",
+                "vilt runs",
             ],
             layouts,
         ),  # fmt: skip
@@ -300,11 +311,18 @@ def run(quick: bool = False) -> Section:
             streaming,
         ),
         "",
-        "### Encoder passes: the optimized bfloat16 model, 384x384, the batch in one pass or two pieces",
+        "### Encoder passes: the bfloat16 model, 384x384, the batch in one pass or two pieces",
         "",
         table(
             ["batch", "one pass ms", "two pieces ms", "speed-up of two pieces", "passes vilt runs"], passes
         ),
+        "",
+        "### The choices the fast path's probes made on this machine",
+        "",
+        "Each was probed once in this process (`vilt.tuning`): the candidate way is taken only when it "
+        f"beat the plain way by more than {tuning.MARGIN:.0%}.",
+        "",
+        table(["choice", "dtype and sizes", "candidate taken"], decision_rows()),
         "",
     ]
     return Section("\n".join(lines), {})

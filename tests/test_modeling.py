@@ -383,8 +383,8 @@ def test_sdpa_path_matches_the_reference(class_name: str) -> None:
     "class_name", [c for c in REFERENCE_CLASSES if c != "ViltForImagesAndTextClassification"]
 )
 def test_return_dict_false_gives_the_reference_tuple(class_name: str) -> None:
-    """Same items in the same order. (The reference's NLVR2 tuple holds None entries and its
-    return_dict=False crashes with output_hidden_states, hf-vilt.md §7.8: not reproduced.)"""
+    """Same items in the same order. (The reference's NLVR2 return_dict=False crashes with
+    output_hidden_states, hf-vilt.md §7.8: its tuple is tested without them below.)"""
     kwargs = config_kwargs(class_name)
     g = torch.Generator().manual_seed(0)
     inputs = {
@@ -400,3 +400,46 @@ def test_return_dict_false_gives_the_reference_tuple(class_name: str) -> None:
         got = ours(**inputs, return_dict=False, output_hidden_states=True)
     assert isinstance(got, tuple)
     assert max_diff(got, expected, "tuple") <= TOL
+
+
+@pytest.mark.parametrize("with_labels", [False, True])
+def test_images_and_text_classification_return_dict_false_keeps_the_reference_positions(
+    with_labels: bool,
+) -> None:
+    """``(loss, logits, hidden_states, attentions)`` without ``loss`` when no labels are given, None entries
+    included (hf-vilt.md §4.3; with hidden states or attentions the reference crashes, §7.8)."""
+    class_name = "ViltForImagesAndTextClassification"
+    kwargs = config_kwargs(class_name)
+    g = torch.Generator().manual_seed(0)
+    inputs = {
+        **text_inputs(kwargs["vocab_size"], TEXT_LENGTHS, g),
+        **image_inputs(class_name, PADDED_SIZES, 2, g),
+    }
+    if with_labels:
+        inputs["labels"] = labels_for(class_name, kwargs, inputs, g)
+    reference, ours = build_pair(class_name, kwargs)
+    with torch.no_grad():
+        expected = reference(**inputs, return_dict=False)
+        got = ours(**inputs, return_dict=False)
+    assert isinstance(got, tuple) and len(got) == len(expected) == (4 if with_labels else 3)
+    assert got[-2:] == expected[-2:] == (None, None)  # no hidden states, no attentions
+    assert max_diff(got[:-2], expected[:-2], "tuple") <= TOL
+
+
+def test_a_model_without_pooler_keeps_the_reference_tuple_positions() -> None:
+    """``ViltModel(add_pooling_layer=False)``: ``(last_hidden_state, None, hidden_states)``, as the reference."""
+    kwargs = config_kwargs("ViltModel")
+    g = torch.Generator().manual_seed(0)
+    inputs = {
+        **text_inputs(kwargs["vocab_size"], TEXT_LENGTHS, g),
+        **image_inputs("ViltModel", PADDED_SIZES, 2, g),
+    }
+    torch.manual_seed(0)
+    reference = transformers.ViltModel(transformers.ViltConfig(**kwargs), add_pooling_layer=False).eval()
+    ours = MODEL_CLASSES["ViltModel"](ViltConfig(**kwargs), add_pooling_layer=False).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    with torch.no_grad():
+        expected = reference(**inputs, return_dict=False, output_hidden_states=True)
+        got = ours(**inputs, return_dict=False, output_hidden_states=True)
+    assert len(got) == len(expected) == 3 and got[1] is None and expected[1] is None
+    assert max_diff((got[0], got[2]), (expected[0], expected[2]), "tuple") <= TOL

@@ -17,6 +17,7 @@ from vilt import (
     ViltConfig,
     ViltForImageTextMatching,
     ViltForQuestionAnswering,
+    ViltInputError,
 )
 from vilt.heads import MODEL_CLASSES
 
@@ -190,6 +191,21 @@ def _all_zero_mask_for_image_1(inputs: dict[str, Any]) -> None:
     inputs["pixel_values"][1] = 0
 
 
+def _pixel(value: float) -> Any:
+    def change(inputs: dict[str, Any]) -> None:
+        inputs["pixel_values"][1, 2, 5, 7] = value
+
+    return change
+
+
+def _empty_batch(inputs: dict[str, Any]) -> None:
+    inputs.update(
+        input_ids=inputs["input_ids"][:0],
+        pixel_values=inputs["pixel_values"][:0],
+        pixel_mask=inputs["pixel_mask"][:0],
+    )
+
+
 BAD_INPUTS = {
     "text longer than max_position_embeddings": (
         lambda x: x.update(input_ids=torch.ones(2, 41, dtype=torch.long)),
@@ -235,6 +251,19 @@ BAD_INPUTS = {
         lambda x: x.update(pixel_mask=torch.ones(2, 16, 32, dtype=torch.long)),
         r"pixel_mask must have shape \(2, 32, 32\)",
     ),
+    "a NaN pixel": (_pixel(float("nan")), r"pixel_values of image\(s\) \[1\] hold NaN or infinite values"),
+    "an infinite pixel": (_pixel(float("-inf")), r"pixel_values of image\(s\) \[1\] hold NaN or infinite"),
+    "a token id past the vocabulary": (
+        lambda x: x["input_ids"].__setitem__((0, 1), 99),
+        r"input_ids must lie in \[0, 99\) for this model, got \[99\]; encode the text with this model's",
+    ),
+    "a negative token id": (lambda x: x["input_ids"].__setitem__((1, 0), -3), r"input_ids .* got \[-3\]"),
+    "a token type id past type_vocab_size": (
+        lambda x: x.update(token_type_ids=torch.full((2, 5), 2)),
+        r"token_type_ids must lie in \[0, 2\) for this model, got \[2\]",
+    ),
+    "an empty batch": (_empty_batch, r"the batch is empty \(0 examples\)"),
+    "an empty text": (lambda x: x.update(input_ids=x["input_ids"][:, :0]), "the text is empty"),
     "image_embeds with a pixel_mask of the wrong size": (
         lambda x: x.update(
             pixel_values=None, image_embeds=torch.zeros(2, 17, 32), pixel_mask=torch.ones(2, 16)
@@ -245,19 +274,37 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_raises_a_value_error_naming_the_problem(case: str) -> None:
+def test_bad_input_raises_a_vilt_input_error_naming_the_problem(case: str) -> None:
     change, message = BAD_INPUTS[case]
     inputs = _valid_inputs()
     change(inputs)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ViltInputError, match=message):
         tiny_model("ViltForQuestionAnswering")(**inputs)
+
+
+def test_huge_but_finite_pixels_are_accepted() -> None:
+    """Their float32 sum overflows to infinity; the exact check then finds every value finite."""
+    inputs = _valid_inputs()
+    inputs["pixel_values"][:, :, :2] = 3e38
+    with torch.no_grad():
+        tiny_model("ViltModel")(**inputs)
+
+
+def test_embed_images_checks_its_pixels() -> None:
+    model = tiny_model("ViltModel")
+    pixels = torch.randn(2, 3, 32, 32)
+    pixels[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ViltInputError, match=r"image\(s\) \[0\] hold NaN"):
+        model.embed_images(pixels)
+    with pytest.raises(ViltInputError, match="1 channels but the model expects 3"):
+        model.embed_images(pixels[:, :1])
 
 
 def test_images_and_text_classification_refuses_the_wrong_number_of_images() -> None:
     inputs = _valid_inputs()
     inputs["pixel_values"] = inputs["pixel_values"][:, None].expand(-1, 3, -1, -1, -1)  # (B, 3, C, H, W)
     inputs.pop("pixel_mask")
-    with pytest.raises(ValueError, match="compares 2 images per text, got 3"):
+    with pytest.raises(ViltInputError, match="compares 2 images per text, got 3"):
         tiny_model("ViltForImagesAndTextClassification")(**inputs)
 
 
@@ -275,8 +322,26 @@ def test_eager_and_sdpa_attention_agree() -> None:
         assert (a - b).abs().max() <= TOL
     assert (sdpa.last_hidden_state - eager.last_hidden_state).abs().max() <= TOL
     assert (sdpa.pooler_output - eager.pooler_output).abs().max() <= TOL
-    with pytest.raises(ValueError, match="'sdpa' or 'eager'"):
+    with pytest.raises(ViltInputError, match="'sdpa' or 'eager'"):
         model.set_attn_implementation("flash")
+
+
+def test_eager_attention_does_not_ask_the_encoder_for_probabilities(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The "eager" implementation runs the explicit softmax; probabilities are kept only when asked for."""
+    model = tiny_model("ViltModel")
+    model.set_attn_implementation("eager")
+    calls = []
+    forward = vilt.modeling.ViltEncoder.forward
+
+    def spy(self, x, mask, head_mask, output_attentions, output_hidden_states, eager=False, fast=False):  # type: ignore[no-untyped-def]
+        calls.append((output_attentions, eager))
+        return forward(self, x, mask, head_mask, output_attentions, output_hidden_states, eager, fast)
+
+    monkeypatch.setattr(vilt.modeling.ViltEncoder, "forward", spy)
+    with torch.no_grad():
+        assert model(**padded_batch()).attentions is None
+        assert len(model(**padded_batch(), output_attentions=True).attentions) == TINY["num_hidden_layers"]
+    assert calls == [(False, True), (True, True)]
 
 
 @pytest.mark.parametrize("explicit_up_to", [512, 0])
@@ -371,7 +436,7 @@ def test_retrieval_loss_is_cross_entropy_over_each_images_candidate_texts() -> N
 def test_retrieval_labels_that_do_not_fit_the_batch_are_refused(labels: torch.Tensor, message: str) -> None:
     model = tiny_model("ViltForImageAndTextRetrieval")
     inputs = {"input_ids": torch.randint(1, 99, (6, 4)), "pixel_values": torch.randn(6, 3, 32, 32)}
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ViltInputError, match=message):
         model(**inputs, labels=labels)
 
 
@@ -419,3 +484,77 @@ def test_a_tied_masked_lm_model_loads_back_tied(tmp_path) -> None:  # type: igno
     loaded = type(model).from_pretrained(tmp_path)
     assert loaded.mlm_score.decoder.weight is loaded.get_input_embeddings().weight
     assert torch.equal(loaded.mlm_score.decoder.weight, model.mlm_score.decoder.weight)
+
+
+# ----------------------------------------------------------------------------- drop-in details
+
+
+def _class_inputs(class_name: str) -> dict[str, Any]:
+    inputs = padded_batch()
+    if class_name == "ViltForImagesAndTextClassification":
+        inputs["pixel_values"] = torch.stack([inputs["pixel_values"], inputs["pixel_values"].flip(0)], dim=1)
+        inputs["pixel_mask"] = torch.stack([inputs["pixel_mask"], inputs["pixel_mask"].flip(0)], dim=1)
+    return inputs
+
+
+@pytest.mark.parametrize("class_name", sorted(MODEL_CLASSES))
+def test_extra_keyword_arguments_are_accepted_and_change_nothing(class_name: str) -> None:
+    """A Trainer passes ``num_items_in_batch``; transformers' forwards take ``**kwargs``."""
+    model = tiny_model(class_name)
+    inputs = _class_inputs(class_name)
+    with torch.no_grad():
+        expected = model(**inputs, return_dict=False)
+        got = model(**inputs, return_dict=False, num_items_in_batch=torch.tensor(7), use_cache=False)
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert a is None if b is None else torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- image tokens and match scores
+
+
+def test_embed_images_tokens_give_the_pixel_forwards_outputs() -> None:
+    model = tiny_model("ViltModel")
+    inputs = padded_batch()
+    with torch.no_grad():
+        expected = model(**inputs)
+        tokens = model.embed_images(inputs["pixel_values"], inputs["pixel_mask"])
+        text = {k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        got = model(**text, image_embeds=tokens.embeddings, pixel_mask=tokens.mask)
+    assert tokens.embeddings.shape == (4, 1 + 20, TINY["hidden_size"]) and tokens.mask.shape == (4, 21)
+    assert torch.equal(tokens.mask, expected.image_mask)
+    assert (got.last_hidden_state - expected.last_hidden_state).abs().max() <= TOL
+    assert (got.pooler_output - expected.pooler_output).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("class_name", ["ViltForImageAndTextRetrieval", "ViltForImageTextMatching"])
+def test_match_scores_are_the_full_forwards_score_logits(class_name: str) -> None:
+    """Retrieval: rank_output; ITM: the "match" logit (class 1). Images embedded once, paired by
+    ``select``, or one image broadcast over every text."""
+    model = tiny_model(class_name)
+    inputs = padded_batch()
+    text = {k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    column = 0 if class_name == "ViltForImageAndTextRetrieval" else 1
+    with torch.no_grad():
+        full = model(**inputs).logits[:, column]  # (4,)
+        tokens = model.embed_images(inputs["pixel_values"], inputs["pixel_mask"])
+        scores = model.match_scores(text["input_ids"], text["attention_mask"], text["token_type_ids"], tokens)
+        rows = [2, 2, 0, 3]  # image 2 with texts 0 and 1, image 0 with text 2, image 3 with text 3
+        paired = model.match_scores(text["input_ids"], text["attention_mask"], None, tokens.select(rows))
+        by_pixels = model(
+            input_ids=text["input_ids"],
+            attention_mask=text["attention_mask"],
+            pixel_values=inputs["pixel_values"][rows],
+            pixel_mask=inputs["pixel_mask"][rows],
+        ).logits[:, column]
+        one = model.match_scores(text["input_ids"], text["attention_mask"], None, tokens.select([1]))
+        one_by_pixels = model(
+            input_ids=text["input_ids"],
+            attention_mask=text["attention_mask"],
+            pixel_values=inputs["pixel_values"][[1, 1, 1, 1]],
+            pixel_mask=inputs["pixel_mask"][[1, 1, 1, 1]],
+        ).logits[:, column]
+    assert scores.shape == (4,)
+    assert (scores - full).abs().max() <= TOL
+    assert (paired - by_pixels).abs().max() <= TOL
+    assert (one - one_by_pixels).abs().max() <= TOL

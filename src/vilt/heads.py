@@ -21,7 +21,8 @@ from torch import nn
 
 from .alignment import wpa_loss
 from .configuration import ViltConfig
-from .modeling import ModelOutput, ViltModel, ViltModelOutput, ViltPreTrainedModel, activation
+from .errors import ViltInputError
+from .modeling import ImageTokens, ModelOutput, ViltModel, ViltModelOutput, ViltPreTrainedModel, activation
 
 # ----------------------------------------------------------------------------- outputs
 
@@ -103,8 +104,10 @@ class _HeadModel(ViltPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        **kwargs: Any,
     ) -> Any:
-        """Run the model; arguments as :meth:`ViltModel.forward`, plus ``labels`` (see the class)."""
+        """Run the model; arguments as :meth:`ViltModel.forward`, plus ``labels`` (see the class). Other
+        keyword arguments are accepted and ignored, as transformers does (e.g. ``num_items_in_batch``)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         out = self.vilt(
             input_ids=input_ids,
@@ -145,7 +148,7 @@ class ViltForQuestionAnswering(_HeadModel):
         if labels is None:
             return logits, None
         if labels.shape != logits.shape:
-            raise ValueError(
+            raise ViltInputError(
                 f"labels must be soft scores of shape {tuple(logits.shape)} (batch, num_labels), got {tuple(labels.shape)}"
             )
         return logits, F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype)) * labels.shape[1]
@@ -242,8 +245,14 @@ class ViltForImagesAndTextClassification(_HeadModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        **kwargs: Any,
     ) -> ViltForImagesAndTextClassificationOutput | tuple[Any, ...]:
-        """``pixel_values``: (B, n, C, H, W) with ``pixel_mask`` (B, n, H, W); ``labels``: (B,) class ids."""
+        """``pixel_values``: (B, n, C, H, W) with ``pixel_mask`` (B, n, H, W); ``labels``: (B,) class ids.
+
+        With ``return_dict=False`` the tuple is the reference's: ``(loss, logits, hidden_states,
+        attentions)`` without ``loss`` when no labels are given, and with None for the hidden states and
+        attentions not asked for. Other keyword arguments are accepted and ignored, as transformers does.
+        """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if pixel_values is not None and pixel_values.dim() == 4:
             pixel_values = pixel_values.unsqueeze(1)  # (B, 1, C, H, W)
@@ -251,10 +260,10 @@ class ViltForImagesAndTextClassification(_HeadModel):
             image_embeds = image_embeds.unsqueeze(1)  # (B, 1, Li, D)
         images = pixel_values if pixel_values is not None else image_embeds
         if images is None:
-            raise ValueError("pass pixel_values (B, num_images, C, H, W) or image_embeds")
+            raise ViltInputError("pass pixel_values (B, num_images, C, H, W) or image_embeds")
         num_images = images.shape[1]
         if num_images != self.config.num_images:
-            raise ValueError(
+            raise ViltInputError(
                 f"this model compares {self.config.num_images} images per text, got {num_images} "
                 f"(pixel_values shape {tuple(images.shape)})"
             )
@@ -289,21 +298,62 @@ class ViltForImagesAndTextClassification(_HeadModel):
             hidden_states if hidden_states[0] is not None else None,
             attentions if attentions[0] is not None else None,
         )
-        return output if return_dict else output.to_tuple()
+        if return_dict:
+            return output
+        tail = (output.logits, output.hidden_states, output.attentions)  # None entries kept, as the reference
+        return tail if loss is None else (loss, *tail)
 
 
 # ----------------------------------------------------------------------------- retrieval and ITM
 
 
-class ViltForImageAndTextRetrieval(_HeadModel):
+class _MatchScoring(_HeadModel):
+    """A head whose logit ``match_column`` scores how well the text matches the image, with the scoring of
+    many texts against images embedded once (:meth:`embed_images`, :meth:`match_scores`)."""
+
+    match_column: int
+
+    def embed_images(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None) -> ImageTokens:
+        """The image tokens of a pixel batch (see :meth:`vilt.modeling.ViltModel.embed_images`)."""
+        return self.vilt.embed_images(pixel_values, pixel_mask)
+
+    def match_scores(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        images: ImageTokens,
+    ) -> torch.Tensor:
+        """(B,) match score of each text (B, Lt) with its image: the images' tokens have batch B, or 1
+        for one image scored against every text (``images.select(rows)`` pairs them otherwise). Equals
+        the full forward's score logit for the same pairs."""
+        embeddings, mask = images.embeddings, images.mask  # (B or 1, 1 + Li, D), (B or 1, 1 + Li)
+        if embeddings.shape[0] == 1:  # one image for every text
+            n = input_ids.shape[0]
+            embeddings, mask = embeddings.expand(n, -1, -1), mask.expand(n, -1)
+        out = self.vilt(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            image_embeds=embeddings,
+            pixel_mask=mask,
+            return_dict=True,
+        )
+        logits, _ = self.head(out, None, input_ids.shape[1])
+        return logits[:, self.match_column]  # (B,)
+
+
+class ViltForImageAndTextRetrieval(_MatchScoring):
     """Image-text retrieval: one matching score per (image, text) pair.
 
     Training (unlike the reference, which raises): lay the batch out as ``num_groups`` groups of
     ``k`` consecutive candidate pairs, the same image with k texts, and pass ``labels`` (num_groups,)
     with the index of the true text in each group (the original recipe: 1 positive + 15 random
     negatives, positive first, so labels are zeros). The loss is the cross-entropy over each
-    group's k scores.
+    group's k scores. :meth:`match_scores` gives ``rank_output`` for images embedded once.
     """
+
+    match_column = 0
 
     def __init__(self, config: ViltConfig) -> None:
         super().__init__(config)
@@ -327,13 +377,13 @@ def group_ranking_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     labels = labels.reshape(-1).to(scores.device).long()
     groups = labels.numel()
     if groups == 0 or scores.numel() % groups:
-        raise ValueError(
+        raise ViltInputError(
             f"retrieval labels give {groups} groups but the batch has {scores.numel()} pairs; lay the batch out "
             "as groups of k consecutive (image, candidate text) pairs and pass one label per group"
         )
     k = scores.numel() // groups
     if bool((labels < 0).any()) or bool((labels >= k).any()):
-        raise ValueError(
+        raise ViltInputError(
             f"retrieval labels must index a candidate in each group of {k}, got {labels.tolist()}"
         )
     return F.cross_entropy(scores.view(groups, k), labels)  # (groups, k) scores
@@ -348,12 +398,15 @@ class ViltITMHead(nn.Module):
         return self.fc(pooled)  # (B, 2)
 
 
-class ViltForImageTextMatching(_HeadModel):
+class ViltForImageTextMatching(_MatchScoring):
     """Image-text matching (the pretraining ITM head, ``itm_score.fc``): logit 1 means "matches".
 
     The reference has no such class (its converter drops the head); the original pretrained
-    checkpoint carries it, and its "match" logit is the paper's zero-shot retrieval score.
+    checkpoint carries it, and its "match" logit is the paper's zero-shot retrieval score
+    (:meth:`match_scores`).
     """
+
+    match_column = 1
 
     def __init__(self, config: ViltConfig) -> None:
         super().__init__(config)

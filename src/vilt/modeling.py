@@ -12,6 +12,10 @@ The contract:
   shuffled. The encoder is permutation-equivariant, so only float summation order changes.
 * The image embedding is vectorised over the batch: no Python loop over samples, and at most one
   host sync (to learn the number of image tokens when images are padded).
+* Each layer is written once (:class:`ViltLayer`), from blocks of :mod:`vilt.layers`; eval calls that
+  need no gradient, head mask or attention probabilities run those blocks on cached, prepacked weights
+  (the fast path, on by default: :meth:`ViltPreTrainedModel.set_fast_path`), with the CPU-dependent
+  choices made by :mod:`vilt.tuning`'s probes.
 
 Shape vocabulary: B batch, Lt text tokens, Li image tokens (patches kept), L = Lt + 1 + Li,
 D hidden size, H heads, Dh head size, Hp x Wp the patch grid of the (padded) pixel batch,
@@ -31,7 +35,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from . import tuning
 from .configuration import ViltConfig
+from .errors import ViltInputError
+from .layers import (
+    CachedProduct,
+    PackedLinear,
+    PatchProjection,
+    QKVProjection,
+    fast_path_default,
+    inference_only,
+    padded_bias,
+    padding_candidate,
+    pieces_candidate,
+)
 
 # ----------------------------------------------------------------------------- outputs
 
@@ -164,57 +181,60 @@ class TextEmbeddings(nn.Module):
 
 
 class ViltPatchEmbeddings(nn.Module):
-    """Non-overlapping P x P patches projected by a strided convolution.
+    """Non-overlapping P x P patches projected by a strided convolution (``projection``).
 
     In float32 it is the reference's convolution, bit for bit. In reduced precision (bfloat16 / float16
-    weights or autocast), and in a model after ``optimize_for_inference()``, the same sum runs as one
-    matrix product over the flattened patches: faster on CPU (the patch table of
-    benchmarks/bench_kernels.py), and ~8x faster in its bfloat16 backward than the oneDNN convolution's.
-    After ``optimize_for_inference()``, eval calls without gradients use a prepacked weight.
+    weights or autocast) the same sum runs as one matrix product over the flattened patches: faster on
+    CPU (the patch table of benchmarks/bench_kernels.py), and ~8x faster in its bfloat16 backward than
+    the oneDNN convolution's. On the fast path (``fast``, decided by :class:`ViltModel`) the product
+    runs on a prepacked weight, in float32 too (same sum, different rounding).
     """
 
     def __init__(self, config: ViltConfig) -> None:
         super().__init__()
         self.patch_size = config.patch_size
-        self.projection = nn.Conv2d(
-            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
-        )
-        self.packed: Any = None  # a vilt.optimize.PackedPatchProjection, set by optimize_for_inference()
+        self.projection = PatchProjection(config.num_channels, config.hidden_size, config.patch_size)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, fast: bool = False) -> torch.Tensor:
         """(B, C, H, W) pixels -> (B, Hp, Wp, D) patch embeddings, Hp = H // P and Wp = W // P."""
         weight = self.projection.weight  # (D, C, P, P)
         pixel_values = pixel_values.to(dtype=weight.dtype)
         float32 = weight.dtype == torch.float32 and not torch.is_autocast_enabled(weight.device.type)
-        if float32 and self.packed is None:
+        if float32 and not fast:
             return self.projection(pixel_values).permute(0, 2, 3, 1)  # (B, Hp, Wp, D)
-        return self.patch_product(pixel_values)
+        return self.patch_product(pixel_values, fast)
 
-    def patch_product(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The convolution as a matrix product: (B, C, H, W) -> (B, Hp, Wp, D).
+    def patch_product(self, pixel_values: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        """The convolution as a matrix product: (B, C, H, W) -> (B, Hp, Wp, D); ``fast``: on the
+        prepacked weight.
 
         Rows and columns past the last whole patch are dropped, as the strided convolution does.
         """
-        weight = self.projection.weight  # (D, C, P, P)
         b, c, h, w = pixel_values.shape
         p = self.patch_size
         hp, wp = h // p, w // p  # at least 1 each: ViltModel checks the image size
         x = pixel_values[:, :, : hp * p, : wp * p]
         x = x.reshape(b, c, hp, p, wp, p).permute(0, 2, 4, 1, 3, 5)  # (B, Hp, Wp, C, P, P)
         x = x.reshape(b, hp, wp, c * p * p)  # (B, Hp, Wp, C*P*P), one row per patch
-        if self.packed is not None and self.packed.applies():
-            return self.packed(x)  # (B, Hp, Wp, D)
-        return F.linear(x, weight.reshape(weight.shape[0], -1), self.projection.bias)  # (B, Hp, Wp, D)
+        return self.projection.product(x, fast)  # (B, Hp, Wp, D)
 
 
 @dataclass
 class ImageTokens:
-    """The image part of the sequence, as built by :meth:`ViltEmbeddings.visual_embed`."""
+    """The image part of the sequence (:meth:`ViltModel.embed_images`): pass ``embeddings`` as
+    ``image_embeds`` with ``pixel_mask=mask`` to reuse them with any text."""
 
-    embeddings: torch.Tensor  # (B, 1 + Li, D), image CLS first
+    embeddings: torch.Tensor  # (B, 1 + Li, D), image CLS first, position embeddings added
     mask: torch.Tensor  # (B, 1 + Li) long, 1 = real token
     patch_index: torch.Tensor | None  # (B, Li, 2) (row, col) on the patch grid
     grid_size: tuple[int, int] | None  # (Hp, Wp)
+
+    def select(self, index: torch.Tensor | Sequence[int] | slice) -> ImageTokens:
+        """The tokens of the images at ``index`` (repeats allowed), e.g. one row per (image, text) pair."""
+        if not isinstance(index, (torch.Tensor, slice)):
+            index = torch.as_tensor(index, dtype=torch.long, device=self.mask.device)
+        patch_index = None if self.patch_index is None else self.patch_index[index]
+        return ImageTokens(self.embeddings[index], self.mask[index], patch_index, self.grid_size)
 
 
 def _bilinear_axis(size: torch.Tensor, out_len: int, grid_len: int) -> tuple[torch.Tensor, ...]:
@@ -326,6 +346,7 @@ class ViltEmbeddings(nn.Module):
         pixel_mask: torch.Tensor | None,
         max_image_length: int = -1,
         generator: torch.Generator | None = None,
+        fast: bool = False,
     ) -> ImageTokens:
         """Patch embeddings + interpolated positions + image CLS, with per-image patch selection.
 
@@ -334,8 +355,9 @@ class ViltEmbeddings(nn.Module):
             pixel_mask: (B, H, W), 1 on real pixels; None means every pixel is real.
             max_image_length: image tokens per image; -1 keeps every valid patch.
             generator: RNG for the random patch sampling of training with max_image_length > 0.
+            fast: run the patch projection on its cached product (see :class:`ViltModel`).
         """
-        x = self.patch_embeddings(pixel_values)  # (B, Hp, Wp, D)
+        x = self.patch_embeddings(pixel_values, fast)  # (B, Hp, Wp, D)
         b, hp, wp, _ = x.shape
         n = hp * wp
         x = x.reshape(b, n, -1)  # (B, N, D), row-major patches
@@ -364,7 +386,7 @@ class ViltEmbeddings(nn.Module):
                 most, least = torch.stack([counts.max(), counts.min()]).tolist()  # the one host sync
             if least == 0:
                 empty = (counts == 0).nonzero().flatten().tolist()
-                raise ValueError(
+                raise ViltInputError(
                     f"pixel_mask marks no pixel of image(s) {empty} as valid (at the top-left pixel of "
                     "each patch); every image needs at least one real patch. Pass the pixel_mask the "
                     "processor returns, or None when the images are not padded."
@@ -408,11 +430,12 @@ class ViltEmbeddings(nn.Module):
         image_embeds: torch.Tensor | None,
         image_token_type_idx: int | torch.Tensor = 1,
         generator: torch.Generator | None = None,
+        fast: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, ImageTokens]:
-        """Returns (embeddings (B, L, D), mask (B, L), image tokens)."""
+        """Returns (embeddings (B, L, D), mask (B, L), image tokens); ``fast`` as :meth:`visual_embed`."""
         text = self.text_embeddings(input_ids, token_type_ids, inputs_embeds)  # (B, Lt, D)
         if image_embeds is None:
-            image = self.visual_embed(pixel_values, pixel_mask, self.config.max_image_length, generator)
+            image = self.visual_embed(pixel_values, pixel_mask, self.config.max_image_length, generator, fast)
         else:  # precomputed image tokens: the caller included CLS and position embeddings
             b, li = image_embeds.shape[:2]
             mask = torch.ones(b, li, dtype=torch.long, device=image_embeds.device)
@@ -431,38 +454,27 @@ class ViltEmbeddings(nn.Module):
 # ----------------------------------------------------------------------------- transformer
 
 
-class _QKV(nn.Module):
-    """Holds the query/key/value projections under the reference's names."""
-
-    def __init__(self, config: ViltConfig) -> None:
-        super().__init__()
-        d = config.hidden_size
-        self.query = nn.Linear(d, d, bias=config.qkv_bias)
-        self.key = nn.Linear(d, d, bias=config.qkv_bias)
-        self.value = nn.Linear(d, d, bias=config.qkv_bias)
-        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
-
-
 class _Dense(nn.Module):
     """A Linear layer named ``dense`` followed by dropout (the reference's module names)."""
 
-    def __init__(self, d_in: int, d_out: int, dropout: float) -> None:
+    def __init__(self, d_in: int, d_out: int, dropout: float, layout_probe: bool = False) -> None:
         super().__init__()
-        self.dense = nn.Linear(d_in, d_out)
+        self.dense = PackedLinear(d_in, d_out, layout_probe=layout_probe)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.dense(x))
-
-
-def concatenated_linear(linears: Sequence[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Linear layers with one input size as one: their weights (sum N, K) and biases (sum N,) concatenated
-    along the outputs, in order (one layer's own tensors when there is one)."""
-    if len(linears) == 1:
-        return linears[0].weight, linears[0].bias
-    weight = torch.cat([linear.weight for linear in linears])  # (sum N, K)
-    bias = None if linears[0].bias is None else torch.cat([linear.bias for linear in linears])  # (sum N,)
-    return weight, bias
+    def forward(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None = None,
+        activation: nn.Module | None = None,
+        fast: bool = False,
+    ) -> torch.Tensor:
+        """``residual + dropout(activation(dense(x)))``, each part optional; ``fast``: on the cached product,
+        the activation or the add fused into it."""
+        if self.training and self.dropout.p > 0:  # the dropout sits between the product and the add
+            y = self.dropout(self.dense(x, activation=activation))
+            return y if residual is None else residual + y
+        return self.dense(x, residual, activation, fast)
 
 
 # Longest sequence whose CPU backward takes the explicit softmax instead of SDPA (its probabilities take
@@ -470,98 +482,12 @@ def concatenated_linear(linears: Sequence[nn.Linear]) -> tuple[torch.Tensor, tor
 EXPLICIT_TRAINING_MAX_LENGTH = 512
 
 
-class ViltAttention(nn.Module):
-    """Multi-head self-attention: SDPA by default, explicit softmax when probabilities are needed."""
-
-    def __init__(self, config: ViltConfig) -> None:
-        super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.head_dim = config.head_dim
-        self.attention = _QKV(config)
-        self.output = _Dense(config.hidden_size, config.hidden_size, config.hidden_dropout_prob)
-
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, length, _ = x.shape
-        return x.view(b, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, Dh)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        mask: AttentionMask,
-        head_mask: torch.Tensor | None = None,
-        eager: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        b, length, d = x.shape
-        backward = torch.is_grad_enabled() and x.requires_grad
-        q, k, v = self._project_fused(x) if backward else self._project(x)  # each (B, H, L, Dh)
-        probs = None
-        if eager or head_mask is not None or (backward and self._explicit_trains_faster(x)):
-            context, probs = self._explicit_attention(q, k, v, mask, head_mask)
-        else:
-            drop = self.attention.dropout.p if self.training else 0.0
-            context = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask.keep, dropout_p=drop
-            )  # (B, H, L, Dh)
-        context = context.transpose(1, 2).reshape(b, length, d)  # (B, L, D)
-        return self.output(context), probs
-
-    @staticmethod
-    def _explicit_trains_faster(x: torch.Tensor) -> bool:
-        """Whether the explicit softmax beats SDPA for a backward: on CPU, for sequences that are not long.
-
-        There the flash kernel's backward is ~3x slower (``benchmarks/bench_train.py``); the explicit
-        path keeps (B, H, L, L) probabilities, so long sequences and GPUs stay on SDPA.
-        """
-        return x.device.type == "cpu" and x.shape[1] <= EXPLICIT_TRAINING_MAX_LENGTH
-
-    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Query, key and value as three products (inference; ``optimize_for_inference`` fuses them)."""
-        qkv = self.attention
-        return self._split_heads(qkv.query(x)), self._split_heads(qkv.key(x)), self._split_heads(qkv.value(x))
-
-    def _project_fused(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Query, key and value as one product on the concatenated weights (when a backward follows).
-
-        One wide product, one autocast cast of ``x`` and one gradient for it instead of three; the
-        parameters keep the reference's three names.
-        """
-        qkv = self.attention
-        weight, bias = concatenated_linear([qkv.query, qkv.key, qkv.value])  # (3D, D), (3D,)
-        b, length, _ = x.shape
-        fused = F.linear(x, weight, bias).view(
-            b, length, 3, self.num_heads, self.head_dim
-        )  # (B, L, 3, H, Dh)
-        q, k, v = fused.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
-        return q, k, v
-
-    def _explicit_attention(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        mask: AttentionMask,
-        head_mask: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """softmax(q k^T / sqrt(Dh) + mask) v with the probabilities kept: (B, H, L, Dh), (B, H, L, L).
-
-        Used when the probabilities or a head mask are asked for, and for CPU backward passes.
-        """
-        # the reference's arithmetic, so that eager outputs are bit-identical to it
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, H, L, L)
-        if mask.additive is not None:
-            scores = scores + mask.additive.to(scores.dtype)
-        probs = self.attention.dropout(scores.softmax(dim=-1))
-        if head_mask is not None:
-            probs = probs * head_mask
-        return probs @ v, probs  # (B, H, L, Dh)
-
-
 @dataclass
 class AttentionMask:
     """The key-padding mask in the two forms the attention paths use (None when nothing is masked)."""
 
-    keep: torch.Tensor | None  # (B, 1, 1, L) bool, True = attend (for SDPA)
-    additive: torch.Tensor | None  # (B, 1, 1, L) 0 / finfo.min (for explicit softmax)
+    sdpa: torch.Tensor | None  # (B, 1, 1, L) for SDPA: bool, True = attend; additive on the fast path
+    additive: torch.Tensor | None  # (B, 1, 1, L) 0 / finfo.min, for the explicit softmax
 
     @classmethod
     def from_padding(cls, mask: torch.Tensor, dtype: torch.dtype, any_padding: bool) -> AttentionMask:
@@ -571,34 +497,123 @@ class AttentionMask:
         additive = (1.0 - keep.to(dtype)) * torch.finfo(dtype).min
         return cls(keep, additive)
 
+    @classmethod
+    def additive_only(cls, additive: torch.Tensor | None) -> AttentionMask:
+        """The additive form for both paths (the fast path's: SDPA would convert a bool mask in every layer)."""
+        return cls(additive, additive)
+
+
+class ViltAttention(nn.Module):
+    """Multi-head self-attention: SDPA by default, explicit softmax when probabilities are needed."""
+
+    def __init__(self, config: ViltConfig) -> None:
+        super().__init__()
+        self.attention = QKVProjection(
+            config.hidden_size,
+            config.num_attention_heads,
+            config.qkv_bias,
+            config.attention_probs_dropout_prob,
+        )
+        self.output = _Dense(config.hidden_size, config.hidden_size, config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: AttentionMask,
+        head_mask: torch.Tensor | None = None,
+        eager: bool = False,
+        residual: torch.Tensor | None = None,
+        fast: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention over x (B, L, D), projected, plus ``residual``; returns it and the (B, H, L, L)
+        probabilities when the explicit softmax ran (``eager``, a head mask, or a CPU backward)."""
+        b, length, d = x.shape
+        q, k, v = self.attention(x, fast)  # each (B, H, L, Dh)
+        probs = None
+        if eager or head_mask is not None or self._explicit_trains_faster(x):
+            context, probs = self._explicit_attention(q, k, v, mask, head_mask)
+        else:
+            drop = self.attention.dropout.p if self.training else 0.0
+            context = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask.sdpa, dropout_p=drop
+            )  # (B, H, L, Dh)
+        context = context.transpose(1, 2).reshape(b, length, d)  # (B, L, D)
+        return self.output(context, residual=residual, fast=fast), probs
+
+    @staticmethod
+    def _explicit_trains_faster(x: torch.Tensor) -> bool:
+        """Whether a backward follows and the explicit softmax beats SDPA for it: on CPU, for sequences
+        that are not long.
+
+        There the flash kernel's backward is ~3x slower (``benchmarks/bench_train.py``); the explicit
+        path keeps (B, H, L, L) probabilities, so long sequences and GPUs stay on SDPA.
+        """
+        backward = torch.is_grad_enabled() and x.requires_grad
+        return backward and x.device.type == "cpu" and x.shape[1] <= EXPLICIT_TRAINING_MAX_LENGTH
+
+    def _explicit_attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: AttentionMask,
+        head_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """softmax(q k^T / sqrt(Dh) + mask) v with the probabilities kept: (B, H, L, Dh), (B, H, L, L)."""
+        # the reference's arithmetic, so that eager outputs are bit-identical to it
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.attention.head_dim)  # (B, H, L, L)
+        if mask.additive is not None:
+            scores = scores + mask.additive.to(scores.dtype)
+        probs = self.attention.dropout(scores.softmax(dim=-1))
+        if head_mask is not None:
+            probs = probs * head_mask
+        return probs @ v, probs  # (B, H, L, Dh)
+
 
 class ViltLayer(nn.Module):
-    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
+
+    ``fast`` runs every product on its cached weights, with the GELU and both residual adds inside the
+    products (:class:`ViltModel` decides when; see :mod:`vilt.layers`).
+    """
 
     def __init__(self, config: ViltConfig) -> None:
         super().__init__()
         self.attention = ViltAttention(config)
         self.intermediate = _Dense(config.hidden_size, config.intermediate_size, 0.0)
         self.intermediate_act_fn = activation(config.hidden_act)
-        self.output = _Dense(config.intermediate_size, config.hidden_size, config.hidden_dropout_prob)
+        # the down-projection (4D -> D) lets a probe pick its oneDNN weight layout
+        self.output = _Dense(
+            config.intermediate_size, config.hidden_size, config.hidden_dropout_prob, layout_probe=True
+        )
         self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(
-        self, x: torch.Tensor, mask: AttentionMask, head_mask: torch.Tensor | None = None, eager: bool = False
+        self,
+        x: torch.Tensor,
+        mask: AttentionMask,
+        head_mask: torch.Tensor | None = None,
+        eager: bool = False,
+        fast: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, probs = self.attention(self.layernorm_before(x), mask, head_mask, eager)
-        x = x + attended
-        x = x + self.output(self.intermediate_act_fn(self.intermediate(self.layernorm_after(x))))
+        """x (B, L, D) -> (B, L, D), and the attention probabilities when the explicit softmax ran."""
+        x, probs = self.attention(self.layernorm_before(x), mask, head_mask, eager, residual=x, fast=fast)
+        hidden = self.intermediate(self.layernorm_after(x), activation=self.intermediate_act_fn, fast=fast)
+        x = self.output(hidden, residual=x, fast=fast)  # (B, L, D)
         return x, probs
 
 
 class ViltEncoder(nn.Module):
+    """The stack of layers. On the fast path (``fast``, decided by :class:`ViltModel`) the layers run on
+    cached products, and on CPU the batch may run in pieces and each sequence padded to a multiple of
+    32, where probes found that faster on this machine (:meth:`batch_pieces`, :meth:`attention_length`)."""
+
     def __init__(self, config: ViltConfig) -> None:
         super().__init__()
         self.layer = nn.ModuleList(ViltLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False
-        self.packed: Any = None  # a vilt.optimize.PackedEncoder, set by optimize_for_inference()
+        self.layer_sizes = (config.hidden_size, config.num_attention_heads, config.intermediate_size)
 
     def forward(
         self,
@@ -607,22 +622,35 @@ class ViltEncoder(nn.Module):
         head_mask: list[torch.Tensor | None],
         output_attentions: bool,
         output_hidden_states: bool,
+        eager: bool = False,
+        fast: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
-        packed = self.packed is not None and not torch.compiler.is_exporting()  # packed kernels don't trace
-        if packed and self.packed.applies(head_mask, output_attentions):
-            x, packed_hidden_states = self.packed(x, mask, output_hidden_states)
-            return x, packed_hidden_states, None
+        """Run every layer on x (B, L, D).
+
+        Args:
+            head_mask: one (1, H, 1, 1) multiplicative mask or None per layer.
+            output_attentions: return each layer's (B, H, L, L) probabilities (implies ``eager``).
+            output_hidden_states: return each layer's input, then the last output.
+            eager: the explicit softmax instead of SDPA (the reference's arithmetic).
+            fast: take the fast path (the caller checked that no gradient, head mask or probabilities
+                are needed).
+        Returns:
+            (output (B, L, D), hidden states or None, attention probabilities or None).
+        """
+        eager = eager or output_attentions
+        if fast:
+            x, states = self._fast(x, mask.additive, output_hidden_states)
+            return x, states, None
         hidden_states: list[torch.Tensor] = []
         attentions: list[torch.Tensor] = []
         for layer, layer_head_mask in zip(self.layer, head_mask):
             if output_hidden_states:
                 hidden_states.append(x)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, probs = checkpoint(layer, x, mask, layer_head_mask, output_attentions, use_reentrant=False)
+                x, probs = checkpoint(layer, x, mask, layer_head_mask, eager, use_reentrant=False)
             else:
-                x, probs = layer(x, mask, layer_head_mask, output_attentions)
-            if output_attentions:
-                attentions.append(probs)
+                x, probs = layer(x, mask, layer_head_mask, eager)
+            attentions.append(probs)
         if output_hidden_states:
             hidden_states.append(x)
         return (
@@ -630,6 +658,100 @@ class ViltEncoder(nn.Module):
             tuple(hidden_states) if output_hidden_states else None,
             tuple(attentions) if output_attentions else None,
         )
+
+    # -- the fast path ---------------------------------------------------------------------------
+    def _fast(
+        self, x: torch.Tensor, bias: torch.Tensor | None, output_hidden_states: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Every layer on cached products; ``bias`` is the (B, 1, 1, L) additive key mask or None.
+
+        A batch runs in :meth:`batch_pieces` pieces, whose results are concatenated.
+        """
+        passes = self.batch_pieces(x)
+        if passes == 1:
+            return self._fast_pass(x, bias, output_hidden_states)
+        biases = [None] * passes if bias is None else bias.tensor_split(passes)
+        pieces = [
+            self._fast_pass(*piece, output_hidden_states) for piece in zip(x.tensor_split(passes), biases)
+        ]
+        x = torch.cat([out for out, _ in pieces])  # (B, L, D)
+        if not output_hidden_states:
+            return x, None
+        per_piece = [states for _, states in pieces if states is not None]
+        return x, tuple(torch.cat(states) for states in zip(*per_piece))
+
+    def _fast_pass(
+        self, x: torch.Tensor, bias: torch.Tensor | None, output_hidden_states: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Every layer on x (B, L, D) in one pass, run at :meth:`attention_length` rows."""
+        length = x.shape[1]
+        padded = self.attention_length(x)
+        if padded > length:
+            bias = padded_bias(bias, x, padded)  # (B, 1, 1, padded), the padded keys masked
+            x = F.pad(x, (0, 0, 0, padded - length))  # (B, padded, D), zero rows at the end
+        mask = AttentionMask.additive_only(bias)
+        hidden_states = []
+        for layer in self.layer:
+            if output_hidden_states:
+                hidden_states.append(x[:, :length].contiguous())  # (B, L, D); x itself if not padded
+            x, _ = layer(x, mask, fast=True)
+        x = x[:, :length].contiguous()  # (B, L, D); x itself if not padded
+        if output_hidden_states:
+            hidden_states.append(x)
+        return x, tuple(hidden_states) if output_hidden_states else None
+
+    def _shape_key(self, x: torch.Tensor) -> tuple[Any, ...]:
+        """What a probe's answer depends on besides the machine: dtype and the layers' sizes."""
+        return (str(x.dtype), *self.layer_sizes)
+
+    def attention_length(self, x: torch.Tensor) -> int:
+        """The length the fast path runs a (B, L, D) CPU sequence at: L, or
+        :func:`vilt.layers.padding_candidate` (the next multiple of 32 when that adds few rows) when a
+        probe found a layer faster padded. The probe (once per process, dtype and layer size) times the
+        first layer at batch 1 on the first candidate length seen, plain and padded. The padded rows are
+        masked as keys and dropped at the end, so outputs change only by rounding."""
+        length = x.shape[1]
+        padded = padding_candidate(length)
+        if padded == length or x.device.type != "cpu" or not self.layer:
+            return length
+
+        def probe() -> dict[str, float]:
+            sample = torch.randn(1, length, x.shape[-1], generator=torch.Generator().manual_seed(0)).to(x)
+            plain = AttentionMask.additive_only(None)
+            padding = AttentionMask.additive_only(padded_bias(None, sample, padded))
+            wide = F.pad(sample, (0, 0, 0, padded - length))  # (1, padded, D)
+            layer = self.layer[0]
+            return tuning.median_seconds(
+                {
+                    "plain": lambda: layer(sample, plain, fast=True),
+                    "candidate": lambda: layer(wide, padding, fast=True),
+                }
+            )
+
+        return padded if tuning.decide(("padded attention", *self._shape_key(x)), probe) else length
+
+    def batch_pieces(self, x: torch.Tensor) -> int:
+        """How many equal pieces the fast path runs a (B, L, D) CPU batch in: 1, or enough to keep each
+        within :data:`vilt.layers.MAX_ROWS_PER_PASS` rows when a probe found that faster. The probe
+        (once per process, dtype and layer size, at the first batch large enough) times the first layer
+        on this batch's row count whole and in those pieces."""
+        b, length, d = x.shape
+        passes = pieces_candidate(b, length)
+        if passes == 1 or x.device.type != "cpu":
+            return 1
+
+        def probe() -> dict[str, float]:
+            sample = torch.randn(b, length, d, generator=torch.Generator().manual_seed(0)).to(x)
+            pieces = sample.tensor_split(passes)
+            layer, mask = self.layer[0], AttentionMask.additive_only(None)
+            return tuning.median_seconds(
+                {
+                    "plain": lambda: layer(sample, mask, fast=True),
+                    "candidate": lambda: [layer(piece, mask, fast=True) for piece in pieces],
+                }
+            )
+
+        return passes if tuning.decide(("batch pieces", *self._shape_key(x)), probe) else 1
 
 
 class ViltPooler(nn.Module):
@@ -708,22 +830,35 @@ class ViltPreTrainedModel(nn.Module):
     def gradient_checkpointing_disable(self) -> None:
         self.set_grad_checkpointing(False)
 
-    def optimize_for_inference(self) -> ViltPreTrainedModel:
-        """Eval mode plus the encoder fast path of :mod:`vilt.optimize`; returns the model.
+    def set_fast_path(self, enabled: bool = True) -> ViltPreTrainedModel:
+        """Turn the inference fast path on or off; returns the model.
 
-        The encoder's weights are prepacked (oneDNN on CPU) with fused QKV, bias, activation and
-        residual adds. Parameters, names and saving are unchanged; the packed copy is rebuilt when a
-        weight changes, and only no-gradient eval calls use it. Cast the dtype first (e.g. bfloat16).
-        The patch embedding runs as a product on a prepacked weight, in float32 too (same sum,
-        different rounding).
+        On (the default, unless ``VILT_FAST_PATH=0`` was set when the model was built), eval calls that
+        need no gradient, head mask or attention probabilities run the encoder and the patch embedding
+        on cached, prepacked weights (see :mod:`vilt.layers`). Off, every call runs the plain layers and
+        the caches are released.
         """
-        from .optimize import PackedEncoder, PackedPatchProjection
+        for module in self.modules():
+            if isinstance(module, ViltModel):
+                module.fast_path = enabled
+            if not enabled and isinstance(module, CachedProduct):
+                module.release()
+        return self
 
-        base = self if isinstance(self, ViltModel) else getattr(self, self.base_model_prefix)
-        base.encoder.packed = PackedEncoder(base.encoder, self.config.hidden_act)
-        patches = base.embeddings.patch_embeddings
-        patches.packed = PackedPatchProjection(patches.projection)
-        return self.eval()
+    def optimize_for_inference(self) -> ViltPreTrainedModel:
+        """Eval mode with the fast path on and its caches built now instead of on the first call;
+        returns the model. Cast the dtype and move the device first (either drops the caches).
+
+        The encoder's products run on prepacked weights (oneDNN on CPU) with the query, key and value
+        projections fused, and the bias, activation and residual adds inside the products; the patch
+        embedding runs as a product on a prepacked weight, in float32 too (same sum, different rounding).
+        Parameters, names and saving are unchanged.
+        """
+        self.eval().set_fast_path(True)
+        for module in self.modules():
+            if isinstance(module, CachedProduct):
+                module.packed()
+        return self
 
     def get_input_embeddings(self) -> nn.Embedding:
         base = self if isinstance(self, ViltModel) else getattr(self, self.base_model_prefix)
@@ -774,13 +909,21 @@ class ViltModel(ViltPreTrainedModel):
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pooler = ViltPooler(config) if add_pooling_layer else None
         self.attn_implementation = "sdpa"
+        self.fast_path = fast_path_default()
         self.post_init()
+
+    def takes_fast_path(self, *inputs: torch.Tensor | None, exact: bool = False) -> bool:
+        """Whether a call on these input tensors takes the fast path: the switch is on (see
+        :meth:`set_fast_path`), the call needs no gradient, head mask or attention probabilities
+        (``exact``: it needs one of them), and :func:`vilt.layers.inference_only` holds (eval mode, no
+        autocast, not compiling or exporting)."""
+        return self.fast_path and not exact and inference_only(self, *inputs)
 
     def set_attn_implementation(self, name: str) -> None:
         """ "sdpa" (default: fused kernels; CPU backward passes take the explicit softmax, faster there)
         or "eager" (explicit softmax everywhere, as the reference)."""
         if name not in ("sdpa", "eager"):
-            raise ValueError(f"attention implementation must be 'sdpa' or 'eager', got {name!r}")
+            raise ViltInputError(f"attention implementation must be 'sdpa' or 'eager', got {name!r}")
         self.attn_implementation = name
 
     # -- input checks ---------------------------------------------------------------------------
@@ -794,73 +937,133 @@ class ViltModel(ViltPreTrainedModel):
         pixel_mask: torch.Tensor | None,
         image_embeds: torch.Tensor | None,
     ) -> tuple[int, int]:
-        """Validate shapes and return (batch size, text length); raise ValueError naming the problem."""
+        """Validate shapes and values; return (batch size, text length). Raise ViltInputError naming the
+        problem."""
         cfg = self.config
         if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+            raise ViltInputError("pass exactly one of input_ids or inputs_embeds")
         if (pixel_values is None) == (image_embeds is None):
-            raise ValueError("pass exactly one of pixel_values or image_embeds")
+            raise ViltInputError("pass exactly one of pixel_values or image_embeds")
         text = input_ids if input_ids is not None else inputs_embeds
         if input_ids is not None and input_ids.dim() != 2:
-            raise ValueError(
+            raise ViltInputError(
                 f"input_ids must be 2-D (batch, text length), got shape {tuple(input_ids.shape)}"
             )
         if inputs_embeds is not None and (
             inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != cfg.hidden_size
         ):
-            raise ValueError(
+            raise ViltInputError(
                 f"inputs_embeds must be (batch, text length, {cfg.hidden_size}), got {tuple(inputs_embeds.shape)}"
             )
         batch, length = text.shape[:2]
+        if batch == 0:
+            raise ViltInputError("the batch is empty (0 examples): pass at least one text and one image")
         if length > cfg.max_position_embeddings:
-            raise ValueError(
+            raise ViltInputError(
                 f"the text is {length} tokens long but this model reads at most "
                 f"{cfg.max_position_embeddings}; tokenize with truncation=True, "
                 f"max_length={cfg.max_position_embeddings}"
             )
         if length == 0:
-            raise ValueError(
+            raise ViltInputError(
                 "the text is empty: tokenize with add_special_tokens=True to get [CLS] and [SEP]"
             )
         for name, value in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if value is not None and tuple(value.shape) != (batch, length):
-                raise ValueError(
+                raise ViltInputError(
                     f"{name} must have shape {(batch, length)} like the text, got {tuple(value.shape)}"
                 )
         if pixel_values is not None:
-            if pixel_values.dim() != 4:
-                raise ValueError(
-                    f"pixel_values must be 4-D (batch, channels, height, width), got shape {tuple(pixel_values.shape)}"
-                )
-            b, c, h, w = pixel_values.shape
-            if c != cfg.num_channels:
-                raise ValueError(
-                    f"pixel_values has {c} channels but the model expects {cfg.num_channels}; "
-                    "convert images to RGB (the processor does this)"
-                )
-            if h < cfg.patch_size or w < cfg.patch_size:
-                raise ValueError(
-                    f"the image batch is {h}x{w} pixels, smaller than one {cfg.patch_size}x{cfg.patch_size} "
-                    "patch; resize it (the processor does this)"
-                )
-            if pixel_mask is not None and tuple(pixel_mask.shape) != (b, h, w):
-                raise ValueError(f"pixel_mask must have shape {(b, h, w)}, got {tuple(pixel_mask.shape)}")
+            images = self._check_pixels(pixel_values, pixel_mask)
         else:
-            b = image_embeds.shape[0]
+            images = image_embeds.shape[0]
             if image_embeds.dim() != 3 or image_embeds.shape[-1] != cfg.hidden_size:
-                raise ValueError(
+                raise ViltInputError(
                     f"image_embeds must be (batch, image tokens, {cfg.hidden_size}), got {tuple(image_embeds.shape)}"
                 )
             if pixel_mask is not None and pixel_mask.numel() != image_embeds.shape[0] * image_embeds.shape[1]:
-                raise ValueError(
+                raise ViltInputError(
                     f"with image_embeds, pixel_mask must mark each of the {image_embeds.shape[1]} image tokens: "
                     f"expected shape {tuple(image_embeds.shape[:2])}, got {tuple(pixel_mask.shape)}"
                 )
-        if b != batch:
-            raise ValueError(
-                f"the text batch has {batch} examples but the image batch has {b}; they must match"
+        if images != batch:
+            raise ViltInputError(
+                f"the text batch has {batch} examples but the image batch has {images}; they must match"
             )
+        self._check_values(input_ids, token_type_ids, pixel_values)
         return batch, length
+
+    def _check_pixels(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> int:
+        """Validate the shapes of a pixel batch and its mask; return the batch size."""
+        cfg = self.config
+        if pixel_values.dim() != 4:
+            raise ViltInputError(
+                f"pixel_values must be 4-D (batch, channels, height, width), got shape {tuple(pixel_values.shape)}"
+            )
+        b, c, h, w = pixel_values.shape
+        if b == 0:
+            raise ViltInputError("the image batch is empty (0 images): pass at least one image")
+        if c != cfg.num_channels:
+            raise ViltInputError(
+                f"pixel_values has {c} channels but the model expects {cfg.num_channels}; "
+                "convert images to RGB (the processor does this)"
+            )
+        if h < cfg.patch_size or w < cfg.patch_size:
+            raise ViltInputError(
+                f"the image batch is {h}x{w} pixels, smaller than one {cfg.patch_size}x{cfg.patch_size} "
+                "patch; resize it (the processor does this)"
+            )
+        if pixel_mask is not None and tuple(pixel_mask.shape) != (b, h, w):
+            raise ViltInputError(f"pixel_mask must have shape {(b, h, w)}, got {tuple(pixel_mask.shape)}")
+        return b
+
+    def _check_values(
+        self,
+        input_ids: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+    ) -> None:
+        """Token ids inside the vocabulary, segment ids inside ``type_vocab_size``, finite pixel values.
+
+        A few reductions and one host sync (pixels: their sum is finite unless a value is not, or the
+        sum overflows); the exact culprits are looked up only when a check fails. Skipped while
+        compiling or exporting, where a graph cannot branch on values.
+        """
+        if torch.compiler.is_compiling():
+            return
+        cfg = self.config
+        checks = [
+            (name, ids, limit)
+            for name, ids, limit in (
+                ("input_ids", input_ids, cfg.vocab_size),
+                ("token_type_ids", token_type_ids, cfg.type_vocab_size),
+            )
+            if ids is not None
+        ]
+        stats = [s for _, ids, _ in checks for s in (ids.min(), ids.max())]
+        if pixel_values is not None:
+            stats.append(pixel_values.sum())  # in the pixels' dtype: no converted copy
+        if not stats:
+            return
+        values = torch.stack([s.to(torch.float32) for s in stats]).tolist()  # the one host sync
+        for i, (name, ids, limit) in enumerate(checks):
+            if values[2 * i] < 0 or values[2 * i + 1] >= limit:
+                bad = ids[(ids < 0) | (ids >= limit)].unique()[:5].tolist()
+                raise ViltInputError(
+                    f"{name} must lie in [0, {limit}) for this model, got {bad}; encode the text with this "
+                    "model's tokenizer (its vocabulary must match the model's)"
+                    if name == "input_ids"
+                    else f"{name} must lie in [0, {limit}) for this model, got {bad}; pass 0 for the text "
+                    "segment (or leave token_type_ids out)"
+                )
+        if pixel_values is not None and not math.isfinite(values[-1]):
+            finite = torch.isfinite(pixel_values).flatten(1).all(dim=1)  # (B,)
+            if not bool(finite.all()):  # else only the sum overflowed
+                images = (~finite).nonzero().flatten().tolist()
+                raise ViltInputError(
+                    f"pixel_values of image(s) {images} hold NaN or infinite values; pass images decoded "
+                    "and normalized by the processor"
+                )
 
     def _head_mask_per_layer(self, head_mask: torch.Tensor | None) -> list[torch.Tensor | None]:
         """(H,) or (num_layers, H) multiplicative head mask -> one (1, H, 1, 1) tensor per layer."""
@@ -871,10 +1074,28 @@ class ViltModel(ViltPreTrainedModel):
         if head_mask.dim() == 1:
             head_mask = head_mask[None].expand(n, -1)
         if tuple(head_mask.shape) != (n, heads):
-            raise ValueError(
+            raise ViltInputError(
                 f"head_mask must have shape ({heads},) or ({n}, {heads}), got {tuple(head_mask.shape)}"
             )
         return [m.reshape(1, heads, 1, 1).to(self.dtype) for m in head_mask]
+
+    # -- image tokens --------------------------------------------------------------------------------
+    def embed_images(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None) -> ImageTokens:
+        """The image tokens of a pixel batch, to embed each image once and pair it with many texts.
+
+        Args:
+            pixel_values: (B, C, H, W) padded images, as for :meth:`forward`.
+            pixel_mask: (B, H, W) 1 on real pixels (default: all real).
+        Returns:
+            :class:`ImageTokens`: ``embeddings`` (B, 1 + Li, D), the image CLS first, with position
+            embeddings, and ``mask`` (B, 1 + Li). ``forward(..., image_embeds=tokens.embeddings,
+            pixel_mask=tokens.mask)`` gives the outputs of ``forward(..., pixel_values, pixel_mask)``;
+            ``tokens.select(rows)`` picks images, repeats allowed.
+        """
+        self._check_pixels(pixel_values, pixel_mask)
+        self._check_values(None, None, pixel_values)
+        fast = self.takes_fast_path(pixel_values)
+        return self.embeddings.visual_embed(pixel_values, pixel_mask, self.config.max_image_length, fast=fast)
 
     # -- forward -----------------------------------------------------------------------------------
     def forward(
@@ -892,6 +1113,7 @@ class ViltModel(ViltPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         generator: torch.Generator | None = None,
+        **kwargs: Any,
     ) -> ViltModelOutput | tuple[torch.Tensor, ...]:
         """Encode text and image(s) jointly.
 
@@ -900,12 +1122,14 @@ class ViltModel(ViltPreTrainedModel):
             attention_mask: (B, Lt) 1 for real text tokens (default: all ones).
             token_type_ids: (B, Lt) text segment ids (default: zeros).
             pixel_values: (B, C, H, W) padded images; or ``image_embeds`` (B, Li, D) precomputed image
-                tokens including CLS and position embeddings, with ``pixel_mask`` (B, Li) marking them.
+                tokens including CLS and position embeddings (:meth:`embed_images`), with ``pixel_mask``
+                (B, Li) marking them.
             pixel_mask: (B, H, W) 1 on real pixels (default: all real).
             head_mask: (H,) or (num_layers, H) multiplicative mask on attention heads.
             image_token_type_idx: modality id of the image tokens (default 1; NLVR2 uses 1, 2, ...).
             output_attentions, output_hidden_states, return_dict: as in transformers.
             generator: RNG for random patch sampling (training with max_image_length > 0 only).
+            kwargs: accepted and ignored, as transformers does (e.g. a Trainer's ``num_items_in_batch``).
         """
         cfg = self.config
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
@@ -919,6 +1143,10 @@ class ViltModel(ViltPreTrainedModel):
         device = (input_ids if input_ids is not None else inputs_embeds).device
         if attention_mask is None:
             attention_mask = torch.ones(batch, length, dtype=torch.long, device=device)
+        eager = output_attentions or self.attn_implementation == "eager"
+        fast = self.takes_fast_path(
+            pixel_values, inputs_embeds, image_embeds, exact=eager or head_mask is not None
+        )
         embeddings, mask, image = self.embeddings(
             input_ids,
             attention_mask,
@@ -929,21 +1157,25 @@ class ViltModel(ViltPreTrainedModel):
             image_embeds,
             1 if image_token_type_idx is None else image_token_type_idx,
             generator,
+            fast,
         )
-        eager = output_attentions or self.attn_implementation == "eager"
         any_padding = torch.compiler.is_exporting() or (  # an exported graph must serve padded batches
             bool((mask == 0).any()) if (attention_mask is not None or pixel_mask is not None) else False
         )
         attention = AttentionMask.from_padding(mask, embeddings.dtype, any_padding)
         x, hidden_states, attentions = self.encoder(
-            embeddings, attention, self._head_mask_per_layer(head_mask), eager, output_hidden_states
+            embeddings,
+            attention,
+            self._head_mask_per_layer(head_mask),
+            output_attentions,
+            output_hidden_states,
+            eager=eager,
+            fast=fast,
         )
-        if attentions is not None and not output_attentions:
-            attentions = None
         sequence = self.layernorm(x)  # (B, L, D)
         pooled = self.pooler(sequence) if self.pooler is not None else None
-        if not return_dict:
-            return tuple(v for v in (sequence, pooled, hidden_states, attentions) if v is not None)
+        if not return_dict:  # the reference's tuple: pooled (None without a pooler) always in position 1
+            return (sequence, pooled, *(v for v in (hidden_states, attentions) if v is not None))
         return ViltModelOutput(
             last_hidden_state=sequence,
             pooler_output=pooled,

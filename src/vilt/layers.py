@@ -1,0 +1,365 @@
+"""Building blocks of the encoder and the patch embedding that can also run on cached inference kernels.
+
+Each block keeps the reference's parameters under the reference's names (the weight contract) and
+computes the plain result unless its caller passes ``fast=True``. ``ViltModel`` decides that once per
+call: for calls that need no gradient, head mask or attention probabilities, in eval mode, outside
+autocast, ``torch.compile`` and ``torch.export`` (:func:`inference_only`), while its ``fast_path``
+switch is on. A fast call runs on a cache made from the parameters (:class:`PackedProduct`):
+
+* on CPU builds with oneDNN (float32, bfloat16) the weight is prepacked once into oneDNN's blocked
+  layout and the bias, the activation (GELU, ReLU) and the residual add run as post-ops of the matrix
+  product, so no separate elementwise pass remains;
+* elsewhere (CUDA, float16) the cache is the weight itself, or the concatenated weights of the fused
+  query/key/value product, and the activation and the add run as usual.
+
+The parameters stay the source of truth; a cache is rebuilt when one of its parameters changes (an
+in-place update, ``load_state_dict``, replacing it), and dropped by ``.train()``, ``.to()`` (and every
+other ``_apply``), ``copy.deepcopy`` and pickling; the next fast call rebuilds it. ``VILT_FAST_PATH=0``
+in the environment turns the switch off in models built afterwards (:func:`fast_path_default`).
+
+This module imports nothing of ``vilt`` but :mod:`vilt.tuning`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import tuning
+
+
+def fast_path_default() -> bool:
+    """The fast-path switch of a newly built model: on, unless ``VILT_FAST_PATH`` is 0/false/no/off."""
+    return os.environ.get("VILT_FAST_PATH", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def inference_only(module: nn.Module, *inputs: torch.Tensor | None) -> bool:
+    """Whether a call of ``module`` on the tensors ``inputs`` (None entries ignored) may run on cached
+    kernels: eval mode, no gradient to compute (for an input or a parameter), no autocast, not being
+    compiled or exported."""
+    device = next(t.device for t in inputs if t is not None)
+    if module.training or torch.compiler.is_compiling() or torch.is_autocast_enabled(device.type):
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    return not any(t is not None and t.requires_grad for t in inputs) and not any(
+        p.requires_grad for p in module.parameters()
+    )
+
+
+# ----------------------------------------------------------------------------- the cached product
+
+
+def onednn_applies(weight: torch.Tensor) -> bool:
+    """Whether oneDNN's prepacked Linear kernels serve this weight (CPU, float32 or bfloat16)."""
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype in (torch.float32, torch.bfloat16)
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+def onednn_post_op(activation: nn.Module) -> tuple[str, str] | None:
+    """oneDNN's post-op (name, algorithm) computing ``activation``, or None if it has none."""
+    if type(activation) is nn.GELU:
+        return "gelu", "tanh" if activation.approximate == "tanh" else "none"
+    if type(activation) is nn.ReLU:
+        return "relu", ""
+    return None
+
+
+def concatenated_linear(linears: Sequence[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Linear layers with one input size as one: their weights (sum N, K) and biases (sum N,) concatenated
+    along the outputs, in order (one layer's own tensors when there is one)."""
+    if len(linears) == 1:
+        return linears[0].weight, linears[0].bias
+    weight = torch.cat([linear.weight for linear in linears])  # (sum N, K)
+    bias = None if linears[0].bias is None else torch.cat([linear.bias for linear in linears])  # (sum N,)
+    return weight, bias
+
+
+class PackedProduct:
+    """``x @ weight.T + bias`` on a weight prepared once for inference (prepacked for oneDNN on CPU).
+
+    Args:
+        weight: (N, K), detached.
+        bias: (N,) or None.
+        packed_rows: the row count oneDNN chooses the weight's blocked layout for (its default if None).
+    """
+
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, packed_rows: int | None = None
+    ) -> None:
+        self.bias, self.packed_rows = bias, packed_rows
+        self.onednn = onednn_applies(weight)
+        if not self.onednn:
+            self.weight = weight
+        elif packed_rows is None:
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight)
+        else:
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, packed_rows)
+
+    def __call__(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, activation: nn.Module | None = None
+    ) -> torch.Tensor:
+        """``residual + activation(x @ weight.T + bias)``, each part optional; under oneDNN the activation,
+        or else the residual add, runs inside the product."""
+        if not self.onednn:
+            y = F.linear(x, self.weight, self.bias)
+        elif residual is not None and activation is None:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
+        else:
+            fused = None if activation is None else onednn_post_op(activation)
+            name, algorithm = fused or ("none", "")
+            y = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, name, [], algorithm)
+            if fused is not None:
+                activation = None  # applied inside the product
+        if activation is not None:
+            y = activation(y)
+        return y if residual is None else residual + y
+
+
+def parameter_signature(parameters: Iterable[torch.Tensor | None]) -> list[tuple[int, int, int]]:
+    """What identifies the current values of ``parameters``: object, storage, in-place version.
+
+    In-place changes through ``.data`` go unseen (it has a version counter of its own), and so do those
+    of tensors made under ``torch.inference_mode()``, which keep none; replacing a tensor is seen.
+    """
+    return [(id(p), p.data_ptr(), 0 if p.is_inference() else p._version) for p in parameters if p is not None]
+
+
+class CachedProduct(nn.Module):
+    """A module with a :class:`PackedProduct` made from its parameters (:meth:`sources`, by
+    :meth:`build_product`), kept while they stay unchanged; mixed in before the ``nn.Module`` subclass it
+    extends."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release()
+
+    def sources(self) -> list[torch.Tensor | None]:
+        """The parameters the product is made from."""
+        raise NotImplementedError
+
+    def build_product(self) -> PackedProduct:
+        raise NotImplementedError
+
+    def packed(self) -> PackedProduct:
+        """The cached product, rebuilt first if a parameter changed since it was built."""
+        signature = parameter_signature(self.sources())
+        if self._product is None or signature != self._signature:
+            with torch.no_grad():
+                self._product = self.build_product()
+            self._signature = signature
+        return self._product
+
+    @property
+    def cached(self) -> bool:
+        """Whether a product is cached now."""
+        return self._product is not None
+
+    def release(self) -> None:
+        """Drop the cached product (its memory is freed once no call uses it)."""
+        self._product: PackedProduct | None = None
+        self._signature: list[tuple[int, int, int]] = []
+
+    def train(self, mode: bool = True) -> CachedProduct:
+        if mode:
+            self.release()
+        return super().train(mode)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> CachedProduct:
+        self.release()
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles carry no cache (packed oneDNN tensors cannot be copied); they rebuild it."""
+        state = super().__getstate__()
+        state["_product"], state["_signature"] = None, []
+        return state
+
+
+# oneDNN's default blocked layout for a bfloat16 weight can run a wide-input product (e.g. the MLP's
+# 4D -> D down-projection) at about half speed for a few hundred to a thousand rows on some CPUs, where
+# its layout for 1 row runs at full speed (the layout table of benchmarks/bench_kernels.py); elsewhere
+# the two are even, or the default is faster. The probe times both on this many rows.
+LAYOUT_PROBE_ROWS = 768
+
+
+def one_row_layout_pays(weight: torch.Tensor) -> bool:
+    """Whether oneDNN's layout for 1 row beats its default layout for a product with ``weight`` (N, K)
+    here: probed once per process for each shape and dtype on ``LAYOUT_PROBE_ROWS`` rows."""
+    if not onednn_applies(weight):
+        return False
+    n, k = weight.shape
+
+    def probe() -> dict[str, float]:
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(LAYOUT_PROBE_ROWS, k, generator=generator).to(weight.dtype)  # (rows, K)
+        default, one_row = PackedProduct(weight, None), PackedProduct(weight, None, packed_rows=1)
+        return tuning.median_seconds({"plain": lambda: default(x), "candidate": lambda: one_row(x)})
+
+    return tuning.decide(("one-row weight layout", str(weight.dtype), n, k), probe)
+
+
+# ----------------------------------------------------------------------------- the blocks
+
+
+class PackedLinear(CachedProduct, nn.Linear):
+    """``nn.Linear`` that can run on its prepacked weight, with an activation or a residual add fused.
+
+    Args:
+        in_features, out_features, bias: as ``nn.Linear``.
+        layout_probe: let :func:`one_row_layout_pays` choose the weight's oneDNN layout (for the products
+            with a wide input, where the layout matters).
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, layout_probe: bool = False
+    ) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.layout_probe = layout_probe
+
+    def sources(self) -> list[torch.Tensor | None]:
+        return [self.weight, self.bias]
+
+    def build_product(self) -> PackedProduct:
+        weight = self.weight.detach()
+        bias = None if self.bias is None else self.bias.detach()
+        rows = 1 if self.layout_probe and one_row_layout_pays(weight) else None
+        return PackedProduct(weight, bias, rows)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None = None,
+        activation: nn.Module | None = None,
+        fast: bool = False,
+    ) -> torch.Tensor:
+        """``residual + activation(x @ weight.T + bias)``, each part optional: (..., K) -> (..., N).
+        ``fast`` runs it on the cached product (the caller checked :func:`inference_only`)."""
+        if fast:
+            return self.packed()(x, residual, activation)
+        y = super().forward(x)
+        if activation is not None:
+            y = activation(y)
+        return y if residual is None else residual + y
+
+
+class QKVProjection(CachedProduct):
+    """The query, key and value projections (Linear layers under those names) of multi-head attention,
+    and the attention-probability dropout.
+
+    Args:
+        hidden_size: D, the input and each projection's output width.
+        num_heads: H; the head size Dh is D // H.
+        bias: whether the projections have biases.
+        dropout: attention-probability dropout.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, bias: bool, dropout: float) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
+        self.query = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.key = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.value = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def sources(self) -> list[torch.Tensor | None]:
+        return [p for linear in (self.query, self.key, self.value) for p in (linear.weight, linear.bias)]
+
+    def build_product(self) -> PackedProduct:
+        weight, bias = concatenated_linear([self.query, self.key, self.value])  # (3D, D), (3D,)
+        return PackedProduct(weight.detach(), None if bias is None else bias.detach())
+
+    def forward(self, x: torch.Tensor, fast: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, L, D) -> query, key, value, each (B, H, L, Dh).
+
+        One product on the concatenated weights when ``fast`` (cached) or when a backward follows (one
+        wide product, one autocast cast of ``x`` and one gradient for it instead of three); otherwise
+        three products, as the reference.
+        """
+        b, length, _ = x.shape
+        if fast or (torch.is_grad_enabled() and x.requires_grad):
+            if fast:
+                fused = self.packed()(x)  # (B, L, 3D)
+            else:
+                fused = F.linear(x, *concatenated_linear([self.query, self.key, self.value]))  # (B, L, 3D)
+            fused = fused.view(b, length, 3, self.num_heads, self.head_dim)  # (B, L, 3, H, Dh)
+            q, k, v = fused.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh), strided views
+            return q, k, v
+        return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, length, _ = x.shape
+        return x.view(b, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, Dh)
+
+
+class PatchProjection(CachedProduct, nn.Conv2d):
+    """The (D, C, P, P) projection of non-overlapping P x P patches: a strided ``nn.Conv2d``, whose sum
+    also runs as one matrix product over flattened patches (:meth:`product`), on a prepacked weight
+    when fast."""
+
+    def __init__(self, num_channels: int, hidden_size: int, patch_size: int) -> None:
+        super().__init__(num_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+
+    def flat_weight(self) -> torch.Tensor:
+        return self.weight.reshape(self.out_channels, -1)  # (D, C*P*P)
+
+    def sources(self) -> list[torch.Tensor | None]:
+        return [self.weight, self.bias]
+
+    def build_product(self) -> PackedProduct:
+        weight = self.flat_weight().detach()
+        bias = None if self.bias is None else self.bias.detach()
+        return PackedProduct(weight, bias, 1 if one_row_layout_pays(weight) else None)
+
+    def product(self, patches: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        """(..., C*P*P) flattened patches -> (..., D); ``fast`` runs it on the cached product."""
+        if fast:
+            return self.packed()(patches)
+        return F.linear(patches, self.flat_weight(), self.bias)
+
+
+# ----------------------------------------------------------------------------- padding and pieces
+
+# PyTorch's CPU flash attention runs its products in blocks, and on some CPUs a sequence whose length is
+# a multiple of 32 runs markedly faster (ViLT-B/32's 185 rows for a 384x384 image and 40 tokens padded to
+# 192: ~1.6x on one Intel CPU, ~1.15x on one AMD CPU; the attention table of benchmarks/bench_kernels.py).
+ATTENTION_ROW_MULTIPLE = 32
+# Every Linear pays for the padded rows too, so a sequence is a candidate only while they are few.
+ATTENTION_MAX_EXTRA_FRACTION = 1 / 16
+
+
+def padding_candidate(length: int) -> int:
+    """The padded length a sequence of ``length`` tokens may run at: the next multiple of
+    ``ATTENTION_ROW_MULTIPLE`` when that adds at most ``ATTENTION_MAX_EXTRA_FRACTION`` rows (185 -> 192,
+    221 -> 224, 281 -> 288; not 257 -> 288), else ``length``."""
+    padded = -(-length // ATTENTION_ROW_MULTIPLE) * ATTENTION_ROW_MULTIPLE
+    return padded if padded - length <= length * ATTENTION_MAX_EXTRA_FRACTION else length
+
+
+def padded_bias(bias: torch.Tensor | None, x: torch.Tensor, padded: int) -> torch.Tensor:
+    """The (B, 1, 1, padded) additive key mask once ``x`` (B, L, D) is padded: ``bias`` (or zeros) for
+    its L keys, the dtype's lowest value for the padded ones."""
+    b, length, _ = x.shape
+    full = torch.full((b, 1, 1, padded), torch.finfo(x.dtype).min, dtype=x.dtype, device=x.device)
+    full[..., :length] = 0.0 if bias is None else bias
+    return full
+
+
+# oneDNN's products can lose speed past a few thousand rows on some CPUs (at 384x384, batch 32 ran up to
+# ~1.25x faster as two pieces of 16 on one 2-core AMD machine, and even on one Intel machine); a batch
+# with more rows than this is a candidate for running through the encoder in equal pieces.
+MAX_ROWS_PER_PASS = 4096
+
+
+def pieces_candidate(batch: int, length: int) -> int:
+    """How many equal pieces a (batch, length) sequence batch may run in: enough to keep each piece
+    within ``MAX_ROWS_PER_PASS`` rows (1 for a batch within it)."""
+    return min(batch, -(-batch * length // MAX_ROWS_PER_PASS))
