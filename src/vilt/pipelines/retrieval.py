@@ -11,6 +11,7 @@ import torch
 from ..configuration import ViltConfig
 from ..errors import ViltInputError
 from ..feature import BatchFeature
+from ..modeling import ImageTokens
 from .base import (
     Pipeline,
     PipelineInput,
@@ -99,27 +100,23 @@ class ImageTextRetrievalPipeline(Pipeline):
         return scores
 
     # The only two places that call the model.
-    # TODO(merge): use model.vilt.embed_images / model.match_scores: `_embed` returns
-    # `self.model.embed_images(**self._to_device(pixels))` and `_score` returns `self.model.match_scores(
-    # tokens["input_ids"][cols], tokens["attention_mask"][cols], tokens["token_type_ids"][cols],
-    # images.select(rows))` as float32 numpy.
-    def _embed(self, pixels: BatchFeature) -> Any:
+    def _embed(self, pixels: BatchFeature) -> ImageTokens:
         """The image tokens of a processed image batch, computed once for every text."""
         with torch.inference_mode():
-            return self.model.vilt.embeddings.visual_embed(**self._to_device(pixels))
+            return self.model.embed_images(**self._to_device(pixels))
 
-    def _score(self, tokens: BatchFeature, cols: np.ndarray, images: Any, rows: np.ndarray) -> np.ndarray:
+    def _score(
+        self, tokens: BatchFeature, cols: np.ndarray, images: ImageTokens, rows: np.ndarray
+    ) -> np.ndarray:
         """(P,) float32 match scores of the pairs (text ``cols[p]``, embedded image ``rows[p]``)."""
         with torch.inference_mode():
-            out = self.model(
-                input_ids=tokens["input_ids"][cols],
-                attention_mask=tokens["attention_mask"][cols],
-                token_type_ids=tokens["token_type_ids"][cols],
-                image_embeds=images.embeddings[rows],
-                pixel_mask=images.mask[rows],
+            scores = self.model.match_scores(
+                tokens["input_ids"][cols],
+                tokens["attention_mask"][cols],
+                tokens["token_type_ids"][cols],
+                images.select(rows),
             )
-        # one score per pair: rank_output's (P, 1) logit, or the ITM head's (P, 2) "match" logit (class 1)
-        return out.logits[:, -1].float().cpu().numpy()
+        return scores.float().cpu().numpy()
 
     def rank(
         self,

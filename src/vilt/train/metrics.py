@@ -73,6 +73,9 @@ def recall_at_k(
     return out
 
 
+MATCH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
 @torch.no_grad()
 def retrieval_scores(
     model: Any,
@@ -81,12 +84,12 @@ def retrieval_scores(
     batch_size: int = 64,
     progress: bool = True,
 ) -> torch.Tensor:
-    """Score every (image, text) pair: each image is embedded once (``visual_embed``), then re-used
-    with every batch of texts.
+    """Score every (image, text) pair: each image is embedded once (``model.embed_images``), then paired
+    with every batch of texts (``model.match_scores``).
 
     Args:
-        model: a ``ViltForImageAndTextRetrieval`` (score = ``rank_output``) or a model with an ITM head
-            (``itm_score``, score = the "match" logit).
+        model: a ``ViltForImageAndTextRetrieval`` (score = ``rank_output``) or a
+            ``ViltForImageTextMatching`` (score = the "match" logit).
         pixel_values: one (C, H, W) tensor per image.
         text_inputs: the tokenised texts (input_ids, attention_mask, token_type_ids), (N_txt, Lt) each.
         batch_size: texts per forward pass.
@@ -98,25 +101,10 @@ def retrieval_scores(
     device = model.device
     rows = []
     for pixels in tqdm(pixel_values, desc="retrieval", disable=not progress, leave=False):
-        image = model.vilt.embeddings.visual_embed(pixels[None].to(device), None)  # every pixel is real
+        image = model.embed_images(pixels[None].to(device))  # one image, every pixel real
         row = []
         for start in range(0, len(text_inputs["input_ids"]), batch_size):
-            text = {k: v[start : start + batch_size].to(device) for k, v in text_inputs.items()}
-            n = len(text["input_ids"])
-            out = model.vilt(
-                **text,
-                image_embeds=image.embeddings.expand(n, -1, -1),  # (n, 1 + Li, D)
-                pixel_mask=image.mask.expand(n, -1),  # (n, 1 + Li)
-            )
-            row.append(_match_score(model, out.pooler_output))
+            text = [text_inputs[k][start : start + batch_size].to(device) for k in MATCH_INPUTS]
+            row.append(model.match_scores(*text, image))  # (n,)
         rows.append(torch.cat(row))
     return torch.stack(rows).float().cpu()  # (N_img, N_txt)
-
-
-def _match_score(model: Any, pooled: torch.Tensor) -> torch.Tensor:
-    """(n,) matching scores from pooled outputs (n, D): the retrieval head, else the ITM match logit."""
-    if hasattr(model, "rank_output"):
-        return model.rank_output(pooled)[:, 0]
-    if hasattr(model, "itm_score"):
-        return model.itm_score(pooled)[:, 1]
-    raise ValueError(f"{type(model).__name__} has no retrieval (rank_output) or ITM (itm_score) head")
