@@ -6,22 +6,29 @@ One command regenerates the whole file: ``python benchmarks/run_all.py`` (``--qu
 1. model forward (bench_forward.py), 2. end-to-end VQA on 64 photographs (bench_e2e.py),
 3. a fine-tuning step (bench_train.py), 4. retrieval scoring (bench_retrieval.py),
 5. peak memory of 2 and 3 (bench_memory.py), 6. optional speed features: torch.compile and int8
-dynamic quantization against the default fast path (bench_options.py), then a profile of where our
-remaining forward time goes (``torch.profiler``, bfloat16, batch 8 and 1, the optimized model), the
-kernel measurements behind the fast path's choices (bench_kernels.py) and a summary against the targets
-of issue 7. Timings are medians of alternating repetitions; the machine's load average is recorded at
-the start and at the end.
+dynamic quantization against the default fast path (bench_options.py), 7. every backend (PyTorch,
+onnxruntime, OpenVINO, int8) side by side (bench_backends.py), 8. the forward and end-to-end VQA with
+the cores shared with a background load (bench_contention.py), then a profile of where our remaining
+forward time goes (``torch.profiler``, bfloat16, batch 8 and 1), the kernel measurements behind the fast
+path's choices (bench_kernels.py) and a summary against the targets of issues 7 and 18. Timings are
+medians of alternating repetitions; the machine's load average is recorded at the start and at the end.
+
+The CPU model changes between machines, so each run also keeps its report in
+``benchmarks/results/machines/<cpu>.md``, and RESULTS.md shows the summary of every machine type seen.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import bench_backends
+import bench_contention
 import bench_e2e
 import bench_forward
 import bench_kernels
@@ -34,6 +41,8 @@ from common import Section, forward_inputs, load_models, machine_info, model_dir
 from torch.profiler import ProfilerActivity, profile
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+MACHINES = RESULTS.parent / "results" / "machines"  # one report per CPU model: <slug>.md
+SECTIONS = (1, 2, 3, 4, 5, 6, 7, 8)  # section 9 holds the other benchmarks' own output files
 PROFILE_TOP = 12
 
 # (what, section, figure, target): the floor each figure must reach
@@ -46,6 +55,13 @@ TARGETS = (
     ("end-to-end VQA, 64 photographs: ours (defaults) vs reference (defaults)", 2, "ours / reference", 4.0),
     ("fine-tuning step: ours vs reference, same AdamW", 3, "ours, same AdamW / reference", 1.3),
     ("fine-tuning step: ours with vilt train's fused AdamW vs reference", 3, "ours, fused AdamW / reference", 1.3),
+    ("issue 18: fp32 forward, batch 8: ours as loaded vs reference", 1, "float32 batch 8 384x384: ours / reference", 1.8),
+    ("issue 18: fp32 forward, batch 8: ours as loaded vs ours optimized (>= 0.97: within 3%)", 1, "float32 batch 8 384x384: as loaded / optimized", 0.97),
+    ("issue 18: bf16 forward, batch 8: ours as loaded vs ours optimized (>= 0.97: within 3%)", 1, "bfloat16 batch 8 384x384: as loaded / optimized", 0.97),
+    ("issue 18: bf16 forward, batch 8: ours vs OpenVINO bf16", 7, "bfloat16 batch 8: vilt / OpenVINO", 1.0),
+    ("issue 18: bf16 forward, batch 1: ours vs OpenVINO bf16", 7, "bfloat16 batch 1: vilt / OpenVINO", 1.0),
+    ("issue 18: bf16 batch 1 under contention: our ratio to the reference, loaded / quiet (>= 0.8: within 20%)", 8, "bf16 forward, batch 1: vilt (as loaded) loaded / quiet ratio", 0.8),
+    ("issue 18: end-to-end VQA under contention: our ratio to the reference, loaded / quiet (>= 0.8)", 8, "end-to-end VQA, 64 photographs: vilt pipeline loaded / quiet ratio", 0.8),
 )  # fmt: skip
 
 
@@ -130,7 +146,11 @@ def run_section(number: int, quick: bool) -> Section:
         return bench_retrieval.run(repetitions=2 if quick else 3)
     if number == 5:
         return bench_memory.run()
-    return bench_options.run(3 if quick else 5)
+    if number == 6:
+        return bench_options.run(3 if quick else 5)
+    if number == 7:
+        return bench_backends.run(3 if quick else 5)
+    return bench_contention.run(3 if quick else 5)
 
 
 def run_sections(numbers: list[int], quick: bool) -> dict[int, Section]:
@@ -154,7 +174,7 @@ def summary(sections: dict[int, Section]) -> str:
         summary_row(what, sections[n].figures[figure], figure, floor) for what, n, figure, floor in TARGETS
     ]
     header = table(["figure", "measured", "target", "met"], [])
-    return "## Summary against the targets (issue 7)\n\n" + header + "\n" + "\n".join(rows) + "\n"
+    return "## Summary against the targets (issues 7 and 18)\n\n" + header + "\n" + "\n".join(rows) + "\n"
 
 
 def update_sections(numbers: list[int], quick: bool) -> None:
@@ -171,7 +191,7 @@ def update_sections(numbers: list[int], quick: bool) -> None:
             f"{' --quick' if quick else ''}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
             f"load average {load}._\n"
         )
-        text = RESULTS.read_text(encoding="utf-8")
+        text = current_report()
         start = text.index(f"\n## {number}. ") + 1
         end = text.find("\n## ", start)
         text = text[:start] + section.markdown + note + (text[end:] if end >= 0 else "")
@@ -179,20 +199,21 @@ def update_sections(numbers: list[int], quick: bool) -> None:
             if section_number == number:
                 old = next(line for line in text.splitlines() if line.startswith(f"| {what} |"))
                 text = text.replace(old, summary_row(what, section.figures[figure], figure, floor))
-        RESULTS.write_text(text, encoding="utf-8")
+        publish(text)
         print(section.markdown, flush=True)
 
 
 OTHER_RESULTS = {  # benchmarks that write their own output file: script -> file under benchmarks/results
     "bench_preprocess.py": "preprocess.txt",
-    "bench_onnx.py": "onnx.txt",
     "load.py": "load.txt",
+    "attack.py": "attack.txt",
+    "bench_cli.py": "cli.txt",
 }
 
 
 def other_results_section() -> str:
-    """Section 7: the latest output of the benchmarks that keep their own result file, verbatim."""
-    parts = ["## 7. Other benchmarks (each script's latest output file, verbatim)\n"]
+    """Section 9: the latest output of the benchmarks that keep their own result file, verbatim."""
+    parts = ["## 9. Other benchmarks (each script's latest output file, verbatim)\n"]
     for script, name in OTHER_RESULTS.items():
         path = RESULTS.parent / "results" / name
         text = path.read_text(encoding="utf-8").strip() if path.exists() else "(not run yet)"
@@ -203,11 +224,70 @@ def other_results_section() -> str:
 
 
 def update_other_results() -> None:
-    """Replace (or add) section 7 of RESULTS.md with the current result files."""
+    """Replace (or add) section 9 of this machine's report with the current result files."""
+    text = current_report()
+    start = text.find("\n## 9. ")
+    publish((text if start < 0 else text[:start]).rstrip("\n") + "\n\n" + other_results_section())
+
+
+# ----------------------------------------------------------------------------- one report per machine type
+
+
+def machine_slug() -> str:
+    """The file name of this CPU model's report, e.g. ``amd-epyc-avx512-bf16``, ``intel-xeon-amx``."""
+    from vilt.devices import cpu_flags, cpu_name
+
+    words = re.sub(r"\(r\)|\(tm\)|processor|cpu|@.*", " ", cpu_name().lower()).split()
+    feature = (
+        "amx" if "amx_bf16" in cpu_flags() else "avx512-bf16" if "avx512_bf16" in cpu_flags() else "no-bf16"
+    )
+    return "-".join(re.sub(r"[^a-z0-9]+", "-", " ".join(words[:3])).strip("-").split("-") + [feature])
+
+
+def current_report() -> str:
+    """This machine type's report as last published (RESULTS.md without the machine-types section)."""
+    path = MACHINES / f"{machine_slug()}.md"
+    if path.exists():
+        return path.read_text(encoding="utf-8")
     text = RESULTS.read_text(encoding="utf-8")
-    start = text.find("\n## 7. ")
-    text = (text if start < 0 else text[:start]).rstrip("\n") + "\n\n" + other_results_section()
-    RESULTS.write_text(text, encoding="utf-8")
+    start = text.find(MACHINE_TYPES_HEADING)
+    end = text.find("\n## ", start + 1)
+    return text if start < 0 else text[:start] + text[end + 1 :]
+
+
+MACHINE_TYPES_HEADING = "## Machine types seen"
+
+
+def machine_types_section() -> str:
+    """The summary of every machine type's latest report, with a link to the whole report."""
+    parts = [MACHINE_TYPES_HEADING, ""]
+    for path in sorted(MACHINES.glob("*.md")):
+        text = path.read_text(encoding="utf-8")
+        generated = next((line for line in text.splitlines() if line.startswith("Generated by")), "")
+        cpu = next((line for line in text.splitlines() if line.startswith("| cpu |")), "| cpu | ? |")
+        start = text.find("## Summary")
+        end = text.find("\n## ", start + 1)
+        summary_table = text[text.index("\n", start) : end].strip() if start >= 0 else "(no summary)"
+        parts += [
+            f"### {cpu.split('|')[2].strip()}: [results/machines/{path.name}](results/machines/{path.name})",
+            "",
+            generated,
+            "",
+            summary_table,
+            "",
+        ]
+    return "\n".join(parts)
+
+
+def publish(report: str) -> None:
+    """Keep ``report`` as this machine type's, and write RESULTS.md: it, after the header, the summaries of
+    every machine type seen."""
+    MACHINES.mkdir(parents=True, exist_ok=True)
+    (MACHINES / f"{machine_slug()}.md").write_text(report, encoding="utf-8")
+    first_section = report.index("\n## ") + 1
+    RESULTS.write_text(
+        report[:first_section] + machine_types_section() + "\n" + report[first_section:], encoding="utf-8"
+    )
 
 
 def main() -> None:
@@ -216,13 +296,13 @@ def main() -> None:
     parser.add_argument(
         "--parallel",
         action="store_true",
-        help="run section 1 beside sections 2-6 (two processes; for a busy machine)",
+        help="run section 1 beside the other sections (two processes; for a busy machine)",
     )
     parser.add_argument(
         "--update",
         type=int,
         nargs="+",
-        choices=range(1, 7),
+        choices=SECTIONS,
         metavar="N",
         help="rerun only sections N, in RESULTS.md",
     )
@@ -241,11 +321,11 @@ def main() -> None:
         with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
             jobs = [
                 pool.submit(run_sections, [1], args.quick),
-                pool.submit(run_sections, [2, 3, 4, 5, 6], args.quick),
+                pool.submit(run_sections, list(SECTIONS[1:]), args.quick),
             ]
             sections = {number: section for job in jobs for number, section in job.result().items()}
     else:
-        sections = run_sections([1, 2, 3, 4, 5, 6], args.quick)
+        sections = run_sections(list(SECTIONS), args.quick)
     profiled = profile_section()
     kernels = bench_kernels.run(args.quick)
     info_after = machine_info()
@@ -261,7 +341,7 @@ def main() -> None:
         "within every repetition; figures are medians. The machine is shared, so the load average is "
         "recorded; ratios are more stable than absolute times."
         + (
-            " With `--parallel`, section 1 ran at the same time as sections 2-6 (two processes), so "
+            " With `--parallel`, section 1 ran at the same time as the other sections (two processes), so "
             "absolute times include that contention too; each ratio still compares contestants that "
             "alternated under the same load."
             if args.parallel
@@ -275,8 +355,8 @@ def main() -> None:
         "No GPU was available to this run; `benchmarks/gpu.sh` runs the CUDA comparison where one is.",
         "",
         "Commands (each also runs alone): `python benchmarks/bench_forward.py`, `bench_e2e.py`, "
-        "`bench_train.py`, `bench_retrieval.py`, `bench_memory.py`, `bench_options.py`, `bench_kernels.py`; "
-        "`bash benchmarks/gpu.sh` on a GPU.",
+        "`bench_train.py`, `bench_retrieval.py`, `bench_memory.py`, `bench_options.py`, `bench_backends.py`, "
+        "`bench_contention.py`, `bench_kernels.py`; `bash benchmarks/gpu.sh` on a GPU.",
         "",
     ]
     body = (
@@ -285,8 +365,8 @@ def main() -> None:
         + [profiled.markdown, kernels.markdown]
     )
     body.append(other_results_section())
-    RESULTS.write_text("\n".join(header) + "\n" + "\n".join(body), encoding="utf-8")
-    print(f"wrote {RESULTS}", file=sys.stderr)
+    publish("\n".join(header) + "\n" + "\n".join(body))
+    print(f"wrote {RESULTS} and {MACHINES / (machine_slug() + '.md')}", file=sys.stderr)
 
 
 if __name__ == "__main__":
