@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .batching import settle
+
 T = TypeVar("T")
 
 SMALL_SHARE = 8  # 1/8 of the budget is kept for charges of at most that size
@@ -134,19 +136,11 @@ class DecodePool:
 def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future[T], job: Callable[[], T]) -> None:
     """Run ``job`` and hand its result or error to ``future`` on its loop (unless it was cancelled)."""
 
-    def settle(result: Any = None, error: BaseException | None = None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
     try:
         outcome: tuple[Any, BaseException | None] = (job(), None)
     except Exception as err:  # handed to the awaiting request, which answers or logs it
         outcome = (None, err)
     try:
-        loop.call_soon_threadsafe(settle, *outcome)
+        loop.call_soon_threadsafe(settle, future, *outcome)
     except RuntimeError:  # the loop closed meanwhile: the server stopped, nobody waits for this
         pass

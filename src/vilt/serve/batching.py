@@ -156,18 +156,18 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                 raise RuntimeError(f"{self.name} returned {len(results)} results for {len(batch)} inputs")
         except Exception as err:
             if len(batch) == 1:
-                _settle(batch[0].future, error=err)
+                settle(batch[0].future, error=err)
                 return
             logger.warning("%s batch of %d failed (%s); retrying each item alone", self.name, len(batch), err)
             for pending in batch:
                 await self._run([pending])
             return
         for pending, result in zip(batch, results):
-            _settle(pending.future, result=result)
+            settle(pending.future, result=result)
 
 
-def _settle(future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None) -> None:
-    """Resolve a request's future unless it already timed out."""
+def settle(future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None) -> None:
+    """Resolve a request's future unless it is done already (timed out or cancelled)."""
     if future.done():
         return
     if error is not None:
