@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel
 
+from ..tasks import find_task
 from . import schemas
 
 logger = logging.getLogger(__name__)
@@ -137,20 +138,27 @@ class Task:
     description: str
 
 
+def _served(task: str, *fields: Any, **named: Any) -> Task:
+    """The endpoint of a task of :data:`vilt.tasks.TASKS`: its endpoint name and pipeline from that table."""
+    spec = find_task(task)
+    assert spec.endpoint is not None and spec.pipeline is not None, f"{task} is not served"
+    return Task(spec.endpoint, spec.pipeline, *fields, **named)
+
+
 _BODIES = (
     " The body is multipart/form-data (images as file uploads) or JSON (images as base64 strings, a "
     "`data:` URL prefix allowed)."
 )
 TASKS = (
-    Task(
-        "vqa", "visual-question-answering", schemas.VQARequest, schemas.VQAResponse, _run_vqa,
+    _served(
+        "vqa", schemas.VQARequest, schemas.VQAResponse, _run_vqa,
         batched=True, fit="model", input_errors=(),
         summary="Answer a question about an image",
         description="The model's `top_k` most likely answers to a question about one image, best first, each "
         "with its sigmoid probability. Requests that arrive together share one forward pass." + _BODIES,
     ),
     Task(
-        "explain", "visual-question-answering", schemas.ExplainRequest, schemas.ExplainResponse,
+        "explain", find_task("vqa").pipeline, schemas.ExplainRequest, schemas.ExplainResponse,
         _run_explain, batched=False, fit="explain", input_errors=(),
         summary="Where the model looks for each word of a question",
         description="One heatmap per word of the question, as a transparent PNG overlay (a `data:` URL) to "
@@ -158,22 +166,22 @@ TASKS = (
         f"are shrunk to at most {EXPLAIN_SIDE} pixels a side first; `width` and `height` give the size the "
         "heatmaps were made at." + _BODIES,
     ),
-    Task(
-        "nlvr2", "nlvr2", schemas.NLVR2Request, schemas.NLVR2Response, _run_nlvr2,
+    _served(
+        "nlvr2", schemas.NLVR2Request, schemas.NLVR2Response, _run_nlvr2,
         batched=True, fit="model", input_errors=(),
         summary="Check a statement against a pair of images",
         description="Whether a statement is true of a pair of images (NLVR2), with the probability of that "
         "label. Needs a `ViltForImagesAndTextClassification` model." + _BODIES,
     ),
-    Task(
-        "rank", "image-text-retrieval", schemas.RankRequest, schemas.RankResponse, _run_rank,
+    _served(
+        "retrieval", schemas.RankRequest, schemas.RankResponse, _run_rank,
         batched=False, fit="model", input_errors=(),
         summary="Score N images against M texts",
         description="An N x M matrix of image-text match scores, higher for a better match. Needs a "
         "retrieval (`ViltForImageAndTextRetrieval`) or `ViltForImageTextMatching` model." + _BODIES,
     ),
-    Task(
-        "fill-mask", "fill-mask", schemas.FillMaskRequest, schemas.FillMaskResponse, _run_fill_mask,
+    _served(
+        "mlm", schemas.FillMaskRequest, schemas.FillMaskResponse, _run_fill_mask,
         batched=True, fit="model", input_errors=(ValueError,),  # no [MASK], or one past the model's tokens
         summary="Fill the [MASK] words of a text from an image",
         description="The text with each `[MASK]` filled from the image, most confident first, with the "
