@@ -21,7 +21,7 @@ PACKAGE = Path(vilt.__file__).parent
 # layer -> modules (a name ending in ".*" stands for a package and everything in it)
 LAYERS = {
     0: ("vilt", "vilt.errors", "vilt.hub", "vilt.files", "vilt.devices", "vilt.images", "vilt.feature", "vilt.tasks"),
-    1: ("vilt.configuration",),
+    1: ("vilt.configuration", "vilt.inputs"),
     2: ("vilt.image_processing", "vilt.tokenization", "vilt.processing"),
     3: ("vilt.modeling", "vilt.layers", "vilt.tuning", "vilt.checkpoint", "vilt.alignment"),
     4: ("vilt.heads",),

@@ -193,7 +193,14 @@ def test_backends_name_what_is_missing(tmp_path: Path, tiny_vqa: tuple[Path, Pat
 @pytest.mark.parametrize(
     "change,message",
     [
-        (lambda b: {**b, "pixel_values": b["pixel_values"][..., :20]}, "multiples of the 8-pixel patch"),
+        (
+            lambda b: {
+                **b,
+                "pixel_values": b["pixel_values"][..., :20],
+                "pixel_mask": b["pixel_mask"][..., :20],
+            },
+            "multiples of the 8-pixel patch",
+        ),
         (lambda b: {**b, "input_ids": torch.ones(1, 41, dtype=torch.long)}, "at most 40"),
         (lambda b: {**b, "pixel_mask": torch.zeros_like(b["pixel_mask"])}, "no patch of image"),
         (lambda b: {**b, "attention_mask": b["attention_mask"][:, :2]}, "attention_mask must have shape"),

@@ -38,6 +38,7 @@ from torch.utils.checkpoint import checkpoint
 from . import tuning
 from .configuration import ViltConfig
 from .errors import ViltInputError
+from .inputs import check_pixels, check_same_batch, check_text
 from .layers import (
     CachedProduct,
     PackedLinear,
@@ -944,35 +945,15 @@ class ViltModel(ViltPreTrainedModel):
             raise ViltInputError("pass exactly one of input_ids or inputs_embeds")
         if (pixel_values is None) == (image_embeds is None):
             raise ViltInputError("pass exactly one of pixel_values or image_embeds")
-        text = input_ids if input_ids is not None else inputs_embeds
-        if input_ids is not None and input_ids.dim() != 2:
-            raise ViltInputError(
-                f"input_ids must be 2-D (batch, text length), got shape {tuple(input_ids.shape)}"
-            )
         if inputs_embeds is not None and (
             inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != cfg.hidden_size
         ):
             raise ViltInputError(
                 f"inputs_embeds must be (batch, text length, {cfg.hidden_size}), got {tuple(inputs_embeds.shape)}"
             )
-        batch, length = text.shape[:2]
-        if batch == 0:
-            raise ViltInputError("the batch is empty (0 examples): pass at least one text and one image")
-        if length > cfg.max_position_embeddings:
-            raise ViltInputError(
-                f"the text is {length} tokens long but this model reads at most "
-                f"{cfg.max_position_embeddings}; tokenize with truncation=True, "
-                f"max_length={cfg.max_position_embeddings}"
-            )
-        if length == 0:
-            raise ViltInputError(
-                "the text is empty: tokenize with add_special_tokens=True to get [CLS] and [SEP]"
-            )
-        for name, value in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
-            if value is not None and tuple(value.shape) != (batch, length):
-                raise ViltInputError(
-                    f"{name} must have shape {(batch, length)} like the text, got {tuple(value.shape)}"
-                )
+        text = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]  # type: ignore[union-attr]
+        masks = [None if m is None else m.shape for m in (attention_mask, token_type_ids)]
+        batch, length = check_text(cfg, text, *masks)
         if pixel_values is not None:
             images = self._check_pixels(pixel_values, pixel_mask)
         else:
@@ -986,36 +967,13 @@ class ViltModel(ViltPreTrainedModel):
                     f"with image_embeds, pixel_mask must mark each of the {image_embeds.shape[1]} image tokens: "
                     f"expected shape {tuple(image_embeds.shape[:2])}, got {tuple(pixel_mask.shape)}"
                 )
-        if images != batch:
-            raise ViltInputError(
-                f"the text batch has {batch} examples but the image batch has {images}; they must match"
-            )
+        check_same_batch(batch, images)
         self._check_values(input_ids, token_type_ids, pixel_values)
         return batch, length
 
     def _check_pixels(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> int:
         """Validate the shapes of a pixel batch and its mask; return the batch size."""
-        cfg = self.config
-        if pixel_values.dim() != 4:
-            raise ViltInputError(
-                f"pixel_values must be 4-D (batch, channels, height, width), got shape {tuple(pixel_values.shape)}"
-            )
-        b, c, h, w = pixel_values.shape
-        if b == 0:
-            raise ViltInputError("the image batch is empty (0 images): pass at least one image")
-        if c != cfg.num_channels:
-            raise ViltInputError(
-                f"pixel_values has {c} channels but the model expects {cfg.num_channels}; "
-                "convert images to RGB (the processor does this)"
-            )
-        if h < cfg.patch_size or w < cfg.patch_size:
-            raise ViltInputError(
-                f"the image batch is {h}x{w} pixels, smaller than one {cfg.patch_size}x{cfg.patch_size} "
-                "patch; resize it (the processor does this)"
-            )
-        if pixel_mask is not None and tuple(pixel_mask.shape) != (b, h, w):
-            raise ViltInputError(f"pixel_mask must have shape {(b, h, w)}, got {tuple(pixel_mask.shape)}")
-        return b
+        return check_pixels(self.config, pixel_values.shape, None if pixel_mask is None else pixel_mask.shape)
 
     def _check_values(
         self,

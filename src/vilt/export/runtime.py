@@ -23,6 +23,7 @@ from ..devices import select_device_and_dtype
 from ..errors import ViltInputError
 from ..heads import MODEL_CLASSES
 from ..hub import resolve_file
+from ..inputs import check_pixels, check_same_batch, check_text
 from ..modeling import ModelOutput, ViltModelOutput
 from ..tasks import BASE_ARCHITECTURE
 from .graph import INPUT_NAMES, ONNX_FILE, OPENVINO_FILE, TASKS, output_name, require
@@ -97,19 +98,9 @@ class ExportedModel:
         if input_ids is None:
             raise ViltInputError("pass input_ids (batch, text length), as the processor makes them")
         ids = _numpy(input_ids, np.int64)
-        if ids.ndim != 2 or ids.shape[1] == 0:
-            raise ViltInputError(f"input_ids must be 2-D (batch, text length >= 1), got shape {ids.shape}")
-        limit = self.config.max_position_embeddings
-        if ids.shape[1] > limit:
-            raise ViltInputError(
-                f"the text is {ids.shape[1]} tokens long but this model reads at most {limit}; tokenize with "
-                f"truncation=True, max_length={limit}"
-            )
         mask = np.ones_like(ids) if attention_mask is None else _numpy(attention_mask, np.int64)
         types = np.zeros_like(ids) if token_type_ids is None else _numpy(token_type_ids, np.int64)
-        for name, value in (("attention_mask", mask), ("token_type_ids", types)):
-            if value.shape != ids.shape:
-                raise ViltInputError(f"{name} must have shape {ids.shape} like input_ids, got {value.shape}")
+        check_text(self.config, ids.shape, mask.shape, types.shape)
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
     def _image_inputs(
@@ -118,26 +109,19 @@ class ExportedModel:
         if pixel_values is None:
             raise ViltInputError("pass pixel_values, as the processor makes them")
         pixels = _numpy(pixel_values, np.float32)
+        mask = (
+            np.ones(pixels.shape[:-3] + pixels.shape[-2:], np.int64)
+            if pixel_mask is None
+            else _numpy(pixel_mask, np.int64)
+        )
         images = () if self.num_images is None else (self.num_images,)
-        c, p = self.config.num_channels, self.config.patch_size
-        if pixels.ndim != 4 + len(images) or pixels.shape[1:-2] != (*images, c):
-            raise ViltInputError(
-                f"pixel_values must have shape (batch, {', '.join(map(str, (*images, c)))}, height, width), "
-                f"got {pixels.shape}"
-            )
-        height, width = pixels.shape[-2:]
+        check_pixels(self.config, pixels.shape, mask.shape, images)
+        height, width, p = *pixels.shape[-2:], self.config.patch_size
         if height % p or width % p:
             raise ViltInputError(
                 f"the image batch is {height}x{width} pixels; the exported graph needs multiples of the "
                 f"{p}-pixel patch: pad the images (the processor does, with size_divisor={p})"
             )
-        mask = np.ones(pixels.shape[:-3] + pixels.shape[-2:], np.int64)
-        if pixel_mask is not None:
-            mask = _numpy(pixel_mask, np.int64)
-            if mask.shape != pixels.shape[:-3] + pixels.shape[-2:]:
-                raise ViltInputError(
-                    f"pixel_mask must have shape {pixels.shape[:-3] + pixels.shape[-2:]}, got {mask.shape}"
-                )
         patch_corners = mask[..., ::p, ::p].reshape(*mask.shape[:-2], -1)  # (B, [n,] Hp * Wp)
         empty = np.argwhere(~patch_corners.any(axis=-1))
         if len(empty):
@@ -156,11 +140,7 @@ class ExportedModel:
             ),
             **self._image_inputs(inputs.get("pixel_values"), inputs.get("pixel_mask")),
         }
-        if feed["pixel_values"].shape[0] != feed["input_ids"].shape[0]:
-            raise ViltInputError(
-                f"the text batch has {feed['input_ids'].shape[0]} examples but the image batch has "
-                f"{feed['pixel_values'].shape[0]}; they must match"
-            )
+        check_same_batch(feed["input_ids"].shape[0], feed["pixel_values"].shape[0])
         return self._infer({name: feed[name] for name in INPUT_NAMES})
 
     def __call__(
