@@ -106,6 +106,30 @@ def test_vqa_multipart_answers_like_the_pipeline(client: TestClient, qa_pipeline
     np.testing.assert_allclose([a["score"] for a in answers], [e["score"] for e in expected], atol=1e-5)
 
 
+@pytest.mark.slow
+def test_an_openvino_export_is_served_like_the_torch_model(
+    tmp_path_factory: pytest.TempPathFactory, qa_pipelines: dict
+) -> None:
+    """`vilt serve --backend openvino`: the same answers; explain (which reads attention) is not served."""
+    pytest.importorskip("openvino")
+    from vilt.export import export_model
+
+    torch_vqa = qa_pipelines["visual-question-answering"]
+    exported = export_model(
+        torch_vqa.model, tmp_path_factory.mktemp("ov") / "m", "openvino", processor=torch_vqa.processor
+    )
+    pipelines = load_pipelines(str(exported.path.parent), dtype="float32", backend="openvino")
+    with _client(pipelines) as openvino_client:
+        answers = assert_answers(ask(openvino_client, top_k="3"), top_k=3)
+        explain = openvino_client.post(
+            "/v1/explain", files={"image": ("x.png", IMAGE, "image/png")}, data={"question": "what?"}
+        )
+    expected = torch_vqa(IMAGE, "what color is it?", top_k=3)
+    assert [a["answer"] for a in answers] == [e["answer"] for e in expected]
+    np.testing.assert_allclose([a["score"] for a in answers], [e["score"] for e in expected], atol=1e-4)
+    assert_error(explain, 404, "not served")
+
+
 @pytest.mark.parametrize("prefix", ["", "data:image/png;base64,"])
 def test_vqa_json_base64_equals_multipart(client: TestClient, prefix: str) -> None:
     payload = {"image": prefix + base64.b64encode(IMAGE).decode(), "question": "what color is it?"}

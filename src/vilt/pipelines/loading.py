@@ -19,6 +19,7 @@ from ..configuration import ViltConfig
 from ..devices import select_device_and_dtype
 from ..errors import ViltInputError
 from ..export.graph import BACKEND_OF_FORMAT
+from ..export.runtime import ExportedModel, load_exported
 from ..heads import MODEL_CLASSES
 from ..hub import BUNDLED, model_source, resolve_file
 from ..tasks import BASE_ARCHITECTURE, TaskSpec
@@ -101,8 +102,13 @@ def load_runner(
             )
         instance, device, dtype = _prepare_instance(model, spec, device, dtype)
         return instance, device, dtype, None
+    if isinstance(model, ExportedModel):  # already loaded: its engine, device and precision stay
+        _architecture(model.config, spec, "the exported model passed")
+        return model, model.device, model.dtype, None
     if model is not None and not isinstance(model, (str, os.PathLike)):
-        raise TypeError(f"model must be a hub id, a directory or a ViLT model, got {type(model).__name__}")
+        raise TypeError(
+            f"model must be a hub id, a directory, a ViLT model or an exported model, got {type(model).__name__}"
+        )
     source, name = _source(model, spec)
     if backend == "torch":
         device, dtype = select_device_and_dtype(device, dtype)
@@ -150,8 +156,6 @@ def _load_torch(source: str, architecture: str, device: torch.device, dtype: tor
 
 def _load_exported(source: str, backend: str, device: torch.device, dtype: torch.dtype) -> Any:
     """An exported model on onnxruntime (float32 or its int8 weights) or OpenVINO (computing in ``dtype``)."""
-    from ..export.runtime import load_exported
-
     options = {"dtype": dtype} if backend == "openvino" else {}
     return load_exported(source, backend, device=device, **options)
 

@@ -37,6 +37,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -333,7 +334,10 @@ class Server:
         first = next(iter(pipelines.values()))
         self.model_name = type(first.model).__name__
         self.model_card = model_card(first, model_name)
-        self.tasks = [task for task in TASKS if task.pipeline_task in pipelines]
+        on_torch = isinstance(first.model, torch.nn.Module)
+        self.tasks = [
+            task for task in TASKS if task.pipeline_task in pipelines and (on_torch or not task.torch_only)
+        ]
         self.fits = {
             task.name: LongestSide(EXPLAIN_SIDE)
             if task.fit == "explain"

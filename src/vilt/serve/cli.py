@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 
+from ..export.graph import BACKEND_OF_FORMAT
 from .settings import MIB, ConnectionLimits, ServeSettings
 
 API_KEY_ENV = "VILT_API_KEY"
@@ -45,6 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add("--device", default=None, help="cpu, cuda or cuda:N (default: the fastest available)")
     add("--dtype", default=None, help="float32, bfloat16 or float16 (default: the fastest exact one)")
+    add(
+        "--backend",
+        default="torch",
+        choices=("torch", *BACKEND_OF_FORMAT.values()),
+        help="torch (default), or onnxruntime / openvino for a --model directory written by `vilt export` "
+        "(explain needs torch)",
+    )
     threads = parser.add_argument_group("threads")
     threads.add_argument(
         "--threads", type=int, default=None, help="model threads (default: torch's, one per physical core)"
@@ -227,7 +235,7 @@ def serve(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     configure_threads(args.threads)
-    pipelines = load_pipelines(args.model, device=args.device, dtype=args.dtype)
+    pipelines = load_pipelines(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
     app = create_app(pipelines, settings, model_name=args.model)
     server = app.state.server
     logging.getLogger("vilt.serve").info(

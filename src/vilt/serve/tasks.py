@@ -124,6 +124,8 @@ class Task:
         input_errors: exceptions of this task's pipeline that mean the request was wrong (400), besides
             :class:`vilt.errors.ViltInputError`; any other exception is a server error (500, logged).
         summary, description: the OpenAPI summary and description.
+        torch_only: needs the PyTorch model (explain reads its attention), so it is not served on an
+            exported backend.
     """
 
     name: str
@@ -136,6 +138,7 @@ class Task:
     input_errors: tuple[type[Exception], ...]
     summary: str
     description: str
+    torch_only: bool = False
 
 
 def _served(task: str, *fields: Any, **named: Any) -> Task:
@@ -159,7 +162,7 @@ TASKS = (
     ),
     Task(
         "explain", find_task("vqa").pipeline, schemas.ExplainRequest, schemas.ExplainResponse,
-        _run_explain, batched=False, fit="explain", input_errors=(),
+        _run_explain, batched=False, fit="explain", input_errors=(), torch_only=True,
         summary="Where the model looks for each word of a question",
         description="One heatmap per word of the question, as a transparent PNG overlay (a `data:` URL) to "
         "draw over the image: attention `rollout` (the default) or the `ipot` word-patch alignment. Images "
@@ -218,12 +221,15 @@ def model_card(pipeline: Any, name: str | None) -> dict[str, Any]:
 SERVED_PIPELINES = tuple(dict.fromkeys(task.pipeline_task for task in TASKS))
 
 
-def load_pipelines(model: str | None, device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
+def load_pipelines(
+    model: str | None, device: str | None = None, dtype: str | None = None, backend: str = "torch"
+) -> dict[str, Any]:
     """Load ``model`` once and build every served pipeline its head supports.
 
     Args:
         model: a hub id or a local directory; None = the bundled easy-VQA model.
         device, dtype: as :func:`vilt.pipeline` takes them (None = pick the fastest).
+        backend: "torch", or "onnxruntime"/"openvino" for a directory written by ``vilt export``.
 
     Returns:
         pipeline task -> pipeline, sharing one model and processor.
@@ -241,7 +247,9 @@ def load_pipelines(model: str | None, device: str | None = None, dtype: str | No
         first = next(iter(loaded.values()), None)
         try:
             if first is None:
-                loaded[task] = pipeline(task, model=model, device=resolved_device, dtype=resolved_dtype)
+                loaded[task] = pipeline(
+                    task, model=model, device=resolved_device, dtype=resolved_dtype, backend=backend
+                )
             else:
                 loaded[task] = pipeline(task, model=first.model, processor=first.processor)
         except ValueError as err:
