@@ -53,7 +53,7 @@ from common import machine_info
 from easy_vqa import get_test_image_paths, get_test_questions
 from PIL import Image
 
-from vilt.pipelines import BUNDLED_MODEL
+from vilt.hub import BUNDLED_MODEL_DIR
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from serve_process import Served, server_process  # noqa: E402  (runs `vilt serve` in a subprocess)
@@ -530,7 +530,7 @@ async def attack_all(model: str, out: Path) -> None:
     header = [
         "vilt serve under attack: one server (every limit at its default), loopback only; four good clients ask",
         "easy-VQA questions (64x64 PNG) during each attack and wait as told on 503 (Retry-After), 40 s at most.",
-        f"model: {'the bundled easy-VQA model' if Path(model) == BUNDLED_MODEL else model}",
+        f"model: {'the bundled easy-VQA model' if Path(model) == BUNDLED_MODEL_DIR else model}",
         "The machine is shared: other work (other sessions' builds and tests) runs on the same cores as the",
         "server and the clients during the run; the load average before and after records how much.",
         *(f"  {key}: {value}" for key, value in machine_info().items()),
@@ -602,7 +602,7 @@ async def _quiet(seconds: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--model", default=str(BUNDLED_MODEL), help="model directory (default: the bundled one)"
+        "--model", default=str(BUNDLED_MODEL_DIR), help="model directory (default: the bundled one)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS_FILE, help="report file (default: %(default)s)")
     args = parser.parse_args()
