@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tiny import ODD_MLP_WIDTH, tiny_kwargs
 
 VOCAB = resources.files("vilt") / "data" / "vocab.txt"
 VQA_ANSWERS = ["yes", "no", "2", "1", "3", "cat", "cats", "couch", "white", "red"]
@@ -48,9 +49,9 @@ REPOS: dict[str, tuple[str, str, dict[str, Any]]] = {
     ),
     "vilt-b32-finetuned-coco": ("ViltForImageAndTextRetrieval", "ViltForImageAndTextRetrieval", {}),
 }
-# the real repos' sizes except the width and depth: 384-pixel images in 32-pixel patches, 40 tokens,
-# the bert-base-uncased vocabulary
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37}
+# the tiny model's width and depth (an odd MLP width), the real repos' other sizes: 384-pixel images in
+# 32-pixel patches, 40 tokens, the bert-base-uncased vocabulary
+TINY = tiny_kwargs(image_size=384, patch_size=32, intermediate_size=ODD_MLP_WIDTH)
 PREPROCESSOR_CONFIG = {
     "do_normalize": True,
     "do_resize": True,
@@ -95,7 +96,6 @@ def _config_json(class_name: str, architecture: str, changes: dict[str, Any]) ->
         "hidden_act": "gelu",
         "hidden_dropout_prob": 0.0,
         "id2label": {str(k): v for k, v in id2label.items()},
-        "image_size": 384,
         "initializer_range": 0.2,  # large, so that different inputs give clearly different answers
         "label2id": {v: k for k, v in id2label.items()},
         "layer_norm_eps": 1e-12,
@@ -105,7 +105,6 @@ def _config_json(class_name: str, architecture: str, changes: dict[str, Any]) ->
         "model_type": "vilt",
         "num_channels": 3,
         "num_images": changes.get("num_images", -1),
-        "patch_size": 32,
         "qkv_bias": True,
         "tie_word_embeddings": False,
         "torch_dtype": "float32",

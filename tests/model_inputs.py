@@ -1,22 +1,10 @@
-"""A tiny ViLT config and random model inputs (padded texts and images), shared by the model tests
-(test_modeling.py, test_modeling_behaviour.py; pytest puts tests/ on sys.path)."""
+"""Random model inputs (padded texts and images), the reference's class names and a pickle that must
+not be run, shared by the model tests (pytest puts tests/ on sys.path)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-TINY: dict[str, Any] = {
-    "vocab_size": 99,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 37,
-    "image_size": 32,
-    "patch_size": 8,
-    "num_labels": 3,
-}
 # (height, width) of the images of a padded batch: patch grids 4x4, 3x5, 5x2 and, for a size that is
 # not a multiple of the patch, 4x5 (the patch mask samples the top-left pixel of each patch)
 PADDED_SIZES = [(32, 32), (24, 40), (40, 16), (30, 37)]

@@ -16,38 +16,14 @@ import pytest
 import torch
 from model_inputs import REFERENCE_CLASSES, WritesAFile
 from safetensors.torch import load_file, save_file
+from tiny import MODEL_TESTS, NLVR2, SMALL_VOCAB, tiny_config, tiny_kwargs
 
 from vilt import ViltConfig
 from vilt.heads import MODEL_CLASSES
 
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=37,
-    image_size=32,
-    patch_size=8,
-    vocab_size=99,
-    max_position_embeddings=40,
-)
-NLVR2 = "ViltForImagesAndTextClassification"
 LOGGER = "vilt.checkpoint"
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run far faster on one thread, above all on a busy shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _config_kwargs(name: str) -> dict:
-    """Tiny config fields for one class (NLVR2 needs two images and three modality embeddings)."""
-    if name == NLVR2:
-        return {**TINY, "num_images": 2, "modality_type_vocab_size": 3}
-    return {**TINY, "num_labels": 3}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -59,18 +35,20 @@ def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def _ours(name: str, **overrides) -> torch.nn.Module:
-    return _randomize(MODEL_CLASSES[name](ViltConfig(**{**_config_kwargs(name), **overrides})))
+def _ours(name: str) -> torch.nn.Module:
+    return _randomize(MODEL_CLASSES[name](tiny_config(name, **MODEL_TESTS)))
 
 
 def _reference(transformers, name: str) -> torch.nn.Module:
-    return _randomize(getattr(transformers, name)(transformers.ViltConfig(**_config_kwargs(name))))
+    return _randomize(
+        getattr(transformers, name)(transformers.ViltConfig(**tiny_kwargs(name, **MODEL_TESTS)))
+    )
 
 
 def _inputs(name: str) -> dict[str, torch.Tensor]:
     """Two texts (the second padded) and two unpadded 32x32 images (two per text for NLVR2)."""
     generator = torch.Generator().manual_seed(1)
-    input_ids = torch.randint(1, 99, (2, 7), generator=generator)
+    input_ids = torch.randint(1, SMALL_VOCAB, (2, 7), generator=generator)
     attention_mask = torch.ones(2, 7, dtype=torch.long)
     attention_mask[1, 5:] = 0
     images = 2 if name == NLVR2 else 1
@@ -331,7 +309,7 @@ def test_loading_info_reports_missing_and_unexpected_keys(tmp_path, caplog):
     del state["vilt.pooler.dense.bias"]
     state["vilt.encoder.layer.7.output.dense.weight"] = torch.zeros(2)
     save_file(state, tmp_path / "model.safetensors")
-    ViltConfig(**_config_kwargs("ViltForQuestionAnswering")).save_pretrained(tmp_path)
+    tiny_config(**MODEL_TESTS).save_pretrained(tmp_path)
 
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         _, info = MODEL_CLASSES["ViltForQuestionAnswering"].from_pretrained(
@@ -367,7 +345,7 @@ def test_save_replaces_weights_of_an_earlier_save_and_keeps_files_readable(tmp_p
 def test_pickle_that_would_run_code_is_refused_unrun(tmp_path):
     model_dir, marker = tmp_path / "model", tmp_path / "pwned.txt"
     model_dir.mkdir()
-    ViltConfig(**TINY).save_pretrained(model_dir)
+    tiny_config(**MODEL_TESTS).save_pretrained(model_dir)
     torch.save(
         {"embeddings.cls_token": torch.zeros(1, 1, 32), "payload": WritesAFile(marker)},
         model_dir / "pytorch_model.bin",
@@ -384,7 +362,7 @@ def test_pickle_that_would_run_code_is_refused_unrun(tmp_path):
 
 
 def test_directory_without_weights_names_the_directory(tmp_path):
-    ViltConfig(**TINY).save_pretrained(tmp_path)
+    tiny_config(**MODEL_TESTS).save_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match=rf"no weights found at {tmp_path}.*model\.safetensors"):
         MODEL_CLASSES["ViltModel"].from_pretrained(tmp_path)
 

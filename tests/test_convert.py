@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 from model_inputs import WritesAFile
+from tiny import HIDDEN_SIZE, IMAGE_SIZE, NUM_HEADS, NUM_LAYERS, PATCH_SIZE, SMALL_VOCAB, tiny_config
 
-from vilt import ViltConfig, ViltProcessor
+from vilt import ViltProcessor
 from vilt.cli import main
 from vilt.convert import convert_original_checkpoint
 from vilt.heads import MODEL_CLASSES
 
-HIDDEN, LAYERS, HEADS, VOCAB, TEXT, PATCH, IMAGE = 32, 2, 4, 99, 40, 8, 32
-GRID = IMAGE // PATCH  # 4 x 4 patches: transformer.pos_embed is (1, 17, 32)
+TEXT = 40  # max_text_len
+GRID = IMAGE_SIZE // PATCH_SIZE  # 4 x 4 patches: transformer.pos_embed is (1, 17, 32)
 ANSWERS = ["yes", "no", "2", "red", "cat"]
 FILE_NAMES = {  # the released names (original-vilt.md §5.3)
     "mlm_itm": "vilt_200k_mlm_itm.ckpt",
@@ -38,13 +39,7 @@ CLASSES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run far faster on one thread, above all on a busy shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- synthetic originals
@@ -57,10 +52,10 @@ def original_state(kind: str, seed: int = 0) -> dict[str, torch.Tensor]:
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=generator) * 0.5
 
-    d = HIDDEN
+    d = HIDDEN_SIZE
     state = {
         "text_embeddings.position_ids": torch.arange(TEXT)[None],
-        "text_embeddings.word_embeddings.weight": rand(VOCAB, d),
+        "text_embeddings.word_embeddings.weight": rand(SMALL_VOCAB, d),
         "text_embeddings.position_embeddings.weight": rand(TEXT, d),
         "text_embeddings.token_type_embeddings.weight": rand(2, d),
         "text_embeddings.LayerNorm.weight": rand(d),
@@ -68,14 +63,14 @@ def original_state(kind: str, seed: int = 0) -> dict[str, torch.Tensor]:
         "token_type_embeddings.weight": rand(3 if kind == "nlvr2" else 2, d),
         "transformer.cls_token": rand(1, 1, d),
         "transformer.pos_embed": rand(1, GRID * GRID + 1, d),
-        "transformer.patch_embed.proj.weight": rand(d, 3, PATCH, PATCH),
+        "transformer.patch_embed.proj.weight": rand(d, 3, PATCH_SIZE, PATCH_SIZE),
         "transformer.patch_embed.proj.bias": rand(d),
         "transformer.norm.weight": rand(d),
         "transformer.norm.bias": rand(d),
         "pooler.dense.weight": rand(d, d),
         "pooler.dense.bias": rand(d),
     }
-    for i in range(LAYERS):
+    for i in range(NUM_LAYERS):
         block = f"transformer.blocks.{i}."
         state |= {
             block + "norm1.weight": rand(d),
@@ -98,8 +93,8 @@ def original_state(kind: str, seed: int = 0) -> dict[str, torch.Tensor]:
             "mlm_score.transform.dense.bias": rand(d),
             "mlm_score.transform.LayerNorm.weight": rand(d),
             "mlm_score.transform.LayerNorm.bias": rand(d),
-            "mlm_score.decoder.weight": rand(VOCAB, d),
-            "mlm_score.bias": rand(VOCAB),
+            "mlm_score.decoder.weight": rand(SMALL_VOCAB, d),
+            "mlm_score.bias": rand(SMALL_VOCAB),
         }
     elif kind in ("vqa", "nlvr2"):
         width, labels = (2 * d, len(ANSWERS)) if kind == "vqa" else (2 * d, 2)
@@ -118,14 +113,14 @@ def original_state(kind: str, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def save_lightning(state: dict[str, torch.Tensor], path: Path, **extra) -> Path:
     """Save as PyTorch Lightning does: weights under "state_dict", the training config beside them."""
-    hyper_parameters = {"config": {"num_heads": HEADS, "hidden_size": HIDDEN, "max_text_len": TEXT}}
+    hyper_parameters = {"config": {"num_heads": NUM_HEADS, "hidden_size": HIDDEN_SIZE, "max_text_len": TEXT}}
     torch.save({"state_dict": state, "hyper_parameters": hyper_parameters, "epoch": 0, **extra}, path)
     return path
 
 
 def expected_model(kind: str, original: dict[str, torch.Tensor]) -> torch.nn.Module:
     """Our model built from the original tensors by a hand-written mapping (independent of vilt.convert)."""
-    o, d = original, HIDDEN
+    o, d = original, HIDDEN_SIZE
     state = {
         "vilt.embeddings.cls_token": o["transformer.cls_token"],
         "vilt.embeddings.position_embeddings": o["transformer.pos_embed"],
@@ -141,7 +136,7 @@ def expected_model(kind: str, original: dict[str, torch.Tensor]) -> torch.nn.Mod
         state[f"vilt.embeddings.text_embeddings.{name}"] = o[f"text_embeddings.{name}"]
     for name in ("weight", "bias"):
         state[f"vilt.embeddings.text_embeddings.LayerNorm.{name}"] = o[f"text_embeddings.LayerNorm.{name}"]
-    for i in range(LAYERS):
+    for i in range(NUM_LAYERS):
         old, new = f"transformer.blocks.{i}.", f"vilt.encoder.layer.{i}."
         for name in ("weight", "bias"):
             qkv = o[old + f"attn.qkv.{name}"]
@@ -153,16 +148,8 @@ def expected_model(kind: str, original: dict[str, torch.Tensor]) -> torch.nn.Mod
             state[new + f"layernorm_after.{name}"] = o[old + f"norm2.{name}"]
             state[new + f"intermediate.dense.{name}"] = o[old + f"mlp.fc1.{name}"]
             state[new + f"output.dense.{name}"] = o[old + f"mlp.fc2.{name}"]
-    config = dict(
-        hidden_size=d,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        intermediate_size=4 * d,
-        vocab_size=VOCAB,
-        max_position_embeddings=TEXT,
-        image_size=IMAGE,
-        patch_size=PATCH,
-    )
+    # the original's MLP is 4 times as wide as the model
+    config = {"vocab_size": SMALL_VOCAB, "intermediate_size": 4 * d, "max_position_embeddings": TEXT}
     if kind == "mlm_itm":
         state |= {k: v for k, v in o.items() if k.startswith("mlm_score.") and k != "mlm_score.bias"}
         state["mlm_score.decoder.bias"] = o["mlm_score.bias"]
@@ -170,14 +157,10 @@ def expected_model(kind: str, original: dict[str, torch.Tensor]) -> torch.nn.Mod
         for index in (0, 1, 3):
             for name in ("weight", "bias"):
                 state[f"classifier.{index}.{name}"] = o[f"{kind}_classifier.{index}.{name}"]
-        config |= (
-            {"id2label": dict(enumerate(ANSWERS))}
-            if kind == "vqa"
-            else {"num_images": 2, "modality_type_vocab_size": 3, "id2label": {0: "False", 1: "True"}}
-        )
+        config["id2label"] = dict(enumerate(ANSWERS)) if kind == "vqa" else {0: "False", 1: "True"}
     else:
         state |= {"rank_output.weight": o["rank_output.weight"], "rank_output.bias": o["rank_output.bias"]}
-    model = MODEL_CLASSES[CLASSES[kind]](ViltConfig(**config))
+    model = MODEL_CLASSES[CLASSES[kind]](tiny_config(CLASSES[kind], **config))
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -186,9 +169,9 @@ def inputs(kind: str) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(3)
     images = (2,) if kind == "nlvr2" else ()
     return {
-        "input_ids": torch.randint(1, VOCAB, (2, 6), generator=generator),
+        "input_ids": torch.randint(1, SMALL_VOCAB, (2, 6), generator=generator),
         "attention_mask": torch.tensor([[1] * 6, [1] * 4 + [0] * 2]),
-        "pixel_values": torch.randn(2, *images, 3, IMAGE, IMAGE, generator=generator),
+        "pixel_values": torch.randn(2, *images, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
     }
 
 
@@ -315,7 +298,8 @@ def test_retrieval_dataset_comes_from_the_training_config(tmp_path):
     src = tmp_path / "retrieval.ckpt"
     state = original_state("irtr_f30k")
     torch.save(
-        {"state_dict": state, "hyper_parameters": {"config": {"num_heads": HEADS, "datasets": ["f30k"]}}}, src
+        {"state_dict": state, "hyper_parameters": {"config": {"num_heads": NUM_HEADS, "datasets": ["f30k"]}}},
+        src,
     )
     model = convert_original_checkpoint(src, tmp_path / "out")
     assert model.config.extra["converted_from"]["kind"] == "irtr_f30k"
@@ -345,7 +329,7 @@ def test_heads_count_falls_back_to_an_override(tmp_path):
     torch.save(original_state("vqa"), src)  # a state dict only, no training config
     with pytest.raises(ValueError, match="pass num_attention_heads"):
         convert_original_checkpoint(src, tmp_path / "out")
-    model = convert_original_checkpoint(src, tmp_path / "out", num_attention_heads=HEADS)
+    model = convert_original_checkpoint(src, tmp_path / "out", num_attention_heads=NUM_HEADS)
     expected = logits(expected_model("vqa", original_state("vqa")), "vqa")
     torch.testing.assert_close(logits(model, "vqa"), expected, rtol=0, atol=1e-6)  # two objects: not bitwise
 
@@ -374,21 +358,21 @@ def test_lightning_bookkeeping_is_read_without_lightning(tmp_path):
         torch.save(
             {
                 "state_dict": original_state("vqa"),
-                "hyper_parameters": attribute_dict(config={"num_heads": HEADS}),
+                "hyper_parameters": attribute_dict(config={"num_heads": NUM_HEADS}),
                 "callbacks": {model_checkpoint: {"best_model_score": torch.tensor(0.7)}},
             },
             src,
         )
     assert "pytorch_lightning" not in sys.modules
     model = convert_original_checkpoint(src, tmp_path / "out")
-    assert model.config.num_attention_heads == HEADS
+    assert model.config.num_attention_heads == NUM_HEADS
 
 
 def test_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
     src, marker = tmp_path / "vilt_vqa.ckpt", tmp_path / "pwned.txt"
     with pytest.MonkeyPatch.context() as patch:
         attribute_dict, _ = _fake_lightning(patch)
-        hyper_parameters = attribute_dict(config={"num_heads": HEADS}, hook=WritesAFile(marker))
+        hyper_parameters = attribute_dict(config={"num_heads": NUM_HEADS}, hook=WritesAFile(marker))
         torch.save({"state_dict": original_state("vqa"), "hyper_parameters": hyper_parameters}, src)
 
     with pytest.raises(ValueError, match=r"refusing to load .*vilt_vqa\.ckpt: its pickle refers to io\.open"):

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 import torch
-from model_inputs import PADDED_SIZES, REFERENCE_CLASSES, TEXT_LENGTHS, TINY, padded_images, text_inputs
+from model_inputs import PADDED_SIZES, REFERENCE_CLASSES, TEXT_LENGTHS, padded_images, text_inputs
+from tiny import MODEL_TESTS, tiny_kwargs
 from torch import nn
 
 from vilt import ViltConfig
@@ -46,12 +47,9 @@ def reference_in_row_major_order(monkeypatch: pytest.MonkeyPatch) -> None:
 # ----------------------------------------------------------------------------- building models and inputs
 
 
-def config_kwargs(class_name: str, num_images: int = 2, **changes: Any) -> dict[str, Any]:
-    """Tiny-config kwargs, with what the NLVR2 head needs for ``num_images`` images."""
-    kwargs = {**TINY, **changes}
-    if class_name == "ViltForImagesAndTextClassification":
-        kwargs.update(num_images=num_images, modality_type_vocab_size=num_images + 1)
-    return kwargs
+def config_kwargs(class_name: str, **changes: Any) -> dict[str, Any]:
+    """The model tests' tiny config for ``class_name``, with ``changes``."""
+    return tiny_kwargs(class_name, **MODEL_TESTS, **changes)
 
 
 def perturb_every_parameter(model: nn.Module) -> None:

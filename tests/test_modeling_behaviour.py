@@ -1,5 +1,6 @@
-"""ViLT model behaviour that needs no reference: determinism and padding, patch selection, bfloat16,
-input validation, attention paths, gradient checkpointing, the retrieval and ITM losses, save/load."""
+"""ViLT model behaviour that needs no reference: padding, patch selection, bfloat16, input validation,
+attention paths, gradient checkpointing, the retrieval and ITM losses, tied weights, image tokens and
+match scores. What every class must do (determinism, fast path, save/load...) is test_model_contract.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from model_inputs import PADDED_SIZES, TEXT_LENGTHS, TINY, padded_images, text_inputs
+from model_inputs import PADDED_SIZES, TEXT_LENGTHS, padded_images, text_inputs
+from tiny import HIDDEN_SIZE, MODEL_TESTS, NUM_LAYERS, PATCH_SIZE, SMALL_VOCAB, tiny_config
 from torch import nn
 
 import vilt.modeling
@@ -30,11 +32,8 @@ PADDED_GRIDS = [(4, 4), (3, 5), (5, 2), (4, 5)]
 def tiny_model(class_name: str, seed: int = 0, **changes: Any) -> nn.Module:
     """A tiny model in eval mode whose every parameter is random (the init leaves the image CLS and the
     position grid at zero, LayerNorms at one/zero): each one then matters to the outputs."""
-    kwargs = {**TINY, **changes}
-    if class_name == "ViltForImagesAndTextClassification":
-        kwargs.update(num_images=2, modality_type_vocab_size=3)
     torch.manual_seed(seed)
-    model = MODEL_CLASSES[class_name](ViltConfig(**kwargs))
+    model = MODEL_CLASSES[class_name](tiny_config(class_name, **MODEL_TESTS, **changes))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -46,7 +45,7 @@ def padded_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     pixel_values, pixel_mask = padded_images(PADDED_SIZES, g)
     return {
-        **text_inputs(TINY["vocab_size"], TEXT_LENGTHS, g),
+        **text_inputs(SMALL_VOCAB, TEXT_LENGTHS, g),
         "pixel_values": pixel_values,
         "pixel_mask": pixel_mask,
     }
@@ -56,16 +55,7 @@ def row_major(rows: int, cols: int) -> list[list[int]]:
     return [[r, c] for r in range(rows) for c in range(cols)]
 
 
-# ----------------------------------------------------------------------------- determinism and padding
-
-
-def test_two_eval_forwards_of_one_batch_are_bit_identical() -> None:
-    model = tiny_model("ViltForQuestionAnswering")
-    inputs = padded_batch()
-    with torch.no_grad():
-        first, second = (model(**inputs, output_hidden_states=True) for _ in range(2))
-    assert torch.equal(first.logits, second.logits)
-    assert all(torch.equal(a, b) for a, b in zip(first.hidden_states, second.hidden_states))
+# ----------------------------------------------------------------------------- padding and patch selection
 
 
 def test_an_image_padded_into_a_larger_batch_gives_its_solo_outputs() -> None:
@@ -73,7 +63,7 @@ def test_an_image_padded_into_a_larger_batch_gives_its_solo_outputs() -> None:
     g = torch.Generator().manual_seed(0)
     pixel_values, pixel_mask = padded_images([(24, 40), (40, 48), (32, 56)], g)
     batch = {
-        **text_inputs(TINY["vocab_size"], [5, 7, 3], g),
+        **text_inputs(SMALL_VOCAB, [5, 7, 3], g),
         "pixel_values": pixel_values,
         "pixel_mask": pixel_mask,
     }
@@ -180,7 +170,7 @@ def _valid_inputs() -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
     pixel_values, pixel_mask = padded_images([(32, 32), (24, 32)], g)
     return {
-        "input_ids": torch.randint(1, 99, (2, 5), generator=g),
+        "input_ids": torch.randint(1, SMALL_VOCAB, (2, 5), generator=g),
         "pixel_values": pixel_values,
         "pixel_mask": pixel_mask,
     }
@@ -340,7 +330,7 @@ def test_eager_attention_does_not_ask_the_encoder_for_probabilities(monkeypatch:
     monkeypatch.setattr(vilt.modeling.ViltEncoder, "forward", spy)
     with torch.no_grad():
         assert model(**padded_batch()).attentions is None
-        assert len(model(**padded_batch(), output_attentions=True).attentions) == TINY["num_hidden_layers"]
+        assert len(model(**padded_batch(), output_attentions=True).attentions) == NUM_LAYERS
     assert calls == [(False, True), (True, True)]
 
 
@@ -372,8 +362,7 @@ def test_the_patch_product_is_the_patch_convolution(size: tuple[int, int]) -> No
         product = embed.patch_product(pixels)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             autocast = embed(pixels)
-    p = TINY["patch_size"]
-    assert convolution.shape == (2, size[0] // p, size[1] // p, TINY["hidden_size"])
+    assert convolution.shape == (2, size[0] // PATCH_SIZE, size[1] // PATCH_SIZE, HIDDEN_SIZE)
     assert (product - convolution).abs().max() <= TOL
     assert autocast.dtype == torch.bfloat16  # autocast takes the product
     assert (autocast.float() - convolution).abs().max() <= 5e-2 * convolution.abs().max()
@@ -385,7 +374,7 @@ def test_the_patch_product_is_the_patch_convolution(size: tuple[int, int]) -> No
 def test_grad_checkpointing_gives_the_same_loss_and_gradients() -> None:
     model = tiny_model("ViltForQuestionAnswering").train()  # dropout 0
     inputs = padded_batch()
-    labels = torch.rand(4, TINY["num_labels"], generator=torch.Generator().manual_seed(1))
+    labels = torch.rand(4, MODEL_TESTS["num_labels"], generator=torch.Generator().manual_seed(1))
     calls = []
     model.vilt.encoder.layer[0].register_forward_pre_hook(
         lambda *_: calls.append(1)
@@ -415,7 +404,10 @@ def test_retrieval_loss_is_cross_entropy_over_each_images_candidate_texts() -> N
     g = torch.Generator().manual_seed(0)
     groups, k = 2, 3  # 2 images, 3 candidate texts each: 6 consecutive pairs
     pixel_values = torch.randn(groups, 3, 32, 32, generator=g).repeat_interleave(k, dim=0)
-    inputs = {"input_ids": torch.randint(1, 99, (groups * k, 6), generator=g), "pixel_values": pixel_values}
+    inputs = {
+        "input_ids": torch.randint(1, SMALL_VOCAB, (groups * k, 6), generator=g),
+        "pixel_values": pixel_values,
+    }
     labels = torch.tensor([0, 2])
     out = model(**inputs, labels=labels)
     scores = out.logits[:, 0].reshape(groups, k)
@@ -435,7 +427,7 @@ def test_retrieval_loss_is_cross_entropy_over_each_images_candidate_texts() -> N
 )
 def test_retrieval_labels_that_do_not_fit_the_batch_are_refused(labels: torch.Tensor, message: str) -> None:
     model = tiny_model("ViltForImageAndTextRetrieval")
-    inputs = {"input_ids": torch.randint(1, 99, (6, 4)), "pixel_values": torch.randn(6, 3, 32, 32)}
+    inputs = {"input_ids": torch.randint(1, SMALL_VOCAB, (6, 4)), "pixel_values": torch.randn(6, 3, 32, 32)}
     with pytest.raises(ViltInputError, match=message):
         model(**inputs, labels=labels)
 
@@ -457,25 +449,7 @@ def test_image_text_matching_loss_is_cross_entropy_of_the_match_logits() -> None
     ).abs().max() <= TOL
 
 
-# ----------------------------------------------------------------------------- save / load
-
-
-@pytest.mark.parametrize("class_name", sorted(MODEL_CLASSES))
-def test_save_pretrained_then_from_pretrained_gives_the_same_model(class_name: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    model = tiny_model(class_name)
-    model.save_pretrained(tmp_path)
-    assert (tmp_path / "config.json").is_file() and (tmp_path / "model.safetensors").is_file()
-    loaded = type(model).from_pretrained(tmp_path).eval()
-    assert loaded.config == model.config
-    state, loaded_state = model.state_dict(), loaded.state_dict()
-    assert state.keys() == loaded_state.keys()
-    assert all(torch.equal(state[k], loaded_state[k]) for k in state)
-    inputs = _valid_inputs()
-    if class_name == "ViltForImagesAndTextClassification":
-        inputs["pixel_values"] = inputs["pixel_values"][:, None].expand(-1, 2, -1, -1, -1)
-        inputs["pixel_mask"] = inputs["pixel_mask"][:, None].expand(-1, 2, -1, -1)
-    with torch.no_grad():
-        assert torch.equal(model(**inputs)[0], loaded(**inputs)[0])
+# ----------------------------------------------------------------------------- tied weights after save/load
 
 
 def test_a_tied_masked_lm_model_loads_back_tied(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -484,30 +458,6 @@ def test_a_tied_masked_lm_model_loads_back_tied(tmp_path) -> None:  # type: igno
     loaded = type(model).from_pretrained(tmp_path)
     assert loaded.mlm_score.decoder.weight is loaded.get_input_embeddings().weight
     assert torch.equal(loaded.mlm_score.decoder.weight, model.mlm_score.decoder.weight)
-
-
-# ----------------------------------------------------------------------------- drop-in details
-
-
-def _class_inputs(class_name: str) -> dict[str, Any]:
-    inputs = padded_batch()
-    if class_name == "ViltForImagesAndTextClassification":
-        inputs["pixel_values"] = torch.stack([inputs["pixel_values"], inputs["pixel_values"].flip(0)], dim=1)
-        inputs["pixel_mask"] = torch.stack([inputs["pixel_mask"], inputs["pixel_mask"].flip(0)], dim=1)
-    return inputs
-
-
-@pytest.mark.parametrize("class_name", sorted(MODEL_CLASSES))
-def test_extra_keyword_arguments_are_accepted_and_change_nothing(class_name: str) -> None:
-    """A Trainer passes ``num_items_in_batch``; transformers' forwards take ``**kwargs``."""
-    model = tiny_model(class_name)
-    inputs = _class_inputs(class_name)
-    with torch.no_grad():
-        expected = model(**inputs, return_dict=False)
-        got = model(**inputs, return_dict=False, num_items_in_batch=torch.tensor(7), use_cache=False)
-    assert len(got) == len(expected)
-    for a, b in zip(got, expected):
-        assert a is None if b is None else torch.equal(a, b)
 
 
 # ----------------------------------------------------------------------------- image tokens and match scores
@@ -521,7 +471,7 @@ def test_embed_images_tokens_give_the_pixel_forwards_outputs() -> None:
         tokens = model.embed_images(inputs["pixel_values"], inputs["pixel_mask"])
         text = {k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
         got = model(**text, image_embeds=tokens.embeddings, pixel_mask=tokens.mask)
-    assert tokens.embeddings.shape == (4, 1 + 20, TINY["hidden_size"]) and tokens.mask.shape == (4, 21)
+    assert tokens.embeddings.shape == (4, 1 + 20, HIDDEN_SIZE) and tokens.mask.shape == (4, 21)
     assert torch.equal(tokens.mask, expected.image_mask)
     assert (got.last_hidden_state - expected.last_hidden_state).abs().max() <= TOL
     assert (got.pooler_output - expected.pooler_output).abs().max() <= TOL

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import torch
+from tiny import SMALL_VOCAB, WIDE_INIT, tiny_config
 from torch import nn
 
 import vilt
@@ -18,18 +19,7 @@ from vilt.layers import CachedProduct, PackedProduct
 
 def tiny_vqa(seed: int = 0, **changes: object) -> vilt.ViltForQuestionAnswering:
     torch.manual_seed(seed)
-    config = vilt.ViltConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=7,
-        vocab_size=99,
-        initializer_range=0.2,
-        **changes,
-    )
+    config = tiny_config(vocab_size=SMALL_VOCAB, num_labels=7, initializer_range=WIDE_INIT, **changes)
     return vilt.ViltForQuestionAnswering(config).eval()
 
 
@@ -41,7 +31,7 @@ def padded_inputs(batch: int = 3) -> dict[str, torch.Tensor]:
     pixel_mask = torch.ones(batch, 48, 64, dtype=torch.long)
     pixel_mask[2, :, 40:] = 0
     return {
-        "input_ids": torch.randint(1, 99, (batch, 9), generator=generator),
+        "input_ids": torch.randint(1, SMALL_VOCAB, (batch, 9), generator=generator),
         "attention_mask": attention_mask,
         "pixel_values": torch.randn(batch, 3, 48, 64, generator=generator),
         "pixel_mask": pixel_mask,

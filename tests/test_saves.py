@@ -29,13 +29,7 @@ QA = "ViltForQuestionAnswering"
 FORK = multiprocessing.get_context("fork")
 STALE_MARKERS = (".vilt-staging", ".vilt-tmp")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(num_labels: int, seed: int) -> torch.nn.Module:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TRAIN_INIT, tiny_config
 from train_toy import (
     TINY_FLAGS,
     pretrain_command,
-    tiny_config,
     toy_train_flags,
     write_colour_vqa,
     write_image,
@@ -54,7 +54,7 @@ def test_linear_schedule_warms_up_then_decays_to_zero():
 
 
 def test_optimizer_groups_follow_the_original_recipe():
-    model = ViltForQuestionAnswering(tiny_config(num_labels=3))
+    model = ViltForQuestionAnswering(tiny_config(num_labels=3, initializer_range=TRAIN_INIT))
     args = TrainArgs(task="vqa", lr=1e-4, weight_decay=0.01)
     optimizer = build_optimizer(
         model, args.lr, args.weight_decay, args.beta2, args.head_lr_multiplier(), torch.device("cpu")
@@ -146,6 +146,7 @@ def test_bad_data_is_counted_in_the_log_and_strict_fails(tmp_path, capsys):
     assert "--strict" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_is_exact(tmp_path):
     """Pretraining draws masks and ITM negatives from the RNG, so resuming must restore it exactly."""
     full, killed = tmp_path / "full", tmp_path / "killed"

@@ -89,14 +89,14 @@ def test_recall_at_k_by_hand():
 
 
 def test_retrieval_scores_embed_each_image_once_and_match_full_passes():
-    from train_toy import tiny_config
+    from tiny import WIDE_INIT, tiny_config
 
     from vilt.heads import ViltForImageAndTextRetrieval
     from vilt.processing import ViltProcessor
     from vilt.train.metrics import retrieval_scores
 
     torch.manual_seed(0)
-    model = ViltForImageAndTextRetrieval(tiny_config(initializer_range=0.2)).eval()
+    model = ViltForImageAndTextRetrieval(tiny_config(initializer_range=WIDE_INIT)).eval()
     pixels = [torch.randn(3, 32, 32) for _ in range(3)]
     texts = ["a red square", "a dog", "two blue cats on a sofa", "nothing"]
     text = dict(ViltProcessor().tokenizer(texts, padding="longest", return_tensors="pt"))

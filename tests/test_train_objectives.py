@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from train_toy import tiny_config
+from tiny import TRAIN_INIT, tiny_config
 
 from vilt.alignment import ipot
 from vilt.heads import (
@@ -49,7 +49,7 @@ def _text(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
 
 def test_vqa_bce_loss_falls(tokenizer):
     torch.manual_seed(0)
-    model = ViltForQuestionAnswering(tiny_config(num_labels=3))
+    model = ViltForQuestionAnswering(tiny_config(num_labels=3, initializer_range=TRAIN_INIT))
     text = _text(tokenizer, ["what is it?"] * 6)
     labels = torch.eye(3)[torch.tensor([0, 1, 2, 0, 1, 2])]  # each image has its own answer
     first, last = _fit(model, lambda m: m(**text, pixel_values=_images(6), labels=labels).loss)
@@ -58,7 +58,9 @@ def test_vqa_bce_loss_falls(tokenizer):
 
 def test_nlvr2_pair_loss_falls(tokenizer):
     torch.manual_seed(0)
-    model = ViltForImagesAndTextClassification(tiny_config(num_images=2, modality_type_vocab_size=3))
+    model = ViltForImagesAndTextClassification(
+        tiny_config("ViltForImagesAndTextClassification", initializer_range=TRAIN_INIT)
+    )
     text = _text(tokenizer, ["the left image is brighter"] * 4)
     pairs = _images(8).view(4, 2, 3, 32, 32)  # (B, 2, C, H, W)
     labels = torch.tensor([0, 1, 1, 0])
@@ -68,7 +70,7 @@ def test_nlvr2_pair_loss_falls(tokenizer):
 
 def test_retrieval_group_loss_falls(tokenizer):
     torch.manual_seed(0)
-    model = ViltForImageAndTextRetrieval(tiny_config())
+    model = ViltForImageAndTextRetrieval(tiny_config(initializer_range=TRAIN_INIT))
     captions = ["a red square", "a blue ball", "a green tree", "a white cat"]
     # 4 images, each with its true caption first then the 3 others: 16 pairs in groups of 4
     texts = [captions[(i + j) % 4] for i in range(4) for j in range(4)]
@@ -96,7 +98,7 @@ def _pretraining_batch(tokenizer) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("objective", ["mlm_loss", "itm_loss", "wpa_loss", "loss"])
 def test_pretraining_objective_falls(tokenizer, objective):
     torch.manual_seed(0)
-    model = ViltForPreTraining(tiny_config())
+    model = ViltForPreTraining(tiny_config(initializer_range=TRAIN_INIT))
     spec = MaskingSpec.from_tokenizer(tokenizer)
     inputs = pretraining_inputs(_pretraining_batch(tokenizer), spec, torch.Generator().manual_seed(0))
     first, last = _fit(model, lambda m: getattr(m(**inputs), objective))

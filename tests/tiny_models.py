@@ -1,5 +1,5 @@
-"""Tiny random-weight ViLT models with processors, saved to directories, for the pipeline, CLI and
-explain tests (imported by those test files; pytest puts tests/ on sys.path)."""
+"""Tiny random-weight ViLT models with processors, saved to directories, and test images, for the
+pipeline, CLI, export, server and explain tests (pytest puts tests/ on sys.path)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tiny import IMAGE_SIZE, PATCH_SIZE, WIDE_INIT, tiny_config
 
 import vilt
 from vilt.heads import MODEL_CLASSES
@@ -20,36 +21,25 @@ LABELS = {
 }
 
 
-def tiny_config(architecture: str) -> vilt.ViltConfig:
-    """image_size 32, patch 8, hidden 32, 2 layers, 4 heads, the real 30522-word vocabulary."""
-    labels = LABELS.get(architecture)
-    nlvr2 = architecture == "ViltForImagesAndTextClassification"
-    return vilt.ViltConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        initializer_range=0.2,  # larger than usual, so that different inputs give clearly different outputs
-        num_images=2 if nlvr2 else -1,
-        modality_type_vocab_size=3 if nlvr2 else 2,
-        id2label=dict(enumerate(labels)) if labels else None,
-        architectures=[architecture],
-    )
-
-
 def tiny_processor() -> vilt.ViltProcessor:
     """The bundled vocabulary and images resized to a 32-pixel shorter side, multiples of 8."""
-    return vilt.ViltProcessor(image_processor=ViltImageProcessor(size=32, size_divisor=8))
+    return vilt.ViltProcessor(image_processor=ViltImageProcessor(size=IMAGE_SIZE, size_divisor=PATCH_SIZE))
 
 
 def save_tiny(directory: Path, architecture: str, seed: int = 0) -> Path:
-    """Save a random-weight model of ``architecture`` and its processor to ``directory``."""
+    """Save a random-weight tiny model of ``architecture`` (the real vocabulary, the wide init, the labels
+    of ``LABELS``) and its processor to ``directory``."""
     import torch
 
+    labels = LABELS.get(architecture)
+    config = tiny_config(
+        architecture,
+        initializer_range=WIDE_INIT,
+        id2label=dict(enumerate(labels)) if labels else None,
+        architectures=[architecture],
+    )
     torch.manual_seed(seed)
-    model = MODEL_CLASSES[architecture](tiny_config(architecture))
+    model = MODEL_CLASSES[architecture](config)
     model.save_pretrained(directory)
     tiny_processor().save_pretrained(directory)
     return directory

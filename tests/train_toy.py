@@ -1,4 +1,5 @@
-"""Toy data and tiny models for the training tests (imported by tests/test_train_*.py)."""
+"""Toy data and the tiny model's ``vilt train`` flags for the training tests (imported by
+tests/test_train_*.py; pytest puts tests/ on sys.path)."""
 
 from __future__ import annotations
 
@@ -9,30 +10,16 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-from vilt.configuration import ViltConfig
+from tiny import HIDDEN_SIZE, IMAGE_SIZE, INTERMEDIATE_SIZE, NUM_HEADS, NUM_LAYERS, PATCH_SIZE
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 
-# flags of a tiny model (image 32, patch 8, hidden 32, 2 layers) for `vilt train`
+# `vilt train` flags of the tiny model (tiny.py), on one thread
 TINY_FLAGS = [
-    "--image-size", "32", "--patch-size", "8", "--shortest-edge", "32", "--hidden-size", "32",
-    "--num-layers", "2", "--num-heads", "4", "--intermediate-size", "64", "--threads", "1",
+    "--image-size", str(IMAGE_SIZE), "--patch-size", str(PATCH_SIZE), "--shortest-edge", str(IMAGE_SIZE),
+    "--hidden-size", str(HIDDEN_SIZE), "--num-layers", str(NUM_LAYERS), "--num-heads", str(NUM_HEADS),
+    "--intermediate-size", str(INTERMEDIATE_SIZE), "--threads", "1",
 ]  # fmt: skip
-
-
-def tiny_config(**changes: object) -> ViltConfig:
-    """image 32, patch 8, hidden 32, 2 layers, 4 heads, the real 30522-word vocabulary.
-
-    The init is wider than BERT's 0.02 (as for the bundled model): with 0.02 the toy objectives can
-    stall on a plateau for a while, depending on float summation order (thread count); with 0.08 each
-    one converges within the tests' steps for every seed and thread count tried."""
-    values = dict(
-        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=40, initializer_range=0.08,
-    )  # fmt: skip
-    values.update(changes)
-    return ViltConfig(**values)  # type: ignore[arg-type]
 
 
 def write_image(path: Path, colour: str, size: int = 32) -> str:
