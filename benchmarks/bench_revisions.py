@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--other", type=Path, required=True, help="another source tree (holding src/vilt)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, help="intra-op threads (default: one per core)")
+    parser.add_argument("--out", type=Path, help="also write the report to this file")
     parser.add_argument(
         "--config",
         type=parse_config,
@@ -100,14 +101,31 @@ def main() -> None:
         set_threads()
     else:
         torch.set_num_threads(args.threads)
-    print(machine_info())
+    info = machine_info()
+    print(info)
     with tempfile.TemporaryDirectory() as scratch:
         other = import_other(args.other.resolve(), Path(scratch))
         rows = compare(other, args.rounds, args.config or list(CONFIGS))
-    print(f"Medians of {args.rounds} alternating rounds after one warm-up; this tree: {HERE.parent}, other tree: "
-          f"{args.other}. Ratios are against the other tree's optimized path.\n")  # fmt: skip
     header = ["dtype", "batch", "tree", "variant", "ms per example", "spread", "/ other tree optimized"]
-    print(table(header, rows))
+    report = "\n".join(
+        [
+            f"{key}: {value}"
+            for key, value in {
+                **info,
+                "load average after": machine_info()["load average (1, 5, 15 min)"],
+            }.items()
+        ]
+        + [
+            "",
+            f"Medians of {args.rounds} alternating rounds after one warm-up; other tree: {args.other}. Ratios are "
+            "against the other tree's optimized path.",
+            "",
+            table(header, rows),
+        ]
+    )
+    print(report)
+    if args.out is not None:
+        args.out.write_text(report + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -208,6 +208,7 @@ OTHER_RESULTS = {  # benchmarks that write their own output file: script -> file
     "load.py": "load.txt",
     "attack.py": "attack.txt",
     "bench_cli.py": "cli.txt",
+    "bench_revisions.py --other <the tree before issue 17> --out benchmarks/results/revisions.txt": "revisions.txt",
 }
 
 
