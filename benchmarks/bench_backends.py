@@ -47,6 +47,16 @@ from vilt.export import OnnxModel, OpenVinoModel, export_model
 BATCHES = (1, 8)
 DTYPES = (torch.float32, torch.bfloat16)
 HEIGHT = WIDTH = 384
+ACCURACY_FILE = Path(__file__).resolve().parent.parent / "results" / "eval_backends.txt"
+PRECISIONS = (  # (dtype, contestant here, its row in eval_backends.txt) for the speed-and-accuracy table
+    ("float32", "vilt (as loaded)", "PyTorch float32"),
+    ("bfloat16", "vilt (as loaded)", "PyTorch bfloat16"),
+    ("float32", "onnxruntime", "onnxruntime float32"),
+    ("float32", "onnxruntime int8", "onnxruntime int8"),
+    ("float32", "OpenVINO", "OpenVINO float32"),
+    ("bfloat16", "OpenVINO", "OpenVINO bfloat16"),
+    ("bfloat16", "OpenVINO int8 weights", "OpenVINO int8 weights (bfloat16)"),
+)
 
 
 def exported(directory: Path, scratch: Path) -> dict[str, Path]:
@@ -87,12 +97,45 @@ def torch_call(model: torch.nn.Module) -> Callable[[dict[str, torch.Tensor]], Ca
     return bind
 
 
+def accuracies(text: str) -> dict[str, list[str]]:
+    """eval_backends.txt's rows: backend -> [easy-VQA accuracy, its change from float32, ViLT-B/32 top-1
+    agreement with float32]."""
+    easy_vqa, _, photographs = text.partition("## Part 2")
+    found: dict[str, list[str]] = {}
+    for _, _, backend in PRECISIONS:
+        row = next((line for line in easy_vqa.splitlines() if line.startswith(backend + "  ")), None)
+        agreement = next((line for line in photographs.splitlines() if line.startswith(backend + "  ")), None)
+        if row is not None and agreement is not None:
+            accuracy, change = row[len(backend) :].split()[:2]
+            found[backend] = [accuracy, change, agreement[len(backend) :].strip()]
+    return found
+
+
+def speed_and_accuracy(speeds: dict[tuple[str, int, str], list[str]]) -> str:
+    """One table per precision: the speed measured here beside the accuracy that
+    ``examples/eval_backends.py`` committed to results/eval_backends.txt."""
+    found = accuracies(ACCURACY_FILE.read_text(encoding="utf-8")) if ACCURACY_FILE.exists() else {}
+    rows = []
+    for dtype, label, backend in PRECISIONS:
+        measured = [cell for batch in BATCHES for cell in speeds[(dtype, batch, label)]]
+        rows.append([backend, *measured, *found.get(backend, ["not measured"] * 3)])
+    header = [
+        "backend (computes in)",
+        *[f"batch {batch} {column}" for batch in BATCHES for column in ("ms/example", "vs reference")],
+        "easy-VQA accuracy (bundled model)",
+        "vs float32",
+        "ViLT-B/32 top-1 same as float32",
+    ]
+    return table(header, rows)
+
+
 def run(repetitions: int = 5) -> Section:
     """Every backend at batch 1 and 8, float32 and bfloat16; the rows are also printed as they come."""
     threads = set_threads()
     logging.getLogger("nncf").setLevel(logging.WARNING)
     directory = model_dir()
     rows, figures = [], {}
+    speeds: dict[tuple[str, int, str], list[str]] = {}  # (dtype, batch, contestant) -> [ms, vs reference]
     with tempfile.TemporaryDirectory() as scratch:
         exports = exported(directory, Path(scratch))
         for dtype in DTYPES:
@@ -124,6 +167,7 @@ def run(repetitions: int = 5) -> Section:
                     ]  # fmt: skip
                     print(" | ".join(row), flush=True)
                     rows.append(row)
+                    speeds[(name, batch, label)] = row[3:5]
                     figures[f"{name} batch {batch}: {label} / reference"] = reference_s / seconds
                 figures[f"{name} batch {batch}: vilt / OpenVINO"] = timings.median(
                     "OpenVINO"
@@ -145,6 +189,15 @@ def run(repetitions: int = 5) -> Section:
         + ", ".join(
             f"{k.split(':')[0]} {v:.2f}x" for k, v in figures.items() if k.endswith("vilt / OpenVINO")
         ),
+        "",
+        "### int8 and the other precisions: speed (ViLT-B/32, measured above) and accuracy",
+        "",
+        speed_and_accuracy(speeds),
+        "",
+        "Accuracy columns: `examples/eval_backends.py` as committed in "
+        "[results/eval_backends.txt](../results/eval_backends.txt) (easy-VQA test split, 9673 questions, for "
+        "the bundled model; 128 questions on 16 photographs for ViLT-B/32). The int8 rows are onnxruntime's "
+        "dynamic quantization and OpenVINO's NNCF int8 weights.",
         "",
     ]
     return Section("\n".join(lines), figures)

@@ -271,6 +271,50 @@ def test_a_model_built_under_inference_mode_runs_fast() -> None:
         torch.testing.assert_close(model(**padded_inputs()).logits, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:.*quantiz.*:UserWarning")
+def test_a_dynamically_quantized_model_runs_its_quantized_linears() -> None:
+    """``quantize_dynamic`` puts quantized Linears (whose ``weight`` is a method) in place of the plain
+    ones; the blocks built on them run the plain way, and the outputs are the quantized model's."""
+    model = tiny_vqa()
+    quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+    assert not any(
+        type(m) is nn.Linear for m in quantized.modules()
+    )  # every Linear swapped, as in transformers
+    inputs = padded_inputs()
+    expected = logits(plain(quantized), inputs)
+    torch.testing.assert_close(logits(quantized, inputs), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(expected, logits(model, inputs), atol=0.1, rtol=0.1)  # int8 near float32
+
+
+class Adapted(nn.Module):
+    """A wrapper as LoRA tools put in place of a Linear: it shows the wrapped ``weight`` but adds to it."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.base = linear
+        self.delta = nn.Linear(linear.in_features, linear.out_features, bias=False)
+        nn.init.normal_(self.delta.weight, std=0.5)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.delta(x)
+
+
+def test_a_wrapped_linear_is_called_not_bypassed_by_the_cache() -> None:
+    model = tiny_vqa()
+    inputs = padded_inputs()
+    before = logits(model, inputs)
+    layer = model.vilt.encoder.layer[0]
+    layer.attention.attention.query = Adapted(layer.attention.attention.query)
+    layer.intermediate.dense = Adapted(layer.intermediate.dense)
+    after = logits(model, inputs)
+    assert not torch.allclose(after, before, atol=1e-3)
+    torch.testing.assert_close(after, logits(plain(model), inputs), atol=1e-5, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------- the probes
 
 

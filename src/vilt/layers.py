@@ -149,6 +149,12 @@ class CachedProduct(nn.Module):
     def build_product(self) -> PackedProduct:
         raise NotImplementedError
 
+    def packable(self) -> bool:
+        """Whether the product may be made from :meth:`sources`: not where a tool put another module in
+        place of a plain one (``torch.ao.quantization.quantize_dynamic``'s quantized Linear, whose
+        ``weight`` is a method, or a LoRA wrapper); such a block runs the plain way, through it."""
+        return all(p is None or isinstance(p, torch.Tensor) for p in self.sources())
+
     def packed(self) -> PackedProduct:
         """The cached product, rebuilt first if a parameter changed since it was built."""
         signature = parameter_signature(self.sources())
@@ -210,27 +216,37 @@ def one_row_layout_pays(weight: torch.Tensor) -> bool:
 # ----------------------------------------------------------------------------- the blocks
 
 
-class PackedLinear(CachedProduct, nn.Linear):
-    """``nn.Linear`` that can run on its prepacked weight, with an activation or a residual add fused.
+class Dense(CachedProduct):
+    """A Linear layer named ``dense`` followed by dropout (the reference's module names), whose product can
+    run on its prepacked weight with the activation or the residual add fused.
+
+    The Linear stays a plain ``nn.Linear``: a tool that puts another module in its place (a quantized
+    Linear, a LoRA wrapper) is called as it is, and the cache is not used (:meth:`packable`).
 
     Args:
-        in_features, out_features, bias: as ``nn.Linear``.
+        in_features, out_features: the Linear's sizes (with a bias).
+        dropout: dropout after the activation, before the add.
         layout_probe: let :func:`one_row_layout_pays` choose the weight's oneDNN layout (for the products
             with a wide input, where the layout matters).
     """
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, layout_probe: bool = False
+        self, in_features: int, out_features: int, dropout: float, layout_probe: bool = False
     ) -> None:
-        super().__init__(in_features, out_features, bias)
+        super().__init__()
+        self.dense = nn.Linear(in_features, out_features)
+        self.dropout = nn.Dropout(dropout)
         self.layout_probe = layout_probe
 
     def sources(self) -> list[torch.Tensor | None]:
-        return [self.weight, self.bias]
+        return [self.dense.weight, self.dense.bias]
+
+    def packable(self) -> bool:
+        return type(self.dense) is nn.Linear
 
     def build_product(self) -> PackedProduct:
-        weight = self.weight.detach()
-        bias = None if self.bias is None else self.bias.detach()
+        weight = self.dense.weight.detach()
+        bias = None if self.dense.bias is None else self.dense.bias.detach()
         rows = 1 if self.layout_probe and one_row_layout_pays(weight) else None
         return PackedProduct(weight, bias, rows)
 
@@ -241,13 +257,14 @@ class PackedLinear(CachedProduct, nn.Linear):
         activation: nn.Module | None = None,
         fast: bool = False,
     ) -> torch.Tensor:
-        """``residual + activation(x @ weight.T + bias)``, each part optional: (..., K) -> (..., N).
+        """``residual + dropout(activation(dense(x)))``, each part optional: (..., K) -> (..., N).
         ``fast`` runs it on the cached product (the caller checked :func:`inference_only`)."""
-        if fast:
+        if fast and self.packable():
             return self.packed()(x, residual, activation)
-        y = super().forward(x)
+        y = self.dense(x)
         if activation is not None:
             y = activation(y)
+        y = self.dropout(y)
         return y if residual is None else residual + y
 
 
@@ -273,6 +290,9 @@ class QKVProjection(CachedProduct):
     def sources(self) -> list[torch.Tensor | None]:
         return [p for linear in (self.query, self.key, self.value) for p in (linear.weight, linear.bias)]
 
+    def packable(self) -> bool:
+        return all(type(linear) is nn.Linear for linear in (self.query, self.key, self.value))
+
     def build_product(self) -> PackedProduct:
         weight, bias = concatenated_linear([self.query, self.key, self.value])  # (3D, D), (3D,)
         return PackedProduct(weight.detach(), None if bias is None else bias.detach())
@@ -285,6 +305,7 @@ class QKVProjection(CachedProduct):
         three products, as the reference.
         """
         b, length, _ = x.shape
+        fast = fast and self.packable()
         if fast or (torch.is_grad_enabled() and x.requires_grad):
             if fast:
                 fused = self.packed()(x)  # (B, L, 3D)
@@ -321,7 +342,7 @@ class PatchProjection(CachedProduct, nn.Conv2d):
 
     def product(self, patches: torch.Tensor, fast: bool = False) -> torch.Tensor:
         """(..., C*P*P) flattened patches -> (..., D); ``fast`` runs it on the cached product."""
-        if fast:
+        if fast and self.packable():
             return self.packed()(patches)
         return F.linear(patches, self.flat_weight(), self.bias)
 

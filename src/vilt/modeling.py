@@ -41,7 +41,7 @@ from .errors import ViltInputError
 from .inputs import check_pixels, check_same_batch, check_text
 from .layers import (
     CachedProduct,
-    PackedLinear,
+    Dense,
     PatchProjection,
     QKVProjection,
     fast_path_default,
@@ -455,29 +455,6 @@ class ViltEmbeddings(nn.Module):
 # ----------------------------------------------------------------------------- transformer
 
 
-class _Dense(nn.Module):
-    """A Linear layer named ``dense`` followed by dropout (the reference's module names)."""
-
-    def __init__(self, d_in: int, d_out: int, dropout: float, layout_probe: bool = False) -> None:
-        super().__init__()
-        self.dense = PackedLinear(d_in, d_out, layout_probe=layout_probe)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        residual: torch.Tensor | None = None,
-        activation: nn.Module | None = None,
-        fast: bool = False,
-    ) -> torch.Tensor:
-        """``residual + dropout(activation(dense(x)))``, each part optional; ``fast``: on the cached product,
-        the activation or the add fused into it."""
-        if self.training and self.dropout.p > 0:  # the dropout sits between the product and the add
-            y = self.dropout(self.dense(x, activation=activation))
-            return y if residual is None else residual + y
-        return self.dense(x, residual, activation, fast)
-
-
 # Longest sequence whose CPU backward takes the explicit softmax instead of SDPA (its probabilities take
 # B x H x L x L memory per layer; ViLT-B/32 at 384x640 with 40 tokens is L = 281).
 EXPLICIT_TRAINING_MAX_LENGTH = 512
@@ -515,7 +492,7 @@ class ViltAttention(nn.Module):
             config.qkv_bias,
             config.attention_probs_dropout_prob,
         )
-        self.output = _Dense(config.hidden_size, config.hidden_size, config.hidden_dropout_prob)
+        self.output = Dense(config.hidden_size, config.hidden_size, config.hidden_dropout_prob)
 
     def forward(
         self,
@@ -581,10 +558,10 @@ class ViltLayer(nn.Module):
     def __init__(self, config: ViltConfig) -> None:
         super().__init__()
         self.attention = ViltAttention(config)
-        self.intermediate = _Dense(config.hidden_size, config.intermediate_size, 0.0)
+        self.intermediate = Dense(config.hidden_size, config.intermediate_size, 0.0)
         self.intermediate_act_fn = activation(config.hidden_act)
         # the down-projection (4D -> D) lets a probe pick its oneDNN weight layout
-        self.output = _Dense(
+        self.output = Dense(
             config.intermediate_size, config.hidden_size, config.hidden_dropout_prob, layout_probe=True
         )
         self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
