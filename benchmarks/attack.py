@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import io
 import json
+import math
 import os
 import random
 import socket
@@ -441,12 +442,13 @@ class Phase:
 
     def report(self) -> list[str]:
         errors = ", ".join(f"{s}: {n}" for s, n in sorted(self.server_5xx.items())) or "none"
+        after = "n/a" if math.isnan(self.after_mb) else f"{self.after_mb:.0f} MB"  # NaN: the server stopped
         return [
             f"{self.name}",
             f"  good requests: {self.good.summary()}",
             f"  attack: {self.attack}",
             f"  server 5xx answers: {errors}",
-            f"  server memory: peak {self.peak_mb:.0f} MB, {SETTLE_S:g} s after {self.after_mb:.0f} MB; "
+            f"  server memory: peak {self.peak_mb:.0f} MB, {SETTLE_S:g} s after {after}; "
             f"most open file descriptors {self.most_fds if self.most_fds >= 0 else 'n/a'}; "
             f"/readyz after: {self.ready_after}",
         ]
