@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,13 @@ from tiny_models import save_tiny  # noqa: E402
 pytestmark = pytest.mark.slow
 
 ARTIFACTS = Path(__file__).parents[1] / "artifacts"
+# The command beside this interpreter first: `.venv/bin/pytest` runs without the environment on PATH.
+SCHEMATHESIS = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which(
+    "schemathesis"
+)
 
 
-@pytest.mark.skipif(shutil.which("schemathesis") is None, reason="schemathesis is not installed")
+@pytest.mark.skipif(SCHEMATHESIS is None, reason="schemathesis is not installed")
 @pytest.mark.parametrize(
     "architecture",
     [
@@ -41,7 +46,7 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(tmp_path: Path, archit
     with serving(model_dir, "--log-level", "warning") as url:
         run = subprocess.run(
             [
-                "schemathesis", "run", f"{url}/openapi.json",
+                str(SCHEMATHESIS), "run", f"{url}/openapi.json",
                 "--checks", "all", "--exclude-checks", "positive_data_acceptance",
                 "--max-examples", "40", "--seed", "1", "--no-color",
             ],
