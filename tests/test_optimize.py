@@ -313,6 +313,9 @@ def test_a_wrapped_linear_is_called_not_bypassed_by_the_cache() -> None:
     after = logits(model, inputs)
     assert not torch.allclose(after, before, atol=1e-3)
     torch.testing.assert_close(after, logits(plain(model), inputs), atol=1e-5, rtol=1e-5)
+    with torch.enable_grad():  # with a backward to follow (the fused training product): the wrapper too
+        trained = model(**inputs).logits
+    torch.testing.assert_close(trained.detach(), after, atol=1e-5, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- the probes

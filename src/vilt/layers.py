@@ -301,20 +301,19 @@ class QKVProjection(CachedProduct):
         """x (B, L, D) -> query, key, value, each (B, H, L, Dh).
 
         One product on the concatenated weights when ``fast`` (cached) or when a backward follows (one
-        wide product, one autocast cast of ``x`` and one gradient for it instead of three); otherwise
-        three products, as the reference.
+        wide product, one autocast cast of ``x`` and one gradient for it instead of three); otherwise,
+        or when another module took a projection's place (:meth:`packable`), three calls, as the reference.
         """
         b, length, _ = x.shape
-        fast = fast and self.packable()
-        if fast or (torch.is_grad_enabled() and x.requires_grad):
-            if fast:
-                fused = self.packed()(x)  # (B, L, 3D)
-            else:
-                fused = F.linear(x, *concatenated_linear([self.query, self.key, self.value]))  # (B, L, 3D)
-            fused = fused.view(b, length, 3, self.num_heads, self.head_dim)  # (B, L, 3, H, Dh)
-            q, k, v = fused.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh), strided views
-            return q, k, v
-        return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        if not self.packable() or not (fast or (torch.is_grad_enabled() and x.requires_grad)):
+            return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        if fast:
+            fused = self.packed()(x)  # (B, L, 3D)
+        else:
+            fused = F.linear(x, *concatenated_linear([self.query, self.key, self.value]))  # (B, L, 3D)
+        fused = fused.view(b, length, 3, self.num_heads, self.head_dim)  # (B, L, 3, H, Dh)
+        q, k, v = fused.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh), strided views
+        return q, k, v
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, length, _ = x.shape
