@@ -230,6 +230,21 @@ def test_a_body_nobody_reads_does_not_keep_the_connection_open(server: Served) -
     assert closed, "the server kept reading a body it answered without"
 
 
+def test_an_answer_before_a_small_body_waits_for_it_and_keeps_the_connection(server: Served) -> None:
+    """An early answer (here a 404 of a task the model has no head for, given before the upload is read)
+    first reads a small body that is still on its way: closing with it unread would reset the connection,
+    and a client writing its body would see a write error instead of the answer."""
+    body, content_type = multipart()
+    with connect(server) as sock:
+        for _ in range(2):  # the second request on the same connection
+            sock.sendall(request_head("/v1/nlvr2", len(body), content_type))
+            time.sleep(0.3)  # the answer is decided now, the body is not there yet
+            sock.sendall(body)
+            response, closed = read_until_closed(sock, 1.5)
+            assert parse(response)[0] == 404, response[:200]
+            assert not closed, "the server closed the connection of a request it could have kept"
+
+
 def test_an_upload_the_client_aborts_is_not_an_error(server: Served) -> None:
     for _ in range(5):
         with connect(server) as sock:

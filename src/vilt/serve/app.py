@@ -26,6 +26,7 @@ With an API key set, every ``/v1`` route and ``/metrics`` need it in the ``X-API
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
@@ -76,6 +77,11 @@ API_KEY_HEADER = "X-API-Key"
 RETRY_AFTER_S = 1
 CLIENT_CLOSED = 499  # nginx's status for a client that went away before the answer
 INLINE_DECODE_BYTES = 2**20  # images that decode to at most this are decoded at once, not in the decode pool
+# A request answered before its body was read (a refusal), whose body is at most DRAIN_BYTES, has the body
+# read and dropped first, for at most DRAIN_S: closing a connection with unread bytes makes the kernel reset
+# it, and the client may then never see the answer (nor reuse the connection).
+DRAIN_BYTES = 64 * 1024
+DRAIN_S = 1.0
 _ERROR_STATUSES = {
     400: "The body or an image in it cannot be read, or the model refused the input",
     401: "Missing or wrong API key",
@@ -231,7 +237,9 @@ class RequestBodyLimits:
 
     A declared Content-Length over the limit is refused at once, and one the budget cannot hold now is
     refused before it is read; a chunked body is counted and charged as it streams. The charge is given
-    back when the request ends.
+    back when the request ends. Before any answer to a request whose body is not read yet (these
+    refusals, or the app's own early ones) a body of at most :data:`DRAIN_BYTES` is read and dropped, for
+    at most :data:`DRAIN_S`, so that the client gets the answer and may keep the connection.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int, budget: MemoryBudget) -> None:
@@ -246,19 +254,34 @@ class RequestBodyLimits:
         too_large = APIError(413, f"the request body is larger than the limit of {self.max_bytes} bytes")
         declared = _header(scope, b"content-length") or b""
         charged = int(declared) if declared.isdigit() else 0
+        received, unread = 0, charged > 0 or _header(scope, b"transfer-encoding") is not None
+
+        async def drain() -> None:
+            nonlocal received, unread
+            while unread and received <= DRAIN_BYTES:  # past it (a chunked body): answer and close
+                part = await receive()
+                received += len(part.get("body", b""))
+                unread = part["type"] == "http.request" and part.get("more_body", False)
+
+        async def draining_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and unread and charged <= DRAIN_BYTES:
+                with contextlib.suppress(asyncio.TimeoutError):  # a slow body: answer and close
+                    await asyncio.wait_for(drain(), DRAIN_S)
+            await send(message)
+
         if charged > self.max_bytes:
             await error_response(too_large)(scope, receive, send)
             return
         if not self.budget.try_take(charged):
             await error_response(_unavailable("the server holds as many request bodies as it may"))(
-                scope, receive, send
+                scope, receive, draining_send
             )
             return
-        received = 0
 
         async def counting_receive() -> Message:
-            nonlocal received, charged
+            nonlocal received, charged, unread
             message = await receive()
+            unread = message["type"] == "http.request" and message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > self.max_bytes:
                 raise too_large
@@ -269,7 +292,7 @@ class RequestBodyLimits:
             return message
 
         try:
-            await self.app(scope, counting_receive, send)
+            await self.app(scope, counting_receive, draining_send)
         finally:
             self.budget.give_back(charged)
 
