@@ -277,9 +277,8 @@ def test_a_dynamically_quantized_model_runs_its_quantized_linears() -> None:
     ones; the blocks built on them run the plain way, and the outputs are the quantized model's."""
     model = tiny_vqa()
     quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
-    assert not any(
-        type(m) is nn.Linear for m in quantized.modules()
-    )  # every Linear swapped, as in transformers
+    # every Linear swapped, as in transformers' model
+    assert not any(type(m) is nn.Linear for m in quantized.modules())
     inputs = padded_inputs()
     expected = logits(plain(quantized), inputs)
     torch.testing.assert_close(logits(quantized, inputs), expected, atol=1e-5, rtol=1e-5)
