@@ -29,6 +29,7 @@ import PIL
 import skimage
 import torch
 import transformers
+from common import machine_info
 from PIL import Image
 from transformers import ViltImageProcessorPil
 
@@ -107,7 +108,7 @@ def main() -> None:
     lines = [
         f"Preprocess {NUM_IMAGES} photographs from files ({len(sizes)} distinct sizes, {sizes[0][0]}x{sizes[0][1]} "
         f"to {sizes[-1][0]}x{sizes[-1][1]} WxH); output {tuple(actual['pixel_values'].shape)}",
-        f"{os.cpu_count()} CPUs (shared: load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after), "
+        f"{machine_info()['cpu']} (shared: load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after), "
         f"torch.set_num_threads(2); python {platform.python_version()}, torch {torch.__version__}, "
         f"Pillow {PIL.__version__}, transformers {transformers.__version__}, vilt {vilt.__version__}",
         f"{REPETITIONS} alternating repetitions after one warm-up; outputs equal every time "
