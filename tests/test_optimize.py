@@ -282,6 +282,9 @@ def test_a_dynamically_quantized_model_runs_its_quantized_linears() -> None:
     inputs = padded_inputs()
     expected = logits(plain(quantized), inputs)
     torch.testing.assert_close(logits(quantized, inputs), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        logits(quantized.optimize_for_inference(), inputs), expected, atol=1e-5, rtol=1e-5
+    )
     torch.testing.assert_close(expected, logits(model, inputs), atol=0.1, rtol=0.1)  # int8 near float32
 
 

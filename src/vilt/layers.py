@@ -150,10 +150,10 @@ class CachedProduct(nn.Module):
         raise NotImplementedError
 
     def packable(self) -> bool:
-        """Whether the product may be made from :meth:`sources`: not where a tool put another module in
-        place of a plain one (``torch.ao.quantization.quantize_dynamic``'s quantized Linear, whose
-        ``weight`` is a method, or a LoRA wrapper); such a block runs the plain way, through it."""
-        return all(p is None or isinstance(p, torch.Tensor) for p in self.sources())
+        """Whether the product may be made from :meth:`sources`. Blocks whose sources sit in child modules
+        say no where a tool put another module in place of a plain one (``quantize_dynamic``'s quantized
+        Linear, whose ``weight`` is a method, or a LoRA wrapper); such a block runs through that module."""
+        return True
 
     def packed(self) -> PackedProduct:
         """The cached product, rebuilt first if a parameter changed since it was built."""
@@ -341,7 +341,7 @@ class PatchProjection(CachedProduct, nn.Conv2d):
 
     def product(self, patches: torch.Tensor, fast: bool = False) -> torch.Tensor:
         """(..., C*P*P) flattened patches -> (..., D); ``fast`` runs it on the cached product."""
-        if fast and self.packable():
+        if fast:
             return self.packed()(patches)
         return F.linear(patches, self.flat_weight(), self.bias)
 

@@ -834,7 +834,7 @@ class ViltPreTrainedModel(nn.Module):
         """
         self.eval().set_fast_path(True)
         for module in self.modules():
-            if isinstance(module, CachedProduct):
+            if isinstance(module, CachedProduct) and module.packable():
                 module.packed()
         return self
 
