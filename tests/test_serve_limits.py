@@ -56,9 +56,23 @@ def server(model_dir: Path) -> Iterator[Served]:
 # ----------------------------------------------------------------------------- raw HTTP
 
 
-def connect(served: Served, timeout_s: float = 10) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", served.port), timeout=timeout_s)
-    return sock
+def connect(served: Served, timeout_s: float = 10, source: str = "127.0.0.1") -> socket.socket:
+    """A connection to the server from ``source`` (any 127.x.y.z address: another client of the same host)."""
+    return socket.create_connection(("127.0.0.1", served.port), timeout=timeout_s, source_address=(source, 0))
+
+
+def read_response(sock: socket.socket, timeout_s: float = 10) -> tuple[int, bytes]:
+    """One response on a connection that stays open: its status and body."""
+    sock.settimeout(timeout_s)
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection after {received!r}"
+        received += chunk
+    status, headers, body = parse(received)
+    while len(body) < int(headers["content-length"]):
+        body += sock.recv(65536)
+    return status, body
 
 
 def multipart(question: str = "what color?", image: bytes = IMAGE) -> tuple[bytes, str]:
@@ -161,6 +175,32 @@ def test_headers_larger_than_the_limit_are_refused_431(server: Served) -> None:
     assert closed and parse(response)[0] == 431
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"X-Filler: " + b"a" * 65 * 1024 + b"\r\n",  # one header of 65 KiB
+        b"".join(b"X-Filler-%d: %s\r\n" % (i, b"b" * 100) for i in range(1000)),  # 1,000 headers, 110 KB
+        b"X-Filler: " + b"c" * 120 * 1024 + b"\r\n",
+    ],
+    ids=["65 KiB header", "1000 headers", "120 KiB header"],
+)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_complete_headers_over_the_limit_in_one_write_are_431(
+    server: Served, extra: bytes, method: str
+) -> None:
+    """The limit holds however the bytes arrive: complete headers (and a body) in a single write too."""
+    body, content_type = multipart()
+    head = f"{method} /v1/vqa HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+    if method == "POST":
+        head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n".encode()
+    with connect(server) as sock:
+        sock.sendall(head + extra + b"\r\n" + (body if method == "POST" else b""))
+        response, closed = read_until_closed(sock, 5)
+    status, _, answer = parse(response)
+    assert closed and status == 431 and "larger than 65536 bytes" in json.loads(answer)["error"]
+    no_server_errors(server)
+
+
 def test_a_connection_past_the_cap_gets_503_and_the_server_recovers(server: Served) -> None:
     held = [connect(server) for _ in range(12)]  # --max-connections 12
     time.sleep(0.3)  # let the server accept them
@@ -175,6 +215,75 @@ def test_a_connection_past_the_cap_gets_503_and_the_server_recovers(server: Serv
     for sock in held:
         sock.close()
     wait_for(lambda: _answers(server), 10, "the server to answer again")
+
+
+FAIR = ("--max-connections", "12", "--max-connections-per-client", "6", "--keep-alive-timeout", "60",
+        "--header-timeout", "60")  # fmt: skip
+HEALTH = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def fair_server(model_dir: Path) -> Iterator[Served]:
+    """12 connections, 6 per client, and timeouts long enough that no connection ends by itself."""
+    with server_process(model_dir, *FAIR) as served:
+        yield served
+
+
+def test_idle_keep_alive_connections_make_room_for_new_clients(fair_server: Served) -> None:
+    """Pollers that keep every connection open between requests do not shut out a new client: the
+    connection idle longest is closed for it (as keep-alive allows), and the pollers may reconnect."""
+    pollers = [connect(fair_server, source=f"127.0.0.{2 + i % 2}") for i in range(12)]  # 6 each: full
+    for sock in pollers:
+        sock.sendall(HEALTH)
+        assert read_response(sock)[0] == 200
+    assert ask(fair_server)[0] == 200
+    assert read_until_closed(pollers[0], 5)[1], "the connection idle longest was not the one closed"
+    for sock in pollers[1:]:
+        sock.sendall(HEALTH)  # the others are still served on their kept-alive connections
+        assert read_response(sock)[0] == 200
+        sock.close()
+    pollers[0].close()
+    no_server_errors(fair_server)
+
+
+def test_one_client_holds_at_most_its_share_of_the_connections(fair_server: Served) -> None:
+    """A slowloris from one address gets 6 connections (its cap) however often it reconnects; the rest
+    of the server stays open to others."""
+    slow = []
+    for _ in range(3):  # reconnecting: every refused connection is tried again at once
+        for _ in range(8 - len(slow)):
+            sock = connect(fair_server, source="127.0.0.4")
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # never finished
+            slow.append(sock)
+        time.sleep(0.3)
+        refused = [sock for sock in slow if read_until_closed(sock, 0.2)[1]]
+        slow = [sock for sock in slow if sock not in refused]
+        for sock in refused:
+            sock.close()
+        assert len(slow) == 6
+    assert ask(fair_server)[0] == 200
+    for sock in slow:
+        sock.close()
+
+
+def test_a_full_server_drops_a_header_waiting_connection_of_the_greediest_client(fair_server: Served) -> None:
+    """Two clients hold all 12 connections without sending their headers; a third is let in, in place
+    of the oldest connection of a client holding more than it would."""
+    held = []
+    for i in range(12):
+        sock = connect(fair_server, source=f"127.0.0.{5 + i % 2}")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        held.append(sock)
+        time.sleep(0.02)  # in order of age
+    time.sleep(0.3)
+    assert ask(fair_server)[0] == 200
+    response, closed = read_until_closed(held[0], 5)
+    status, headers, body = parse(response)
+    assert closed and status == 503 and headers["retry-after"] == "1", response
+    assert "had not sent its request" in json.loads(body)["error"]
+    for sock in held:
+        sock.close()
+    no_server_errors(fair_server)
 
 
 def _answers(served: Served) -> bool:

@@ -115,7 +115,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-connections",
         type=int,
         default=connection.max_connections,
-        help="open connections; one more gets 503 (%(default)s)",
+        help="open connections; past it a new one replaces an idle one, else gets 503 (%(default)s)",
+    )
+    connections.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=connection.max_connections_per_client,
+        help="open connections of one client address (IPv6: /64); 0 = no cap, as behind a reverse proxy "
+        "(%(default)s)",
     )
     connections.add_argument(
         "--header-timeout",
@@ -216,6 +223,7 @@ def serve(args: argparse.Namespace) -> int:
     )
     connection_limits = ConnectionLimits(
         max_connections=args.max_connections,
+        max_connections_per_client=args.max_connections_per_client,
         header_timeout_s=args.header_timeout,
         max_header_bytes=int(args.max_header_kb * 1024),
         keep_alive_timeout_s=args.keep_alive_timeout,

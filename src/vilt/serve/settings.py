@@ -79,7 +79,12 @@ class ConnectionLimits:
     """What the HTTP protocol enforces before a request reaches the app (see :mod:`.protocol`).
 
     Attributes:
-        max_connections: open connections; one more is answered 503 with Retry-After and closed.
+        max_connections: open connections. A new one past it takes the place of an idle kept-alive
+            connection, else of a connection still waiting for its headers of the client holding the most;
+            when there is none, it is answered 503 with Retry-After and closed.
+        max_connections_per_client: open connections of one client (an IPv4 address or an IPv6 /64); one
+            more takes the place of the client's idle kept-alive connection, else gets 503. 0: no cap (set
+            it so behind a reverse proxy, whose connections all come from one address).
         header_timeout_s: the request line and headers must arrive within this after the connection
             opens (or after the first byte of a following request), else 408 and the connection closes.
         max_header_bytes: the most bytes of request line and headers, else 431 and the connection closes.
@@ -89,6 +94,7 @@ class ConnectionLimits:
     """
 
     max_connections: int = 256
+    max_connections_per_client: int = 64
     header_timeout_s: float = 10.0
     max_header_bytes: int = 64 * 1024
     keep_alive_timeout_s: float = 5.0
@@ -99,6 +105,10 @@ class ConnectionLimits:
             raise ValueError(
                 "max_connections must be at least 1 and max_header_bytes at least 1024, got "
                 f"{self.max_connections} and {self.max_header_bytes}"
+            )
+        if self.max_connections_per_client < 0:
+            raise ValueError(
+                f"max_connections_per_client must be >= 0 (0: no cap), got {self.max_connections_per_client}"
             )
         for name in ("header_timeout_s", "keep_alive_timeout_s", "shutdown_timeout_s"):
             if not getattr(self, name) > 0:
