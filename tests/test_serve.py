@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 import re
 import struct
@@ -309,7 +310,7 @@ BAD_REQUESTS = {
     "JSON nested 100,000 deep": (
         {"content": b"[" * 100_000 + b"]" * 100_000, "headers": {"content-type": "application/json"}},
         400,
-        "nested too deeply",
+        "more values than this endpoint takes",
     ),
     "JSON top_k of 5,000 digits": (
         {
@@ -365,6 +366,87 @@ def test_bad_input_gets_a_4xx_json_error_and_the_next_request_succeeds(client: T
     kwargs, status, *words = BAD_REQUESTS[name]
     assert_error(client.post("/v1/vqa", **kwargs), status, *words)
     assert_answers(ask(client))
+
+
+# ----------------------------------------------------------------------------- JSON and form bodies
+
+
+def _json(body: bytes) -> dict:
+    return {"content": body, "headers": {"content-type": "application/json"}}
+
+
+def test_a_json_body_of_a_million_keys_is_refused_before_it_is_parsed(qa_pipelines: dict) -> None:
+    """The attack: a body of only unknown keys. It is refused from a count of its separators, so the
+    server never builds the objects (before: 422 after 13-25 s, a 62 MiB error echoing the input)."""
+    import tracemalloc
+
+    body = b"{" + b",".join(b'"%d":0' % i for i in range(1_000_000)) + b"}"  # 10 MB
+    with _client(qa_pipelines, max_body_bytes=32 * 2**20, max_json_bytes=32 * 2**20) as client:
+        tracemalloc.start()
+        try:
+            refused = client.post("/v1/vqa", **_json(body))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert_error(refused, 400, "more values than this endpoint takes", "image, question, top_k")
+        assert len(refused.content) < 300
+        # parsing it would hold a million keys (over 100 bytes each); refusing it holds the body and its copies
+        assert peak < 4 * len(body), f"{peak / 2**20:.0f} MiB traced for a {len(body) / 2**20:.0f} MiB body"
+        assert client.app.state.server.budget.held == 0
+        assert_answers(ask(client))
+
+
+def test_unknown_and_repeated_json_keys_are_refused_without_echoing_them(client: TestClient) -> None:
+    image = base64.b64encode(IMAGE).decode()
+    long_key = "k" * 100_000
+    unknown = {"image": image, "question": "q", "model": "/tmp/m", long_key: 1, "a": 2, "b": 3}
+    refused = client.post("/v1/vqa", json=unknown)
+    assert_error(refused, 422, "unknown field", "'model'", "and 1 more", "image, question, top_k")
+    assert len(refused.content) < 400  # the 100,000-character key is cut short
+    repeated = b'{"image": "%s", "question": "a", "question": "b"}' % image.encode()
+    assert_error(client.post("/v1/vqa", **_json(repeated)), 400, "'question' more than once")
+
+
+def test_json_bodies_have_their_own_size_limit(qa_pipelines: dict) -> None:
+    image = base64.b64encode(IMAGE).decode()
+    body = json.dumps({"image": image, "question": "q" * 400}).encode()
+    with _client(qa_pipelines, max_json_bytes=len(body) - 1) as client:
+        assert_error(client.post("/v1/vqa", **_json(body)), 413, "JSON body", "--max-json-mb", "multipart")
+        assert_answers(ask(client))  # the same image as an upload is within the body limit
+
+
+def test_a_json_body_is_charged_three_times_its_size_to_the_memory_budget(qa_pipelines: dict) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (150, 150, 3), dtype=np.uint8)
+    data = png_bytes(image)  # about 68 KB, incompressible
+    body = json.dumps({"image": base64.b64encode(data).decode(), "question": "what?"}).encode()
+    with _client(qa_pipelines, memory_budget_bytes=2 * len(body), max_image_pixels=2**20) as client:
+        refused = client.post("/v1/vqa", **_json(body))
+        assert_error(refused, 503, "request bodies")
+        assert refused.headers["retry-after"] == "1"
+        assert_answers(ask(client, data))  # as multipart, charged once, it fits
+
+
+def test_a_form_with_more_parts_than_the_request_takes_is_refused(client: TestClient) -> None:
+    fields = {f"field{i}": "x" for i in range(50)}
+    assert_error(client.post("/v1/vqa", data=fields), 400, "too many fields")
+    files = {"image": ("x.png", IMAGE, "image/png"), "other": ("y.png", IMAGE, "image/png")}
+    assert_error(client.post("/v1/vqa", files=files, data={"question": "q"}), 400, "too many files")
+    unknown = client.post("/v1/vqa", files={"image": ("x.png", IMAGE, "image/png")}, data={"modle": "m"})
+    assert_error(unknown, 422, "unknown field", "'modle'")
+
+
+def test_many_invalid_fields_get_a_short_error(rank_client: TestClient) -> None:
+    form = {"texts": [" "] * 16}
+    files = [("images", ("x.png", IMAGE, "image/png"))]
+    refused = rank_client.post("/v1/rank", files=files, data=form)
+    assert_error(refused, 422, "blank", "and 11 more errors")
+
+
+def test_a_long_host_header_is_not_echoed(qa_pipelines: dict) -> None:
+    with _client(qa_pipelines, allowed_hosts=("localhost",)) as guarded:
+        refused = guarded.get("/healthz", headers={"host": "h" * 50_000})
+        assert_error(refused, 400, "--allowed-hosts")
+        assert len(refused.content) < 300
 
 
 def test_chunked_oversize_body_is_refused_while_streaming(client: TestClient) -> None:

@@ -54,7 +54,7 @@ from vilt.errors import ViltInputError
 
 from .admission import DecodePool, MemoryBudget
 from .batching import DynamicBatcher, QueueFullError
-from .errors import APIError
+from .errors import APIError, shown
 from .images import (
     LongestSide,
     decode_cost,
@@ -82,6 +82,7 @@ INLINE_DECODE_BYTES = 2**20  # images that decode to at most this are decoded at
 # it, and the client may then never see the answer (nor reuse the connection).
 DRAIN_BYTES = 64 * 1024
 DRAIN_S = 1.0
+JSON_HELD_FACTOR = 3  # a JSON body is held as bytes, as text and as the values parsed from it
 _ERROR_STATUSES = {
     400: "The body or an image in it cannot be read, or the model refused the input",
     401: "Missing or wrong API key",
@@ -206,7 +207,7 @@ class HostAllowList:
             if not host_allowed(host, self.allowed):
                 refused = APIError(
                     400,
-                    f"this server does not answer to the host {host!r}; use one of {', '.join(self.allowed)} "
+                    f"this server does not answer to the host {shown(host)}; use one of {', '.join(self.allowed)} "
                     "(vilt serve --allowed-hosts)",
                 )
                 await error_response(refused)(scope, receive, send)
@@ -233,28 +234,42 @@ def host_allowed(host_header: str, allowed: tuple[str, ...]) -> bool:
 
 
 class RequestBodyLimits:
-    """Refuse a body larger than ``max_bytes`` (413), and charge bodies to the memory budget (503).
+    """Refuse a body larger than its limit (413), and charge bodies to the memory budget (503).
 
-    A declared Content-Length over the limit is refused at once, and one the budget cannot hold now is
-    refused before it is read; a chunked body is counted and charged as it streams. The charge is given
-    back when the request ends. Before any answer to a request whose body is not read yet (these
-    refusals, or the app's own early ones) a body of at most :data:`DRAIN_BYTES` is read and dropped, for
-    at most :data:`DRAIN_S`, so that the client gets the answer and may keep the connection.
+    A JSON body, which is parsed whole, has a limit of its own (``max_json_bytes``) and is charged
+    :data:`JSON_HELD_FACTOR` times its size: while it is parsed the server holds its bytes, their text
+    and the values parsed from it. A declared Content-Length over the limit is refused at once, and one
+    the budget cannot hold now is refused before it is read; a chunked body is counted and charged as it
+    streams. The charge is given back when the request ends. Before any answer to a request whose body
+    is not read yet (these refusals, or the app's own early ones) a body of at most :data:`DRAIN_BYTES`
+    is read and dropped, for at most :data:`DRAIN_S`, so that the client gets the answer and may keep
+    the connection.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, budget: MemoryBudget) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_json_bytes: int, budget: MemoryBudget) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_json_bytes = max_json_bytes
         self.budget = budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = APIError(413, f"the request body is larger than the limit of {self.max_bytes} bytes")
+        content_type = (_header(scope, b"content-type") or b"").split(b";")[0].strip().lower()
+        if content_type == b"application/json":
+            limit, factor = min(self.max_bytes, self.max_json_bytes), JSON_HELD_FACTOR
+            too_large = APIError(
+                413,
+                f"the JSON body is larger than the limit of {limit} bytes (--max-json-mb); upload images as "
+                "multipart/form-data",
+            )
+        else:
+            limit, factor = self.max_bytes, 1
+            too_large = APIError(413, f"the request body is larger than the limit of {limit} bytes")
         declared = _header(scope, b"content-length") or b""
-        charged = int(declared) if declared.isdigit() else 0
-        received, unread = 0, charged > 0 or _header(scope, b"transfer-encoding") is not None
+        length = int(declared) if declared.isdigit() else 0
+        received, unread = 0, length > 0 or _header(scope, b"transfer-encoding") is not None
 
         async def drain() -> None:
             nonlocal received, unread
@@ -264,14 +279,15 @@ class RequestBodyLimits:
                 unread = part["type"] == "http.request" and part.get("more_body", False)
 
         async def draining_send(message: Message) -> None:
-            if message["type"] == "http.response.start" and unread and charged <= DRAIN_BYTES:
+            if message["type"] == "http.response.start" and unread and length <= DRAIN_BYTES:
                 with contextlib.suppress(asyncio.TimeoutError):  # a slow body: answer and close
                     await asyncio.wait_for(drain(), DRAIN_S)
             await send(message)
 
-        if charged > self.max_bytes:
+        if length > limit:
             await error_response(too_large)(scope, receive, send)
             return
+        charged = length * factor
         if not self.budget.try_take(charged):
             await error_response(_unavailable("the server holds as many request bodies as it may"))(
                 scope, receive, draining_send
@@ -283,12 +299,12 @@ class RequestBodyLimits:
             message = await receive()
             unread = message["type"] == "http.request" and message.get("more_body", False)
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
+            if received > limit:
                 raise too_large
-            if received > charged:  # chunked, or longer than declared
-                if not self.budget.try_take(received - charged):
+            if received * factor > charged:  # chunked, or longer than declared
+                if not self.budget.try_take(received * factor - charged):
                     raise _unavailable("the server holds as many request bodies as it may")
-                charged = received
+                charged = received * factor
             return message
 
         try:
@@ -535,7 +551,12 @@ def create_app(
     )
     app.state.server = server
     _install_error_handlers(app)
-    app.add_middleware(RequestBodyLimits, max_bytes=settings.max_body_bytes, budget=server.budget)
+    app.add_middleware(
+        RequestBodyLimits,
+        max_bytes=settings.max_body_bytes,
+        max_json_bytes=settings.max_json_bytes,
+        budget=server.budget,
+    )
     if settings.allowed_hosts is not None:
         app.add_middleware(HostAllowList, allowed=settings.allowed_hosts)
     app.add_middleware(SecurityHeaders)

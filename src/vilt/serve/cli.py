@@ -99,6 +99,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="largest body, MiB (%(default)s)",
     )
     requests.add_argument(
+        "--max-json-mb",
+        type=float,
+        default=default.max_json_bytes / MIB,
+        help="largest JSON body, MiB; it is parsed whole, images as base64 (%(default)s)",
+    )
+    requests.add_argument(
         "--max-image-pixels",
         type=int,
         default=default.max_image_pixels,
@@ -215,6 +221,7 @@ def serve(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         body_timeout_s=args.body_timeout,
         max_body_bytes=int(args.max_upload_mb * MIB),
+        max_json_bytes=int(args.max_json_mb * MIB),
         max_image_pixels=args.max_image_pixels,
         memory_budget_bytes=int(args.memory_budget_mb * MIB),
         decode_threads=args.decode_threads,

@@ -26,6 +26,8 @@ class ServeSettings:
             queue and inference; 408 while the body is still arriving, else 504.
         body_timeout_s: the longest the body may take to arrive after the headers, else 408.
         max_body_bytes: the largest request body (all uploads together), else 413.
+        max_json_bytes: the largest JSON body, else 413. A JSON body is parsed whole, and held three
+            times over meanwhile (its bytes, its text, the values), which the memory budget is charged.
         max_image_pixels: the most pixels (width x height) per image, checked before decoding, else 413.
         memory_budget_bytes: the request bodies and decoded images all requests may hold at once. A request
             whose body or next image would pass it gets 503 with Retry-After before it is read or decoded;
@@ -44,6 +46,7 @@ class ServeSettings:
     timeout_s: float = 30.0
     body_timeout_s: float = 20.0
     max_body_bytes: int = 16 * MIB
+    max_json_bytes: int = 8 * MIB
     max_image_pixels: int = 4096 * 4096
     memory_budget_bytes: int = 512 * MIB
     decode_threads: int = field(default_factory=default_decode_threads)
@@ -55,6 +58,7 @@ class ServeSettings:
             "max_batch_size",
             "max_queue",
             "max_body_bytes",
+            "max_json_bytes",
             "max_image_pixels",
             "memory_budget_bytes",
             "decode_threads",
