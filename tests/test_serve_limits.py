@@ -8,7 +8,6 @@ The models are tiny random-weight ones (tests/tiny_models.py).
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 import time
@@ -17,13 +16,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httptools")
 
-from PIL import Image  # noqa: E402
+from hostile_images import huge_transparent_png, progressive_jpeg_bomb  # noqa: E402
 from serve_process import Served, server_process, wait_for  # noqa: E402
 from tiny_models import png_bytes, random_image, save_tiny  # noqa: E402
 
@@ -237,7 +235,10 @@ def test_idle_keep_alive_connections_make_room_for_new_clients(fair_server: Serv
         sock.sendall(HEALTH)
         assert read_response(sock)[0] == 200
     assert ask(fair_server)[0] == 200
-    assert read_until_closed(pollers[0], 5)[1], "the connection idle longest was not the one closed"
+    closed = wait_for(
+        lambda: [i for i, sock in enumerate(pollers) if read_until_closed(sock, 0.05)[1]], 30, "a close"
+    )
+    assert closed == [0], f"closed: {closed}; the connection idle longest is the first"
     for sock in pollers[1:]:
         sock.sendall(HEALTH)  # the others are still served on their kept-alive connections
         assert read_response(sock)[0] == 200
@@ -267,11 +268,11 @@ def test_one_client_holds_at_most_its_share_of_the_connections(fair_server: Serv
 
 
 def test_a_full_server_drops_a_header_waiting_connection_of_the_greediest_client(fair_server: Served) -> None:
-    """Two clients hold all 12 connections without sending their headers; a third is let in, in place
-    of the oldest connection of a client holding more than it would."""
+    """Three clients hold all 12 connections without sending their headers (6, 5 and 1); a fourth is let
+    in, in place of the oldest connection of the client holding the most."""
     held = []
-    for i in range(12):
-        sock = connect(fair_server, source=f"127.0.0.{5 + i % 2}")
+    for source in ["127.0.0.5"] * 6 + ["127.0.0.6"] * 5 + ["127.0.0.7"]:
+        sock = connect(fair_server, source=source)
         sock.sendall(b"GET /healthz HTTP/1.1\r\n")
         held.append(sock)
         time.sleep(0.02)  # in order of age
@@ -281,6 +282,7 @@ def test_a_full_server_drops_a_header_waiting_connection_of_the_greediest_client
     status, headers, body = parse(response)
     assert closed and status == 503 and headers["retry-after"] == "1", response
     assert "had not sent its request" in json.loads(body)["error"]
+    assert not any(read_until_closed(sock, 0.1)[1] for sock in held[1:])
     for sock in held:
         sock.close()
     no_server_errors(fair_server)
@@ -365,6 +367,35 @@ def test_an_upload_the_client_aborts_is_not_an_error(server: Served) -> None:
     no_server_errors(server)
 
 
+# ----------------------------------------------------------------------------- decoding
+
+
+def metric(served: Served, name: str) -> float:
+    line = next(line for line in metrics(served).splitlines() if line.startswith(name + " "))
+    return float(line.split()[1])
+
+
+def test_a_hostile_jpeg_shares_the_decoding_core_and_stops_when_its_client_leaves(server: Served) -> None:
+    """The attack: a progressive JPEG of 20,000 tiny scans, each a pass over 2048 x 2048 pixels (minutes
+    of decoding). Meanwhile 1024 x 1024 PNGs are decoded on the same core (--decode-threads 1) and
+    answered; once its client goes away, the JPEG's decoding stops (before: it ran to its deadline and
+    kept the core busy after it, and the PNGs waited for the decoding thread)."""
+    bomb = progressive_jpeg_bomb(2048, 20_000)
+    body, content_type = multipart(image=bomb)
+    stopped_before = metric(server, "vilt_decodes_stopped_total")
+    with connect(server) as attacker:
+        attacker.sendall(request_head("/v1/vqa", len(body), content_type) + body)
+        wait_for(lambda: metric(server, "vilt_decodes_active") == 1, 30, "the JPEG's decoding to start")
+        photo = png_bytes(random_image(1024, 1024, seed=1))
+        for _ in range(3):
+            assert ask(server, photo)[0] == 200
+        assert metric(server, "vilt_decodes_active") == 1, "the JPEG was decoded before the photos"
+    wait_for(lambda: metric(server, "vilt_decodes_active") == 0, 30, "the JPEG's decoding to stop")
+    assert metric(server, "vilt_decodes_stopped_total") == stopped_before + 1
+    wait_for(lambda: 'status="499"' in metrics(server), 10, "the request to be counted as abandoned")
+    no_server_errors(server)
+
+
 # ----------------------------------------------------------------------------- shutdown
 
 
@@ -409,16 +440,6 @@ def test_the_thread_budget_is_reported_as_it_is(server: Served) -> None:
 
 
 # ----------------------------------------------------------------------------- memory
-
-
-def huge_transparent_png() -> bytes:
-    """A 4096x4096 RGBA PNG of about 75 KB: 64 MiB once decoded."""
-    pixels = np.zeros((4096, 4096, 4), np.uint8)
-    pixels[..., 0], pixels[..., 3] = 200, 255
-    pixels[1000:3000, 1000:3000, 1] = 180
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGBA").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.mark.slow

@@ -13,9 +13,9 @@
 
 A task request goes through, each step bounded: the body (charged to the memory budget before it is
 read, within ``body_timeout_s``), validation, each image's header (its decoded size charged to the
-budget before it is decoded), decoding and shrinking (on the decode pool, smallest first; images of at
-most :data:`INLINE_DECODE_BYTES` at once), the batch queue, inference.
-The whole request must finish within ``timeout_s``: 408 while the body is still arriving, else 504.
+budget before it is decoded), decoding and shrinking (on the decode pool, each read of the file a step
+at which the pool stops the job once the request stops waiting, or hands its core to another request),
+the batch queue, inference. The whole request must finish within ``timeout_s``: 408 while the body is still arriving, else 504.
 
 Every error is ``{"error": "..."}`` with a 4xx or 5xx status and never a traceback. Input the caller
 can fix is a 4xx (:class:`.errors.APIError`, :class:`vilt.errors.ViltInputError`); anything else is a
@@ -45,17 +45,17 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vilt.errors import ViltInputError
 
-from .admission import DecodePool, MemoryBudget
+from .admission import DecodePool, DecodeStep, MemoryBudget
 from .batching import DynamicBatcher, QueueFullError
 from .errors import APIError, shown
 from .images import (
+    Fit,
     LongestSide,
     decode_cost,
     fit_image,
@@ -76,7 +76,6 @@ STATIC_DIR = Path(__file__).parent / "static"
 API_KEY_HEADER = "X-API-Key"
 RETRY_AFTER_S = 1
 CLIENT_CLOSED = 499  # nginx's status for a client that went away before the answer
-INLINE_DECODE_BYTES = 2**20  # images that decode to at most this are decoded at once, not in the decode pool
 # A request answered before its body was read (a refusal), whose body is at most DRAIN_BYTES, has the body
 # read and dropped first, for at most DRAIN_S: closing a connection with unread bytes makes the kernel reset
 # it, and the client may then never see the answer (nor reuse the connection).
@@ -388,7 +387,10 @@ class Server:
     async def running(self) -> AsyncIterator[None]:
         """Start the decode pool and one batcher per served task, all feeding one inference thread."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vilt-inference")
-        self.decoder = DecodePool(self.settings.decode_threads, release_free_memory)
+        self.decoder = DecodePool(
+            self.settings.decode_threads, release_free_memory, on_stopped=self.metrics.decodes_stopped.inc
+        )
+        self.metrics.decodes.set_function(lambda: self.decoder.active if self.decoder else 0)
         for task in self.tasks:
             self.batchers[task.name] = DynamicBatcher(
                 task.name,
@@ -430,25 +432,31 @@ class Server:
             raise _unavailable(f"the {task.name} queue is full")
         deadline = time.monotonic() + self.settings.timeout_s
         body = await self._read(request, task, deadline)
-        kept = 0  # the bytes of the shrunk images, charged to the budget while the request waits
         try:
-            images = await _within(deadline, self._decode(task, body))
-            kept = sum(held_bytes(image) for image in images)
-            self.budget.charge(kept)
-            return await batcher.submit(Work(body, images), max(deadline - time.monotonic(), 0.0))
+            return await _unless_client_leaves(request, self._decode_and_wait(task, batcher, body, deadline))
         except asyncio.TimeoutError:
             raise APIError(
                 504, f"no answer within {self.settings.timeout_s:g} s; the server is overloaded, retry later"
             ) from None
         except QueueFullError as err:
             raise _unavailable(str(err)) from None
-        except (APIError, ViltInputError):
+        except (APIError, ViltInputError, ClientDisconnect):
             raise
         except task.input_errors as err:  # the pipeline refused this input (e.g. no [MASK] to fill)
             raise APIError(400, str(err)) from None
         except Exception:
             logger.exception("/v1/%s failed", task.name)
             raise APIError(500, "internal server error; the server log has the details") from None
+
+    async def _decode_and_wait(
+        self, task: Task, batcher: DynamicBatcher[Work, dict[str, Any]], body: Any, deadline: float
+    ) -> dict[str, Any]:
+        """Decode the request's images, then queue it and wait for its answer, until ``deadline``."""
+        images = await _within(deadline, self._decode(task, body))
+        kept = sum(held_bytes(image) for image in images)  # the shrunk images, held while the request waits
+        self.budget.charge(kept)
+        try:
+            return await batcher.submit(Work(body, images), max(deadline - time.monotonic(), 0.0))
         finally:
             self.budget.give_back(kept)
 
@@ -465,16 +473,20 @@ class Server:
             ) from None
 
     async def _decode(self, task: Task, body: Any) -> list[Image.Image]:
-        """Decode the ``image`` or ``images`` of a request, each charged to the memory budget first."""
+        """Decode the ``image`` or ``images`` of a request in the decode pool, one after another."""
+        assert self.decoder is not None
         uploads = [("image", body.image)] if hasattr(body, "image") else list(enumerate(body.images))
         decoded = []
         for key, data in uploads:
             field = key if isinstance(key, str) else f"images[{key}]"
-            opened = await run_in_threadpool(open_image, data, field, self.settings.max_image_pixels)
-            decoded.append(await self._decode_one(opened, field, task))
+            job = partial(self._decode_one, data, field, self.fits[task.name])
+            decoded.append(await self.decoder.run(job, priority=len(data)))
         return decoded
 
-    async def _decode_one(self, image: Image.Image, field: str, task: Task) -> Image.Image:
+    def _decode_one(self, data: bytes, field: str, fit: Fit | None, step: DecodeStep) -> Image.Image:
+        """One upload's header read, its decoding charged to the memory budget, then decoded and shrunk:
+        a job of the decode pool, stopped at its next ``step`` once the request stops waiting."""
+        image = open_image(data, field, self.settings.max_image_pixels, step)
         cost = decode_cost(image)
         if not self.budget.fits_ever(cost):
             raise APIError(
@@ -484,21 +496,43 @@ class Server:
             )
         if not self.budget.try_take(cost):
             raise _unavailable("the server is decoding as many images as its memory budget allows")
-        decode = partial(fit_image, image, field, self.fits[task.name])
-        if cost <= INLINE_DECODE_BYTES:  # a millisecond's work: no need to queue behind large images
-            try:  # (if the request is cancelled meanwhile, at most this much is given back a little early)
-                fitted = await run_in_threadpool(decode)
-            finally:
-                self.budget.give_back(cost)
-        else:
-            assert self.decoder is not None
-            fitted = await self.decoder.run(cost, decode, done=partial(self.budget.give_back, cost))
+        step.hold(cost)
+        try:
+            fitted = fit_image(image, field, fit, step)
+        except BaseException:
+            image.close()  # a stopped or failed decode frees its pixels now, not when the traceback goes
+            raise
+        finally:
+            self.budget.give_back(cost)
         logger.debug("%s: %s %s -> %s", field, image.size, image.mode, fitted.size)
         return fitted
 
 
 async def _within(deadline: float, work: Awaitable[T]) -> T:
     return await asyncio.wait_for(work, max(deadline - time.monotonic(), 0.0))
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """``work``'s result, or :class:`ClientDisconnect` as soon as the client closes the connection (its
+    body is read: the next message it can send is the disconnect); the work is cancelled then, which
+    stops its image decoding and takes it out of the queue."""
+    working = asyncio.ensure_future(work)
+    leaving = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({working, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        leaving.cancel()
+        if not working.done():
+            working.cancel()
+            await asyncio.gather(working, return_exceptions=True)
+    if working.cancelled():
+        raise ClientDisconnect()
+    return working.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _api_key_check(expected: str) -> Callable[..., Awaitable[None]]:

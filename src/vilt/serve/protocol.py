@@ -135,7 +135,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # -- the connection ------------------------------------------------------------------------------
     def connection_made(self, transport: BaseTransport) -> None:  # type: ignore[override]
         self.client_key = client_key(get_remote_addr(transport))  # type: ignore[arg-type]
-        self.opened_at = self.loop.time()
+        self.opened_at = time.monotonic()  # (uvloop's loop.time() counts whole milliseconds)
         refusal = self._make_room()
         if refusal is not None:
             self._refuse(transport, refusal)  # type: ignore[arg-type]
@@ -206,7 +206,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()  # answered before the body was read: do not wait for the rest of it
         elif self.cycle.response_complete:
             self._reading_headers = True  # the next bytes are the next request's
-            self.idle_since = self.loop.time()
+            self.idle_since = time.monotonic()
 
     # -- what a connection is doing ------------------------------------------------------------------
     @property
