@@ -32,7 +32,7 @@ from tiny_models import BUNDLED, png_bytes, random_image, save_tiny  # noqa: E40
 from vilt.errors import ViltInputError  # noqa: E402
 from vilt.serve import ServeSettings, create_app, load_pipelines  # noqa: E402
 from vilt.serve.admission import TRIM_AFTER_BYTES, DecodePool, MemoryBudget  # noqa: E402
-from vilt.serve.batching import DynamicBatcher, QueueFullError  # noqa: E402
+from vilt.serve.batching import DynamicBatcher, FairWorker, QueueFullError  # noqa: E402
 from vilt.serve.cli import allowed_hosts, configure_threads, is_loopback  # noqa: E402
 from vilt.serve.images import fit_image, model_size, open_image  # noqa: E402
 
@@ -688,6 +688,46 @@ def test_batcher_drops_requests_that_timed_out_before_their_batch() -> None:
 
 
 # ----------------------------------------------------------------------------- the command line
+
+
+def test_the_inference_worker_gives_each_task_an_equal_share_of_its_time() -> None:
+    """Explanations (4 time units each, one per pass) and VQA batches (1 unit) both queued: each task
+    gets half the worker, so neither waits behind the other's whole queue (before, the passes took
+    turns: an explanation per VQA batch, however long either was). The clock is the jobs' own."""
+    now = [0.0]
+    ran: list[str] = []
+    gate = threading.Event()
+    worker = FairWorker(clock=lambda: now[0])
+
+    def job(task: str, cost: float) -> str:
+        gate.wait(10)
+        ran.append(task)
+        now[0] += cost
+        return task
+
+    futures = [worker.submit("vqa", job, "vqa", 1.0) for _ in range(12)]
+    futures += [worker.submit("explain", job, "explain", 4.0) for _ in range(3)]
+    gate.set()
+    assert [future.result(10) for future in futures] == ["vqa"] * 12 + ["explain"] * 3
+    worker.shutdown()
+    used = {"vqa": 0.0, "explain": 0.0}
+    for task in ran[:-1]:  # at every point but the end, the shares differ by at most one explanation
+        used[task] += 1.0 if task == "vqa" else 4.0
+        assert abs(used["vqa"] - used["explain"]) <= 4.0, (ran, used)
+    # a task back from an idle spell does not get the time it did not use: after VQA ran alone for 10
+    # units, explanations and VQA batches (1 unit each) queued together take turns
+    ran.clear()
+    worker = FairWorker(clock=lambda: now[0])
+    for _ in range(10):
+        worker.submit("vqa", job, "vqa", 1.0).result(10)
+    gate.clear()
+    futures = [worker.submit("vqa", job, "vqa", 1.0)]  # holds the worker at the gate
+    futures += [worker.submit(task, job, task, 1.0) for task in ("explain", "vqa") * 5]
+    gate.set()
+    [future.result(10) for future in futures]
+    worker.shutdown()
+    after_the_gate = "".join(task[0] for task in ran[11:])
+    assert "eee" not in after_the_gate, after_the_gate
 
 
 def test_loopback_detection() -> None:

@@ -32,7 +32,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -52,7 +51,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vilt.errors import ViltInputError
 
 from .admission import DecodePool, DecodeStep, MemoryBudget
-from .batching import DynamicBatcher, QueueFullError
+from .batching import DynamicBatcher, FairWorker, QueueFullError
 from .errors import APIError, shown
 from .images import (
     Fit,
@@ -385,8 +384,8 @@ class Server:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """Start the decode pool and one batcher per served task, all feeding one inference thread."""
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vilt-inference")
+        """Start the decode pool and one batcher per served task, sharing one inference thread fairly."""
+        worker = FairWorker()
         self.decoder = DecodePool(
             self.settings.decode_threads, release_free_memory, on_stopped=self.metrics.decodes_stopped.inc
         )
@@ -395,7 +394,7 @@ class Server:
             self.batchers[task.name] = DynamicBatcher(
                 task.name,
                 partial(task.run, self.pipelines[task.pipeline_task]),
-                executor,
+                worker.lane(task.name),
                 max_batch_size=self.settings.max_batch_size if task.batched else 1,
                 max_wait_ms=self.settings.max_wait_ms,
                 max_queue=self.settings.max_queue,
@@ -409,7 +408,7 @@ class Server:
             for batcher in self.batchers.values():
                 await batcher.stop()
             self.batchers.clear()
-            executor.shutdown(wait=True)
+            worker.shutdown(wait=True)
             self.decoder.shutdown()
             self.decoder = None
 
