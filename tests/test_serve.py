@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
@@ -530,10 +531,31 @@ def test_the_page_and_its_assets_are_served_and_need_nothing_outside(client: Tes
     for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
         assert client.get(asset).status_code == 200
     static = Path(__file__).parents[1] / "src" / "vilt" / "serve" / "static"
-    for path in static.iterdir():
+    for path in static.glob("*.[hjc]*"):  # the page's HTML, JavaScript and CSS
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", path.read_text()), (
             f"{path.name} loads an outside asset"
         )
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+    assert Image.open(io.BytesIO(icon.content)).format == "ICO"
+    examples = client.get("/samples/examples.json").json()
+    assert len(examples) >= 3 and all(example["question"].strip() for example in examples)
+    for example in examples:
+        image = client.get(f"/samples/{example['image']}")
+        assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).size >= (64, 64)
+    assert client.get("/samples/../serve/app.py").status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_the_api_docs_load_nothing_from_outside(client: TestClient, path: str) -> None:
+    """Swagger UI and ReDoc come with their scripts from the server (the fastapi-offline package), not a
+    CDN, so /docs works without internet; headless Chromium checks that it shows the operations."""
+    page = client.get(path)
+    assert page.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert assets and all(asset.startswith("/") for asset in assets), assets
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
 
 
 # ----------------------------------------------------------------------------- API key
@@ -844,8 +866,6 @@ def test_images_wait_in_the_queue_shrunk_to_the_size_the_model_reads(qa_pipeline
 
 def _encode(mode: str, height: int = 150, width: int = 100) -> bytes:
     """A random image of ``mode`` (alpha and transparency included) as PNG, or TIFF where PNG cannot."""
-    from PIL import Image
-
     rng = np.random.default_rng(7)
     rgba = Image.fromarray(rng.integers(0, 256, (height, width, 4), dtype=np.uint8), "RGBA")
     image = rgba.convert(mode) if mode not in ("I;16", "P+transparency") else None

@@ -1,7 +1,7 @@
 """HTTP serving: ``vilt serve`` runs a batched FastAPI server and a web page around a ViLT model.
 
-Needs the ``serve`` extra (``pip install 'vilt[serve]'``: fastapi, uvicorn, python-multipart,
-prometheus-client). Nothing here is imported by ``import vilt``; :func:`create_app` and
+Needs the ``serve`` extra (``pip install 'vilt[serve]'``: fastapi, fastapi-offline, uvicorn,
+python-multipart, prometheus-client). Nothing here is imported by ``import vilt``; :func:`create_app` and
 :func:`load_pipelines` load the server modules on first use.
 """
 
@@ -30,6 +30,7 @@ def __getattr__(name: str) -> Any:
     except ModuleNotFoundError as err:
         if err.name in (
             "fastapi",
+            "fastapi_offline",
             "starlette",
             "uvicorn",
             "multipart",

@@ -8,8 +8,11 @@
   :data:`.tasks.TASKS`; a task whose head the model lacks answers 404 saying so.
 * ``GET /v1/model``: the model card (name, task, number of answers, what it knows).
 * ``GET /healthz`` (the process is up), ``GET /readyz`` (the batchers run; the model card, tasks and
-  limits), ``GET /metrics`` (Prometheus text), ``GET /openapi.json`` and ``GET /docs``.
-* ``GET /``: the page (``static/``), which calls the API from the browser.
+  limits), ``GET /metrics`` (Prometheus text), ``GET /openapi.json``.
+* ``GET /``: the page (``static/``), which calls the API from the browser; ``GET /samples/...``: the
+  sample images of its "Try an example" button (:data:`vilt.hub.SAMPLES_DIR`); ``GET /favicon.ico``.
+* ``GET /docs`` (Swagger UI) and ``GET /redoc``, with their scripts served by the server itself
+  (the ``fastapi-offline`` package), so they work without internet.
 
 A task request goes through, each step bounded: the body (charged to the memory budget before it is
 read, within ``body_timeout_s``), validation, each image's header (its decoded size charged to the
@@ -43,12 +46,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vilt.errors import ViltInputError
+from vilt.hub import SAMPLES_DIR
 
 from .admission import DecodePool, DecodeStep, MemoryBudget
 from .batching import DynamicBatcher, FairWorker, QueueFullError
@@ -72,6 +77,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATIC_DIR = Path(__file__).parent / "static"
+DOCS_ASSETS_URL = "/static-docs"  # Swagger UI's and ReDoc's scripts, from the fastapi-offline package
 API_KEY_HEADER = "X-API-Key"
 RETRY_AFTER_S = 1
 CLIENT_CLOSED = 499  # nginx's status for a client that went away before the answer
@@ -573,7 +579,10 @@ def create_app(
         async with server.running():
             yield
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc with their scripts served from the fastapi-offline package
+        static_url=DOCS_ASSETS_URL,
+        favicon_url="/favicon.ico",
+        swagger_ui_parameters={"validatorUrl": None},  # Swagger UI's online validator: nothing outside
         title="vilt",
         summary="ViLT (Vision-and-Language Transformer): visual question answering and friends",
         description="Ask questions about images, check statements against image pairs, rank captions and "
@@ -671,7 +680,12 @@ def create_app(
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
 
+    @app.api_route("/favicon.ico", methods=["GET", "HEAD"], include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC_DIR / "favicon.ico", media_type="image/x-icon")
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/samples", StaticFiles(directory=SAMPLES_DIR), name="samples")  # the page's examples
     return app
 
 
