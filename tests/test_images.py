@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,12 +158,12 @@ def test_load_pipeline_image_passes_arrays_and_turns_pil_objects_upright(files: 
 
 
 def test_unreachable_url_fails_fast_naming_the_url_and_the_timeout() -> None:
-    start = time.monotonic()
+    """A refused connection is reported as such at once (not as a timeout after waiting for one)."""
     with pytest.raises(
-        ViltInputError, match=r"'http://127\.0\.0\.1:9/x\.png' could not be fetched.*timeout 3"
+        ViltInputError,
+        match=r"'http://127\.0\.0\.1:9/x\.png' could not be fetched \(ConnectError.*timeout 300",
     ):
-        load_image("http://127.0.0.1:9/x.png", timeout=3)
-    assert time.monotonic() - start < 3
+        load_image("http://127.0.0.1:9/x.png", timeout=300)
 
 
 def test_silent_server_times_out() -> None:

@@ -31,7 +31,7 @@ from hostile_images import garbage_exif_jpeg, png_header  # noqa: E402
 from tiny_models import BUNDLED, png_bytes, random_image, save_tiny  # noqa: E402
 
 from vilt.errors import ViltInputError  # noqa: E402
-from vilt.serve import ServeSettings, create_app, load_pipelines  # noqa: E402
+from vilt.serve import ServeSettings, create_app, load_app, load_pipelines  # noqa: E402
 from vilt.serve.admission import TRIM_AFTER_BYTES, DecodePool, MemoryBudget  # noqa: E402
 from vilt.serve.batching import DynamicBatcher, FairWorker, QueueFullError  # noqa: E402
 from vilt.serve.cli import allowed_hosts, configure_threads, is_loopback  # noqa: E402
@@ -1005,6 +1005,16 @@ def test_every_operation_has_a_real_summary_and_description(client: TestClient) 
             assert (
                 "partial(" not in operation["description"] and "new function" not in operation["description"]
             ), where
+
+
+def test_the_app_is_built_from_a_model_and_settings_alone(tmp_path: Path) -> None:
+    """load_app: the ASGI app any host can mount (uvicorn --factory, Ray Serve)."""
+    directory = save_tiny(tmp_path, "ViltForQuestionAnswering")
+    app = load_app(str(directory), ServeSettings(max_batch_size=4), device="cpu", dtype="float32")
+    with TestClient(app) as client:
+        assert_answers(ask(client))
+        ready = client.get("/readyz").json()
+    assert ready["limits"]["max_batch_size"] == 4 and ready["model_card"]["name"] == str(directory)
 
 
 def test_the_model_card_is_served(qa_pipelines: dict) -> None:

@@ -9,6 +9,7 @@ The models are tiny random-weight ones (tests/tiny_models.py).
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 import urllib.request
@@ -299,29 +300,31 @@ def _answers(served: Served) -> bool:
 
 
 def test_a_body_that_does_not_arrive_in_time_is_408(server: Served) -> None:
+    """The body timeout (1 s here), not the request's (30 s), answers: its message names it."""
     with connect(server) as sock:
         sock.sendall(request_head("/v1/vqa", 1000) + b'{"question": ')  # and nothing more
-        start = time.monotonic()
-        response, closed = read_until_closed(sock, 10)
+        response, closed = read_until_closed(sock, 60)
     status, headers, body = parse(response)
-    assert status == 408 and closed and time.monotonic() - start < 5
+    assert status == 408 and closed
     assert "did not arrive within 1 s" in json.loads(body)["error"]
     no_server_errors(server)
 
 
 def test_the_request_deadline_covers_the_upload(model_dir: Path) -> None:
+    """A body that keeps arriving, a byte at a time, is cut off by the request deadline (1 s), not by
+    the body timeout (30 s): the message names the deadline's second."""
     with server_process(model_dir, "--timeout", "1", "--body-timeout", "30") as served:
         with connect(served) as sock:
             sock.sendall(request_head("/v1/vqa", 1000) + b"{")
-            start = time.monotonic()
-            for _ in range(8):  # a byte every 0.25 s: never idle, never done
+            for _ in range(240):  # a byte every 0.25 s: never idle, never done (at most a minute)
                 time.sleep(0.25)
                 try:
                     sock.sendall(b" ")
                 except OSError:  # the server answered and closed
                     break
-            response, _ = read_until_closed(sock, 10)
-        assert parse(response)[0] == 408 and time.monotonic() - start < 5
+            response, _ = read_until_closed(sock, 60)
+        status, _, body = parse(response)
+        assert status == 408 and "did not arrive within 1 s" in json.loads(body)["error"]
 
 
 def test_a_body_nobody_reads_does_not_keep_the_connection_open(server: Served) -> None:
@@ -408,11 +411,12 @@ def test_sigterm_answers_what_is_in_flight_and_exits_in_time_despite_a_dripping_
         body, content_type = multipart()
         in_flight = connect(served, timeout_s=30)
         in_flight.sendall(request_head("/v1/vqa", len(body), content_type) + body)
-        seconds = served.terminate()  # sent at once, while the good request is being answered
-        answer, _ = read_until_closed(in_flight, 5)
-        dripped, _ = read_until_closed(dripping, 5)
+        served.terminate()  # sent at once, while the good request is being answered
+        answer, _ = read_until_closed(in_flight, 60)
+        dripped, _ = read_until_closed(dripping, 60)
         log = served.log()
-    assert seconds < 2 + 3, f"the server took {seconds:.1f} s to exit after SIGTERM"
+    # it exited by itself (a server that waits for the dripping client would be killed after 60 s)
+    assert served.process.returncode != -signal.SIGKILL, "the server did not stop after SIGTERM"
     assert parse(answer)[0] == 200
     status, headers, _ = parse(dripped)
     assert status == 503 and headers["retry-after"] == "1"

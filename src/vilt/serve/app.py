@@ -71,7 +71,7 @@ from .images import (
 from .metrics import ServerMetrics
 from .schemas import ErrorResponse, ModelCard, describe_validation_errors, read_request, request_body_openapi
 from .settings import ServeSettings
-from .tasks import EXPLAIN_SIDE, TASKS, Task, Work, model_card
+from .tasks import EXPLAIN_SIDE, TASKS, Task, Work, load_pipelines, model_card
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -687,6 +687,29 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.mount("/samples", StaticFiles(directory=SAMPLES_DIR), name="samples")  # the page's examples
     return app
+
+
+def load_app(
+    model: str | None = None,
+    settings: ServeSettings | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    backend: str = "torch",
+) -> FastAPI:
+    """Load ``model`` and build the server around it: a plain ASGI app, for any host (``vilt serve``'s
+    uvicorn, ``uvicorn --factory vilt.serve.app:load_app``, Ray Serve).
+
+    Args:
+        model: a hub id or a model directory; None = the bundled easy-VQA model.
+        settings: limits, timeouts, batching, hosts and key (default :class:`ServeSettings`).
+        device, dtype, backend: as :func:`.tasks.load_pipelines` takes them.
+
+    The connection limits (:class:`.settings.ConnectionLimits`) are not the app's: they live in the HTTP
+    protocol uvicorn runs (:mod:`.protocol`); another host applies its own.
+    """
+    pipelines = load_pipelines(model, device=device, dtype=dtype, backend=backend)
+    return create_app(pipelines, settings, model_name=model)
 
 
 def _task_endpoint(server: Server, task: Task) -> Callable[[Request], Awaitable[dict[str, Any]]]:

@@ -239,9 +239,8 @@ def serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from .app import create_app
+        from .app import load_app
         from .protocol import GuardedHttpToolsProtocol
-        from .tasks import load_pipelines
     except ModuleNotFoundError as err:
         raise ImportError(
             f"vilt serve needs the serve extra: pip install 'vilt[serve]' ({err.name} is missing)"
@@ -250,8 +249,7 @@ def serve(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     configure_threads(args.threads)
-    pipelines = load_pipelines(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
-    app = create_app(pipelines, settings, model_name=args.model)
+    app = load_app(args.model, settings, device=args.device, dtype=args.dtype, backend=args.backend)
     server = app.state.server
     logging.getLogger("vilt.serve").info(
         "serving %s, a %s (%s) on http://%s:%d/%s",
