@@ -300,19 +300,19 @@ def _answers(served: Served) -> bool:
 
 
 def test_a_body_that_does_not_arrive_in_time_is_408(server: Served) -> None:
-    """The body timeout (1 s here), not the request's (30 s), answers: its message names it."""
+    """The body timeout (1 s here), not the request deadline (30 s), answers: its message names it."""
     with connect(server) as sock:
         sock.sendall(request_head("/v1/vqa", 1000) + b'{"question": ')  # and nothing more
         response, closed = read_until_closed(sock, 60)
     status, headers, body = parse(response)
     assert status == 408 and closed
-    assert "did not arrive within 1 s" in json.loads(body)["error"]
+    assert "did not arrive within the body timeout of 1 s" in json.loads(body)["error"]
     no_server_errors(server)
 
 
 def test_the_request_deadline_covers_the_upload(model_dir: Path) -> None:
     """A body that keeps arriving, a byte at a time, is cut off by the request deadline (1 s), not by
-    the body timeout (30 s): the message names the deadline's second."""
+    the body timeout (30 s): the message names the deadline."""
     with server_process(model_dir, "--timeout", "1", "--body-timeout", "30") as served:
         with connect(served) as sock:
             sock.sendall(request_head("/v1/vqa", 1000) + b"{")
@@ -324,7 +324,7 @@ def test_the_request_deadline_covers_the_upload(model_dir: Path) -> None:
                     break
             response, _ = read_until_closed(sock, 60)
         status, _, body = parse(response)
-        assert status == 408 and "did not arrive within 1 s" in json.loads(body)["error"]
+        assert status == 408 and "within the request deadline of 1 s" in json.loads(body)["error"]
 
 
 def test_a_body_nobody_reads_does_not_keep_the_connection_open(server: Served) -> None:

@@ -467,13 +467,19 @@ class Server:
 
     async def _read(self, request: Request, task: Task, deadline: float) -> Any:
         """The validated request body; 408 (and the connection closed) if it does not arrive in time."""
-        seconds = min(self.settings.body_timeout_s, deadline - time.monotonic())
+        left = deadline - time.monotonic()
+        seconds = min(self.settings.body_timeout_s, left)
+        limit = (
+            f"the body timeout of {self.settings.body_timeout_s:g} s"
+            if self.settings.body_timeout_s <= left
+            else f"the request deadline of {self.settings.timeout_s:g} s"
+        )
         try:
             return await asyncio.wait_for(read_request(request, task.request), seconds)
         except asyncio.TimeoutError:
             raise APIError(
                 408,
-                f"the request body did not arrive within {seconds:g} s; send it faster or make it smaller",
+                f"the request body did not arrive within {limit}; send it faster or make it smaller",
                 {"Connection": "close"},
             ) from None
 
