@@ -285,20 +285,27 @@ SLOW_BODY_HEAD = (
 )
 
 
+async def post_image(
+    http: aiohttp.ClientSession, served: Served, image: bytes, content_type: str, timeout_s: float
+) -> tuple[int, bool]:
+    """POST ``image`` and a question to /v1/vqa: the status, and whether it came with Retry-After."""
+    form = aiohttp.FormData()
+    form.add_field("image", image, filename="image", content_type=content_type)
+    form.add_field("question", "what color is the shape?")
+    async with http.post(
+        served.url + "/v1/vqa", data=form, timeout=aiohttp.ClientTimeout(timeout_s)
+    ) as response:
+        await response.read()
+        return response.status, response.headers.get("Retry-After") is not None
+
+
 async def large_image_burst(served: Served, huge: bytes, rounds: int = 3, burst: int = 48) -> str:
     found: Counter[str] = Counter()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
 
         async def one() -> str:
-            form = aiohttp.FormData()
-            form.add_field("image", huge, filename="huge.png", content_type="image/png")
-            form.add_field("question", "what color is the shape?")
-            async with http.post(
-                served.url + "/v1/vqa", data=form, timeout=aiohttp.ClientTimeout(60)
-            ) as response:
-                await response.read()
-                retry = " (Retry-After)" if response.headers.get("Retry-After") else ""
-                return f"{response.status}{retry}"
+            status, retry_after = await post_image(http, served, huge, "image/png", 60)
+            return f"{status}{' (Retry-After)' if retry_after else ''}"
 
         for _ in range(rounds):
             found.update(await asyncio.gather(*(one() for _ in range(burst))))
@@ -545,14 +552,8 @@ async def progressive_jpegs(served: Served, bomb: bytes, count: int = 4) -> str:
 
         async def one() -> tuple[str, float]:
             start = time.monotonic()
-            form = aiohttp.FormData()
-            form.add_field("image", bomb, filename="bomb.jpg", content_type="image/jpeg")
-            form.add_field("question", "what color is the shape?")
-            async with http.post(
-                served.url + "/v1/vqa", data=form, timeout=aiohttp.ClientTimeout(120)
-            ) as response:
-                await response.read()
-                return str(response.status), time.monotonic() - start
+            status, _ = await post_image(http, served, bomb, "image/jpeg", 120)
+            return str(status), time.monotonic() - start
 
         results = await asyncio.gather(*(one() for _ in range(count)))
     return (
