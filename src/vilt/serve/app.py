@@ -18,7 +18,8 @@ A task request goes through, each step bounded: the body (charged to the memory 
 read, within ``body_timeout_s``), validation, each image's header (its decoded size charged to the
 budget before it is decoded), decoding and shrinking (on the decode pool, each read of the file a step
 at which the pool stops the job once the request stops waiting, or hands its core to another request),
-the batch queue, inference. The whole request must finish within ``timeout_s``: 408 while the body is still arriving, else 504.
+the batch queue, inference. The whole request must finish within ``timeout_s``: 408 while the body is
+still arriving, else 504. A client that goes away once its body is read stops its request.
 
 Every error is ``{"error": "..."}`` with a 4xx or 5xx status and never a traceback. Input the caller
 can fix is a 4xx (:class:`.errors.APIError`, :class:`vilt.errors.ViltInputError`); anything else is a

@@ -61,7 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--decode-threads",
         type=int,
         default=default.decode_threads,
-        help="image decoding threads (default: a quarter of the cores, 1 to 4: %(default)s here)",
+        help="image decodes running at once, sharing their cores in slices (default: a quarter of the "
+        "cores, 1 to 4: %(default)s here)",
     )
     batching = parser.add_argument_group("batching")
     batching.add_argument(

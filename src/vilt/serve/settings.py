@@ -33,8 +33,8 @@ class ServeSettings:
             whose body or next image would pass it gets 503 with Retry-After before it is read or decoded;
             an eighth is kept for bodies and images of at most that size, so a burst of huge images never
             shuts out ordinary ones.
-        decode_threads: threads that decode images (smallest first) and shrink them to the size the model
-            reads; the model's own threads are set apart (``vilt serve --threads``).
+        decode_threads: image decodes running at once (the cores they may take), shared in slices, the
+            least-served first; the model's own threads are set apart (``vilt serve --threads``).
         allowed_hosts: the Host header values answered (a leading ``*.`` matches subdomains); others get
             400. None answers any host.
         api_key: when set, the ``X-API-Key`` every ``/v1`` and ``/metrics`` request must carry.
