@@ -431,6 +431,8 @@ def test_the_page_works_400_px_wide_with_the_keyboard_alone(
     browser.choose_file(image)
     browser.wait_for_preview(Path(image).name)
     browser.press("Tab")
+    assert browser.evaluate("document.activeElement.id") == "try-example"  # (Enter would ask a sample)
+    browser.press("Tab")
     assert browser.evaluate("document.activeElement.id") == "question"
     browser.send("Input.insertText", text=question)
     browser.press("Enter")
