@@ -1,0 +1,209 @@
+"""vilt.scale: batch inference and corpus ranking on Ray (docs/scale.md).
+
+The fast tests run each stage's code without Ray (a row's preparation and a replica's batch, the
+committed parts, the ranking's merge and R@K) against the in-process pipelines. The slow ones run the
+real engine: an embedded Ray, and a two-node cluster on this machine (tests/ray_cluster.py) whose
+worker node's raylet is killed mid-job; and a job killed and rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from tiny_models import BUNDLED, png_bytes, random_image, save_tiny
+
+import vilt
+from vilt.errors import ViltInputError
+from vilt.scale import parts
+from vilt.scale.batch import Predictor, prepare_rows, read_table, task_columns
+from vilt.scale.ranking import (
+    _best,
+    read_corpus,
+    recall_at_k,
+    retrieval_model_from_itm,
+    top_k_indices,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+VILT = str(Path(sys.executable).with_name("vilt"))
+
+
+def write_images(folder: Path, count: int, seed: int = 0) -> list[str]:
+    """``count`` small PNGs of varied sizes (so batches pad); their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"img{i}.png"
+        path.write_bytes(png_bytes(random_image(24 + 8 * (i % 3), 32 + 8 * (i % 2), seed + i)))
+        paths.append(str(path))
+    return paths
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def numpy_batch(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Rows as the numpy batch Ray Data hands a map_batches function."""
+    batch = {}
+    for key in rows[0]:
+        column = np.empty(len(rows), dtype=object)
+        column[:] = [row[key] for row in rows]
+        batch[key] = column
+    return batch
+
+
+# ----------------------------------------------------------------------------- stages without Ray
+
+
+@pytest.mark.parametrize(
+    ("task", "architecture"),
+    [("visual-question-answering", None), ("nlvr2", "ViltForImagesAndTextClassification"),
+     ("fill-mask", "ViltForMaskedLM")],
+)  # fmt: skip
+def test_prepared_rows_and_a_replica_answer_as_the_pipeline(tmp_path: Path, task: str, architecture: str | None) -> None:
+    model = str(BUNDLED) if architecture is None else str(save_tiny(tmp_path / "model", architecture))
+    images = write_images(tmp_path / "images", 5)
+    text = {"visual-question-answering": "what color is the shape?", "nlvr2": "there is a shape",
+            "fill-mask": "a [MASK] shape"}[task]  # fmt: skip
+    columns = task_columns(task, ["image", "image_a", "image_b", "question", "text"])[0]
+    rows = [{"row_id": i, **{c: images[(i + k) % 5] for k, c in enumerate(columns)}, "text": f"{text} {'!' * i}"}
+            for i in range(5)]  # fmt: skip
+    rows.insert(2, {"row_id": 5, **{c: str(tmp_path / "missing.png") for c in columns}, "text": text})
+    prepared = prepare_rows(numpy_batch(rows), task, model)
+    assert [e is None for e in prepared["error"]] == [True, True, False, True, True, True]
+    assert "missing.png" in prepared["error"][2]
+    answered = Predictor(task, model, "cpu", "float32", {"top_k": 3} if "question" in task else {})(prepared)
+    pipe = vilt.pipeline(task, model, device="cpu", dtype="float32")
+    good = [row for row in rows if "missing" not in str(row[columns[0]])]
+    images_arg = [[row[c] for c in columns] if len(columns) > 1 else row[columns[0]] for row in good]
+    kwargs = {"top_k": 3} if "question" in task else {}
+    expected = pipe(images_arg, [row["text"] for row in good], **kwargs)
+    got = [json.loads(r) for r in answered["result"] if r is not None]
+    assert answered["result"][2] is None and list(answered["row_id"]) == [row["row_id"] for row in rows]
+    for one, other in zip(got, expected):
+        assert_same_answer(one, other)
+
+
+def assert_same_answer(got: object, expected: object) -> None:
+    """Same labels and texts; scores within float32's tolerance (batches pad differently)."""
+    if isinstance(expected, dict):
+        assert set(got) == set(expected)  # type: ignore[arg-type]
+        for key in expected:
+            assert_same_answer(got[key], expected[key])  # type: ignore[index]
+    elif isinstance(expected, list):
+        assert len(got) == len(expected)  # type: ignore[arg-type]
+        for a, b in zip(got, expected):  # type: ignore[call-overload]
+            assert_same_answer(a, b)
+    elif isinstance(expected, float):
+        assert got == pytest.approx(expected, abs=1e-4)  # type: ignore[operator]
+    else:
+        assert got == expected
+
+
+def test_task_columns_name_what_is_missing() -> None:
+    assert task_columns("nlvr2", ["images", "statement"]) == (("images",), "statement")
+    with pytest.raises(ViltInputError, match="question or text; the table has image, caption"):
+        task_columns("visual-question-answering", ["image", "caption"])
+
+
+def test_read_table_resolves_image_paths_against_its_folder(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "data" / "images", 2)
+    table = write_jsonl(tmp_path / "data" / "q.jsonl",
+                        [{"image": "images/img0.png", "question": "q"}, {"image": images[1], "question": "q"},
+                         {"image": "https://example.com/a.png", "question": "q"}])  # fmt: skip
+    got = read_table(table).column("image").to_pylist()
+    assert got == [images[0], images[1], "https://example.com/a.png"]
+    with pytest.raises(ViltInputError, match="suffix"):
+        read_table(tmp_path / "q.txt")
+    (tmp_path / "broken.jsonl").write_text('{"image": \n')
+    with pytest.raises(ViltInputError, match="not a readable json table"):
+        read_table(tmp_path / "broken.jsonl")
+
+
+# ----------------------------------------------------------------------------- committed parts
+
+
+def test_parts_are_whole_files_keyed_by_row_range(tmp_path: Path) -> None:
+    job = {"task": "vqa", "rows": 5}
+    parts.open_job(tmp_path, job)
+    assert parts.part_ranges(5, 2) == [(0, 2), (2, 4), (4, 5)]
+    parts.write_part(tmp_path, 0, 2, pa.table({"row_id": [0, 1]}), "parquet")
+    parts.write_part(tmp_path, 4, 5, pa.table({"row_id": [4]}), "jsonl")
+    (tmp_path / ".part-000000000002-000000000004.parquet.vilt-tmp-1-abc").write_bytes(b"torn")
+    assert sorted(parts.committed_parts(tmp_path)) == [(0, 2), (4, 5)]
+    assert parts.read_parts(tmp_path).column("row_id").to_pylist() == [0, 1, 4]
+    with pytest.raises(RuntimeError, match="expected 2"):
+        parts.write_part(tmp_path, 2, 4, pa.table({"row_id": [2]}), "parquet")
+    parts.open_job(tmp_path, job)  # the same job resumes
+    with pytest.raises(ViltInputError, match="differs in: rows"):
+        parts.open_job(tmp_path, {**job, "rows": 6})
+    parts.open_job(tmp_path, {**job, "rows": 6}, overwrite=True)
+    assert parts.committed_parts(tmp_path) == {}
+
+
+# ----------------------------------------------------------------------------- ranking
+
+
+def test_merged_top_k_and_recall() -> None:
+    scores = np.array([[0.1, 0.9, 0.5], [0.8, 0.2, 0.5]], np.float32)  # 2 images x 3 texts
+    top, values = top_k_indices(scores, 2)
+    assert top.tolist() == [[1, 2], [0, 2]] and np.allclose(values, [[0.9, 0.5], [0.8, 0.5]])
+    # two blocks of candidates per row, merged: the best two overall, ties to the lower index
+    idx, sc = _best(np.array([[3, 1]]), np.array([[0.5, 0.4]], np.float32),
+                    np.array([[0, 7]]), np.array([[0.5, 0.9]], np.float32), 3)  # fmt: skip
+    assert idx.tolist() == [[7, 0, 3]] and np.allclose(sc, [[0.9, 0.5, 0.5]])
+    text_top = np.array([[1, 0], [0, 1], [1, -1]])  # per text, images best first
+    image_top = np.array([[1, 2], [0, 2]])  # per image, texts best first
+    metrics = recall_at_k(text_top, image_top, [[0], [0], [1]], 2)
+    assert metrics["text_to_image_R@1"] == pytest.approx(2 / 3, abs=1e-4)
+    assert metrics["text_to_image_R@5"] == 1.0
+    assert metrics["image_to_text_R@1"] == 0.5  # image 0's best text (1) describes it, image 1's (0) not
+    assert metrics["image_to_text_R@5"] == 1.0
+
+
+def test_itm_head_becomes_an_exact_retrieval_head(tmp_path: Path) -> None:
+    import torch
+
+    itm_dir = save_tiny(tmp_path / "itm", "ViltForImageTextMatching")
+    retrieval_model_from_itm(itm_dir, tmp_path / "retrieval")
+    itm = vilt.ViltForImageTextMatching.from_pretrained(itm_dir).eval()
+    retrieval = vilt.ViltForImageAndTextRetrieval.from_pretrained(tmp_path / "retrieval").eval()
+    processor = vilt.ViltProcessor.from_pretrained(tmp_path / "retrieval")
+    images = [random_image(32, 32, seed) for seed in range(3)]
+    batch = processor(images=images, text=["a red circle", "two", "a blue shape"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = itm(**batch).logits
+        scores = retrieval(**batch).logits[:, 0]
+    torch.testing.assert_close(scores, logits[:, 1] - logits[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_read_corpus_ground_truth(tmp_path: Path) -> None:
+    images = write_jsonl(tmp_path / "i.jsonl", [{"id": "a", "image": "x.png"}, {"id": "b", "image": "y.png"}])
+    texts = write_jsonl(tmp_path / "t.jsonl", [{"text": "one", "image_ids": ["b"]}, {"text": "two", "image_ids": ["a", "b"]}])
+    corpus = read_corpus(images, texts)
+    assert corpus.relevant == [[1], [0, 1]] and corpus.image_ids == ["a", "b"]
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "one", "image_id": "z"}])
+    with pytest.raises(ViltInputError, match="unknown image id"):
+        read_corpus(images, bad)
+    pairs = write_jsonl(tmp_path / "p.jsonl", [{"image": "x.png", "text": "t0"}, {"image": "y.png", "text": "t1"},
+                                                {"image": "x.png", "text": "t2"}])  # fmt: skip
+    corpus = read_corpus(pairs=pairs)
+    assert len(corpus.images) == 2 and corpus.relevant == [[0], [1], [0]]
+
+
+def test_vilt_batch_help_imports_neither_ray_nor_torch() -> None:
+    code = "import sys; from vilt.cli import build_parser; build_parser('batch'); print('ray' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
