@@ -207,3 +207,138 @@ def test_vilt_batch_help_imports_neither_ray_nor_torch() -> None:
     code = "import sys; from vilt.cli import build_parser; build_parser('batch'); print('ray' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+# ----------------------------------------------------------------------------- the real engine
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A head and a worker node, one CPU each, shared by this module's slow tests."""
+    from ray_cluster import LocalCluster
+
+    local = LocalCluster(tmp_path_factory.mktemp("ray-cluster"), workers=1, cpus=1)
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+def easy_vqa_rows(count: int) -> list[dict]:
+    """``count`` easy-VQA test questions, with two bad rows (a missing image, an empty question)."""
+    easy_vqa = pytest.importorskip("easy_vqa")
+    questions, _, image_ids = easy_vqa.get_test_questions()
+    paths = easy_vqa.get_test_image_paths()
+    rows = [{"id": f"q{i}", "image": paths[image_ids[i]], "question": questions[i]} for i in range(count - 2)]
+    rows.insert(count // 3, {"id": "missing", "image": "/no/such/image.png", "question": "what shape?"})
+    rows.insert(count // 2, {"id": "empty", "image": paths[0], "question": "  "})
+    return rows
+
+
+def batch_command(table: Path, out: Path, *extra: str) -> list[str]:
+    return [VILT, "batch", "vqa", "--input", str(table), "--output", str(out), "--dtype", "float32",
+            "--part-rows", "25", "--batch-size", "16", "--quiet", *extra]  # fmt: skip
+
+
+def wait_for_parts(out: Path, count: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while len(parts.committed_parts(out)) < count:
+        assert process.poll() is None, f"the job ended before {count} parts were committed"
+        assert time.monotonic() < deadline, f"fewer than {count} parts after {timeout} s"
+        time.sleep(0.2)
+
+
+def check_output(out: Path, rows: list[dict]) -> None:
+    """Every input row exactly once, answered as the in-process pipeline answers it."""
+    table = parts.read_parts(out).to_pylist()
+    assert [row["row_id"] for row in table] == list(range(len(rows)))  # each row once, none lost
+    assert [row["id"] for row in table] == [row["id"] for row in rows]
+    vqa = vilt.pipeline("vqa", device="cpu", dtype="float32")
+    good = [i for i, row in enumerate(rows) if row["id"] not in ("missing", "empty")]
+    expected = vqa([rows[i]["image"] for i in good], [rows[i]["question"] for i in good], top_k=5)
+    for i, answers in zip(good, expected):
+        assert table[i]["error"] is None
+        assert_same_answer(json.loads(table[i]["result"]), answers)
+        assert table[i]["answer"] == answers[0]["answer"]
+    by_id = {row["id"]: row for row in table}
+    assert "FileNotFoundError" in by_id["missing"]["error"] and by_id["missing"]["result"] is None
+    assert "empty" in by_id["empty"]["error"]
+
+
+@pytest.mark.slow
+def test_batch_job_killed_and_rerun_resumes_on_an_embedded_ray(tmp_path: Path) -> None:
+    rows = easy_vqa_rows(300)
+    table = write_jsonl(tmp_path / "q.jsonl", rows)
+    out = tmp_path / "out"
+    job = subprocess.Popen(batch_command(table, out), start_new_session=True, stderr=subprocess.PIPE)
+    try:
+        wait_for_parts(out, 2, job)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)  # the driver and the Ray it embeds
+        job.wait()
+    before = {r: (p.stat().st_ino, p.stat().st_mtime_ns) for r, p in parts.committed_parts(out).items()}
+    assert 2 <= len(before) < 12
+    subprocess.run(batch_command(table, out), check=True, capture_output=True, timeout=600)
+    after = parts.committed_parts(out)
+    assert len(after) == 12
+    assert {r: (after[r].stat().st_ino, after[r].stat().st_mtime_ns) for r in before} == before  # kept as they were
+    check_output(out, rows)
+
+
+@pytest.mark.slow
+def test_batch_on_two_nodes_matches_the_pipeline_and_survives_a_node_kill(cluster, tmp_path: Path) -> None:
+    rows = easy_vqa_rows(400)
+    table = write_jsonl(tmp_path / "q.jsonl", rows)
+    out = tmp_path / "out"
+    command = batch_command(table, out, "--address", cluster.address, "--replicas", "2",
+                            "--replica-cpus", "0.4", "--decode-cpus", "0.2")  # fmt: skip
+    job = subprocess.Popen(command, env=cluster.env, stderr=subprocess.PIPE, text=True)
+    worker = cluster.nodes[1]
+    try:
+        wait_for_parts(out, 1, job)
+        cluster.kill_raylet(worker)
+        killed_at = len(parts.committed_parts(out))
+        _, stderr = job.communicate(timeout=600)
+        assert job.returncode == 0, stderr[-3000:]
+        assert killed_at < 16  # the node died mid-job
+        check_output(out, rows)
+    finally:
+        job.kill()
+        cluster.stop_node(worker)  # what is left of the dead node
+        cluster.nodes.remove(worker)
+        cluster.add_worker(1)
+        cluster.wait_for_nodes(2)
+
+
+@pytest.mark.slow
+def test_rank_on_two_nodes_matches_the_pipeline_and_resumes(cluster, tmp_path: Path) -> None:
+    model = save_tiny(tmp_path / "model", "ViltForImageAndTextRetrieval")
+    images = write_images(tmp_path / "images", 12)
+    image_table = write_jsonl(tmp_path / "images.jsonl", [{"id": f"i{n}", "image": p} for n, p in enumerate(images)])
+    texts = [f"a picture number {n} of {'red blue green'.split()[n % 3]} noise" for n in range(30)]
+    text_table = write_jsonl(tmp_path / "texts.jsonl",
+                             [{"text": t, "image_ids": [f"i{n % 12}"]} for n, t in enumerate(texts)])  # fmt: skip
+    out = tmp_path / "ranked"
+    command = [VILT, "batch", "rank", "--images", str(image_table), "--texts", str(text_table), "--model", str(model),
+               "--output", str(out), "--dtype", "float32", "--image-block", "5", "--text-block", "12",
+               "--batch-size", "64", "--task-cpus", "0.5", "--top-k", "4", "--quiet", "--address", cluster.address]  # fmt: skip
+    first = json.loads(subprocess.run(command, env=cluster.env, check=True, capture_output=True, text=True).stdout)
+    assert first["pairs"] == first["pairs_scored_this_run"] == 360
+
+    scores = vilt.pipeline("retrieval", str(model), device="cpu", dtype="float32")(images=images, texts=texts)
+    text_top, text_scores = top_k_indices(scores.T, 4)
+    table = pq.read_table(out / "text_to_images.parquet").to_pylist()
+    assert [row["top"] for row in table] == [[f"i{i}" for i in top] for top in text_top]
+    np.testing.assert_allclose([row["scores"] for row in table], text_scores, atol=1e-5)
+    image_top, _ = top_k_indices(scores, 4)
+    table = pq.read_table(out / "image_to_texts.parquet").to_pylist()
+    assert [row["top"] for row in table] == [[str(j) for j in top] for top in image_top]
+    relevant = [[n % 12] for n in range(30)]
+    expected = recall_at_k(top_k_indices(scores.T, 10)[0], top_k_indices(scores, 10)[0], relevant, 12)
+    assert {k: v for k, v in first.items() if "R@" in k} == expected
+
+    cached = sorted((out / "image-tokens").rglob("*.safetensors"))
+    assert len(cached) == 12
+    again = json.loads(subprocess.run(command, env=cluster.env, check=True, capture_output=True, text=True).stdout)
+    assert again["pairs_scored_this_run"] == 0 and {k: v for k, v in again.items() if "R@" in k} == expected
+    assert sorted((out / "image-tokens").rglob("*.safetensors")) == cached

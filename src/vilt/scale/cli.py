@@ -125,7 +125,7 @@ def run_table(args: argparse.Namespace) -> int:
     )
     if args.batch_task == "vqa":
         options["top_k"] = args.top_k
-    dataset = batch.run(
+    batch.run(
         args.batch_task,
         args.input,
         args.output,
@@ -138,12 +138,10 @@ def run_table(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         **options,
     )
-    errors = dataset.filter(expr="error is not null").count() if args.format == "parquet" else None
-    total = dataset.count()
-    summary = {"output": args.output, "rows": total}
-    if errors is not None:
-        summary["rows_with_errors"] = errors
-    print(json.dumps(summary))
+    from .parts import count_rows
+
+    rows, errors = count_rows(args.output)
+    print(json.dumps({"output": args.output, "rows": rows, "rows_with_errors": errors}))
     return 0
 
 

@@ -119,3 +119,19 @@ def read_parts(directory: str | os.PathLike[str]) -> Any:
     if not tables:
         raise ViltInputError(f"{directory} holds no committed parts")
     return pa.concat_tables(tables, promote_options="permissive")
+
+
+def count_rows(directory: str | os.PathLike[str]) -> tuple[int, int]:
+    """(rows, rows with an error) over the committed parts, reading only their ``error`` column."""
+    import pyarrow.json as pj
+    import pyarrow.parquet as pq
+
+    rows = errors = 0
+    for path in committed_parts(directory).values():
+        if path.suffix == ".parquet":
+            column = pq.read_table(path, columns=["error"]).column("error")
+        else:
+            column = pj.read_json(path).column("error")
+        rows += len(column)
+        errors += len(column) - column.null_count
+    return rows, errors
