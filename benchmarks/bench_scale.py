@@ -1,0 +1,285 @@
+"""Benchmark: inference on Ray (vilt.scale) against the same work in one process, side by side.
+
+Sections (``--only`` picks some; each reports ratios measured in this run, on this machine):
+
+* ``batch``: ``vilt batch vqa`` on an embedded one-node Ray (2 replicas of 1 thread, CPU decoding tasks)
+  against the in-process pipeline (``vilt.pipeline("vqa")`` on the same rows, all cores), easy-VQA rows
+  and the bundled model; both from files to answers, the model load included, Ray's own start not
+  (a long job pays it once). The rounds alternate.
+* ``nodes``: the same job on a local Ray cluster of one node (1 CPU, 1 replica) and of two nodes (1 CPU
+  each, 2 replicas), started on this machine (tests/ray_cluster.py): scaling as measured on its cores.
+* ``rank``: image-text ranking in pairs per second: transformers' way (``ViltForImageAndTextRetrieval``
+  called on each batch of 32 (image, text) pairs, float32, the processor run on each batch), ours in
+  process (each image embedded once, 1024 pairs per forward, float32 and the CPU's default dtype), and
+  ``vilt.scale.ranking.rank`` on an embedded Ray (tasks of blocks, image tokens cached, default dtype).
+* ``serve``: requests per second of ``vilt serve --replicas 1`` and ``--replicas 2`` on Ray Serve under
+  the same closed-loop load (see ``serve_load``).
+
+Run: ``flock /tmp/vilt-bench.lock python benchmarks/bench_scale.py --out benchmarks/results/scale.txt``
+(needs ``vilt[scale]``, ``easy-vqa``, ``transformers``; ``--model`` a retrieval model directory, e.g.
+``runs/retrieval-easy-vqa/model`` from examples/pretrain_retrieval_easy_vqa.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from common import machine_info
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the local multi-node cluster of the tests
+sys.path.insert(0, str(ROOT / "examples"))
+
+
+def rounds(contestants: dict[str, Callable[[], float]], repetitions: int) -> dict[str, list[float]]:
+    """Each contestant's measured seconds per round, the order rotating every round."""
+    names = list(contestants)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repetitions):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            seconds[name].append(contestants[name]())
+    return seconds
+
+
+def vqa_table(folder: Path, rows: int) -> Path:
+    from easy_vqa_corpus import questions
+
+    path = folder / f"q{rows}.jsonl"
+    if not path.exists():
+        questions(path, rows)
+    return path
+
+
+class PartWatcher:
+    """Records when each part file of a job's output appears (polled every 50 ms, in a thread)."""
+
+    def __init__(self, out: Path) -> None:
+        import threading
+
+        self.out, self.seen, self.stop = out, {}, threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        from vilt.scale.parts import committed_parts
+
+        while not self.stop.is_set():
+            for key in committed_parts(self.out):
+                self.seen.setdefault(key, time.perf_counter())
+            time.sleep(0.05)
+
+    def steady_rows_per_second(self) -> float:
+        """Rows per second from the first committed part to the last: the job's pace once it runs."""
+        self.stop.set()
+        self.thread.join()
+        times = sorted((t, stop - start) for (start, stop), t in self.seen.items())
+        return sum(rows for _, rows in times[1:]) / max(times[-1][0] - times[0][0], 1e-9)
+
+
+def in_process_vqa(table: Path, part_rows: int) -> tuple[float, float]:
+    """(seconds in all, rows per second once the model is loaded) answering the table in this process."""
+    import vilt
+    from vilt.scale.batch import read_table
+
+    start = time.perf_counter()
+    rows = read_table(table).to_pylist()
+    vqa = vilt.pipeline("vqa")
+    loaded = time.perf_counter()
+    vqa([row["image"] for row in rows], [row["question"] for row in rows], top_k=5)
+    end = time.perf_counter()
+    return end - start, len(rows) / (end - loaded)
+
+
+def ray_vqa(table: Path, part_rows: int, **options: object) -> tuple[float, float]:
+    """(seconds in all, steady rows per second) of a ``vilt batch vqa`` job on the embedded Ray."""
+    from vilt.scale import batch
+
+    with tempfile.TemporaryDirectory() as out:
+        watcher = PartWatcher(Path(out))
+        start = time.perf_counter()
+        batch.run("vqa", table, out, progress=False, part_rows=part_rows, **options)
+        return time.perf_counter() - start, watcher.steady_rows_per_second()
+
+
+def bench_batch(rows: int, repetitions: int) -> list[str]:
+    from vilt.scale.cluster import connect
+
+    folder = Path(tempfile.mkdtemp())
+    table = vqa_table(folder, rows)
+    ray = connect(None)
+    part_rows = max(1, rows // 20)
+    options = {"replicas": 2, "replica_cpus": 0.75, "decode_cpus": 0.25}
+    measured = rounds({"in-process pipeline": lambda: in_process_vqa(table, part_rows),
+                       "embedded Ray, 1 node": lambda: ray_vqa(table, part_rows, **options)}, repetitions)  # fmt: skip
+    ray.shutdown()
+    base = statistics.median(rate for _, rate in measured["in-process pipeline"])
+    lines = [f"## batch: {rows} easy-VQA rows, bundled model, median of {repetitions} alternating rounds",
+             "(steady: rows per second once answering, i.e. in-process after the model load, on Ray from the "
+             "first committed part to the last; in all: from the table to the answers, model load and Ray's "
+             "workers starting included, Ray itself started before)", ""]  # fmt: skip
+    for name, values in measured.items():
+        total = statistics.median(seconds for seconds, _ in values)
+        rate = statistics.median(r for _, r in values)
+        lines.append(f"{name:22s} steady {rate:7.1f} rows/s ({rate / base - 1:+.1%} vs in-process)   "
+                     f"in all {total:6.2f} s = {rows / total:6.1f} rows/s")  # fmt: skip
+    return lines
+
+
+def job_in_subprocess(table: Path, address: str, env: dict[str, str], part_rows: int, **options: object) -> tuple[float, float]:
+    """(seconds, steady rows per second) of a ``vilt batch vqa`` job driven from a fresh process that
+    joins the cluster at ``address``."""
+    import subprocess
+
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
+    with tempfile.TemporaryDirectory() as out:
+        command = [str(Path(sys.executable).with_name("vilt")), "batch", "vqa", "--input", str(table),
+                   "--output", out, "--address", address, "--quiet", f"--part-rows={part_rows}", *flags]  # fmt: skip
+        watcher = PartWatcher(Path(out))
+        start = time.perf_counter()
+        subprocess.run(command, env=env, check=True, capture_output=True)
+        return time.perf_counter() - start, watcher.steady_rows_per_second()
+
+
+def bench_nodes(rows: int, repetitions: int) -> list[str]:
+    from ray_cluster import LocalCluster
+
+    folder = Path(tempfile.mkdtemp())
+    table = vqa_table(folder, rows)
+    cluster = LocalCluster(folder, workers=0, cpus=1)
+    options = {"replica_cpus": 0.75, "decode_cpus": 0.25}
+    part_rows = max(1, rows // 20)
+    try:
+        one = [job_in_subprocess(table, cluster.address, cluster.env, part_rows, replicas=1, **options)
+               for _ in range(repetitions)]  # fmt: skip
+        cluster.add_worker(0)
+        cluster.wait_for_nodes(2)
+        two = [job_in_subprocess(table, cluster.address, cluster.env, part_rows, replicas=2, **options)
+               for _ in range(repetitions)]  # fmt: skip
+    finally:
+        cluster.stop()
+    lines = [f"## nodes: {rows} easy-VQA rows on a local cluster of 1-CPU nodes on this machine "
+             f"({os.cpu_count()} cores, shared with whatever else runs), each job a fresh driver process, "
+             f"median of {repetitions}", ""]  # fmt: skip
+    rates = {}
+    for name, values in (("1 node,  1 replica ", one), ("2 nodes, 2 replicas", two)):
+        total = statistics.median(seconds for seconds, _ in values)
+        rates[name] = statistics.median(r for _, r in values)
+        lines.append(f"{name}  steady {rates[name]:7.1f} rows/s   in all {total:6.2f} s = {rows / total:6.1f} rows/s")
+    a, b = rates.values()
+    lines.append(f"steady speed-up, 2 nodes / 1 node: {b / a:.2f}x")
+    return lines
+
+
+def bench_rank(model: str, num_images: int, num_texts: int, repetitions: int) -> list[str]:
+    import numpy as np
+    import torch
+    import transformers
+    from easy_vqa_corpus import corpus
+
+    import vilt
+    from vilt.scale import ranking
+    from vilt.scale.cluster import connect
+
+    folder = Path(tempfile.mkdtemp())
+    corpus(folder / "images.jsonl", folder / "texts.jsonl", num_images, max(1, num_texts // num_images))
+    data = ranking.read_corpus(folder / "images.jsonl", folder / "texts.jsonl")
+    images, texts = data.images[:num_images], data.texts[:num_texts]
+    pairs = len(images) * len(texts)
+
+    reference = transformers.ViltForImageAndTextRetrieval.from_pretrained(model).eval()
+    processor = transformers.ViltProcessor.from_pretrained(model)
+    from PIL import Image
+
+    def transformers_way() -> np.ndarray:
+        scores = np.zeros((len(images), len(texts)), np.float32)
+        with torch.inference_mode():
+            for i, path in enumerate(images):
+                image = Image.open(path).convert("RGB")
+                for start in range(0, len(texts), 32):
+                    chunk = texts[start : start + 32]
+                    encoding = processor(images=[image] * len(chunk), text=chunk, padding=True, return_tensors="pt")
+                    scores[i, start : start + len(chunk)] = reference(**encoding).logits[:, 0].numpy()
+        return scores
+
+    ours32 = vilt.pipeline("retrieval", model, dtype="float32")
+    ours = vilt.pipeline("retrieval", model)
+    results: dict[str, np.ndarray] = {}
+
+    def timed(name: str, work: Callable[[], np.ndarray | None]) -> Callable[[], float]:
+        def run() -> float:
+            start = time.perf_counter()
+            out = work()
+            if out is not None:
+                results[name] = out
+            return time.perf_counter() - start
+
+        return run
+
+    def on_ray() -> None:
+        with tempfile.TemporaryDirectory() as out:
+            ranking.rank(ranking.Corpus(images, texts, list(range(len(images))), list(range(len(texts))), None),
+                         model, out, batch_size=1024, image_block=max(1, len(images) // 2),
+                         text_block=len(texts), progress=False)  # fmt: skip
+
+    ray = connect(None)
+    seconds = rounds({
+        "transformers, 32 pairs per call, float32": timed("reference", transformers_way),
+        "vilt in-process, float32": timed("ours32", lambda: ours32(images=images, texts=texts, batch_size=1024)),
+        f"vilt in-process, {ours.dtype}": timed("ours", lambda: ours(images=images, texts=texts, batch_size=1024)),
+        f"vilt.scale rank, embedded Ray, {ours.dtype}": timed("ray", on_ray),
+    }, repetitions)  # fmt: skip
+    ray.shutdown()
+    base = statistics.median(seconds["transformers, 32 pairs per call, float32"])
+    lines = [f"## rank: {len(images)} images x {len(texts)} texts = {pairs} pairs, model {model}, "
+             f"median of {repetitions} alternating rounds", ""]  # fmt: skip
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        lines.append(f"{name:44s} {pairs / median:9.1f} pairs/s  {base / median:6.2f}x transformers")
+    difference = float(np.abs(results["ours32"] - results["reference"]).max())
+    lines.append(f"largest score difference, vilt float32 vs transformers: {difference:.2e}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", default=["batch", "nodes", "rank", "serve"])
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--model", default=str(ROOT / "runs" / "retrieval-easy-vqa" / "model"))
+    parser.add_argument("--images", type=int, default=20)
+    parser.add_argument("--texts", type=int, default=200)
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the local test cluster runs without tokens
+    lines = ["# vilt.scale benchmarks (benchmarks/bench_scale.py)", ""]
+    lines += [f"{key}: {value}" for key, value in machine_info().items()]
+    lines.append(f"command: python benchmarks/bench_scale.py {' '.join(sys.argv[1:])}")
+    for section in args.only:
+        lines.append("")
+        if section == "batch":
+            lines += bench_batch(args.rows, args.repetitions)
+        elif section == "nodes":
+            lines += bench_nodes(args.rows, args.repetitions)
+        elif section == "rank":
+            lines += bench_rank(args.model, args.images, args.texts, args.repetitions)
+        elif section == "serve":
+            from serve_load import bench_serve
+
+            lines += bench_serve(args.repetitions)
+        print("\n".join(lines[-8:]), flush=True)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
