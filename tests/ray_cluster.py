@@ -50,7 +50,8 @@ class LocalCluster:
         self.cpus = cpus
         port = free_port()
         self.address = f"127.0.0.1:{port}"
-        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+                    "RAY_raylet_start_wait_time_s": "180"}  # a loaded machine starts slowly
         self.env.pop("RAY_ADDRESS", None)
         self.nodes: list[subprocess.Popen] = []
         head = [RAY, "start", "--head", "--block", f"--port={port}", f"--num-cpus={cpus}",

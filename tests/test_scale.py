@@ -342,3 +342,102 @@ def test_rank_on_two_nodes_matches_the_pipeline_and_resumes(cluster, tmp_path: P
     again = json.loads(subprocess.run(command, env=cluster.env, check=True, capture_output=True, text=True).stdout)
     assert again["pairs_scored_this_run"] == 0 and {k: v for k, v in again.items() if "R@" in k} == expected
     assert sorted((out / "image-tokens").rglob("*.safetensors")) == cached
+
+
+def replica_pids(cluster, node) -> list[int]:
+    """The model replicas (ViltReplica actors) running on a node of the cluster: the processes so named
+    whose parents lead to one of the node's processes (its raylet starts them)."""
+    ours = set(cluster.group_pids(node))
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"ServeReplica:vilt:ViltReplica" in (entry / "cmdline").read_bytes():
+                pid = int(entry.name)
+                while pid > 1 and pid not in ours:
+                    pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if pid in ours:
+                    pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_serve_replicas_across_nodes_answer_as_the_server_and_survive_a_replica_kill(cluster, tmp_path: Path) -> None:
+    import threading
+    from collections import Counter
+
+    import httpx
+    from serve_process import free_port, wait_for
+
+    easy_vqa = pytest.importorskip("easy_vqa")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    server = subprocess.Popen([VILT, "serve", "--replicas", "2", "--replica-cpus", "0.5", "--port", str(port),
+                               "--address", cluster.address], env=cluster.env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # fmt: skip
+    image = Path(easy_vqa.get_test_image_paths()[0]).read_bytes()
+
+    def ask(client: httpx.Client) -> httpx.Response:
+        return client.post(f"{url}/v1/vqa", files={"image": ("x.png", image, "image/png")},
+                           data={"question": "what color is the shape?"})  # fmt: skip
+
+    try:
+        wait_for(lambda: _status(f"{url}/readyz") == 200, 300, "the replicas to be ready")
+        # one replica on each node
+        assert [len(replica_pids(cluster, node)) for node in cluster.nodes] == [1, 1]
+        with httpx.Client(timeout=30) as client:
+            assert client.get(url + "/").headers["content-type"].startswith("text/html")
+            expected = vilt.pipeline("vqa")(str(easy_vqa.get_test_image_paths()[0]), "what color is the shape?")
+            answers = ask(client).json()["answers"]
+            assert [a["answer"] for a in answers] == [a["answer"] for a in expected]
+            bad = client.post(f"{url}/v1/vqa", json={"image": "x", "question": ""})
+            assert bad.status_code == 422 and "question" in bad.json()["error"]
+
+        statuses: Counter = Counter()
+        stop = threading.Event()
+
+        def load() -> None:
+            with httpx.Client(timeout=30) as client:
+                while not stop.is_set():
+                    try:
+                        response = ask(client)
+                        clear = response.status_code == 200 or "error" in response.json()
+                        statuses[response.status_code if clear else "unclear"] += 1
+                    except httpx.TimeoutException:
+                        statuses["timeout"] += 1
+
+        threads = [threading.Thread(target=load) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: statuses[200] >= 20, 60, "answers under load")
+        victim = replica_pids(cluster, cluster.nodes[1])[0]
+        os.kill(victim, signal.SIGKILL)
+        served_before = statuses[200]
+        # Serve starts a new replica; meanwhile the other one answers
+        wait_for(lambda: sum(len(replica_pids(cluster, n)) for n in cluster.nodes) == 2 and victim not in
+                 replica_pids(cluster, cluster.nodes[1]), 120, "the replica to come back")  # fmt: skip
+        wait_for(lambda: statuses[200] >= served_before + 20, 60, "answers after the kill")
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+            assert not thread.is_alive()  # nothing hangs
+        assert set(statuses) <= {200, 503} and statuses[200] > 0, statuses
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def _status(url: str) -> int:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=5).status_code
+    except httpx.HTTPError:
+        return 0
