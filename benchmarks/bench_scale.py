@@ -12,8 +12,9 @@ Sections (``--only`` picks some; each reports ratios measured in this run, on th
   called on each batch of 32 (image, text) pairs, float32, the processor run on each batch), ours in
   process (each image embedded once, 1024 pairs per forward, float32 and the CPU's default dtype), and
   ``vilt.scale.ranking.rank`` on an embedded Ray (tasks of blocks, image tokens cached, default dtype).
-* ``serve``: requests per second of ``vilt serve --replicas 1`` and ``--replicas 2`` on Ray Serve under
-  the same closed-loop load (see ``serve_load``).
+* ``serve``: requests per second of the single server (``vilt serve --threads 1``), and of ``vilt serve
+  --replicas 1`` and ``--replicas 2`` (1 CPU each) on an embedded Ray Serve, under the same closed-loop
+  load of image uploads.
 
 Run: ``flock /tmp/vilt-bench.lock python benchmarks/bench_scale.py --out benchmarks/results/scale.txt``
 (needs ``vilt[scale]``, ``easy-vqa``, ``transformers``; ``--model`` a retrieval model directory, e.g.
@@ -248,6 +249,84 @@ def bench_rank(model: str, num_images: int, num_texts: int, repetitions: int) ->
     return lines
 
 
+def closed_loop(url: str, seconds: float, clients: int) -> tuple[float, dict[str, int]]:
+    """Requests per second answered 200 by ``clients`` clients each sending the next request as soon as the
+    last is answered (an easy-VQA image upload to /v1/vqa), over ``seconds``; and the statuses seen."""
+    import threading
+    from collections import Counter
+
+    import easy_vqa
+    import httpx
+
+    image = Path(easy_vqa.get_test_image_paths()[0]).read_bytes()
+    statuses: Counter = Counter()
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                response = http.post(f"{url}/v1/vqa", files={"image": ("x.png", image, "image/png")},
+                                     data={"question": "what color is the shape?"})  # fmt: skip
+                statuses[str(response.status_code)] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2)  # warm up
+    before, start = statuses["200"], time.perf_counter()
+    time.sleep(seconds)
+    answered, elapsed = statuses["200"] - before, time.perf_counter() - start
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return answered / elapsed, dict(statuses)
+
+
+def bench_serve(seconds: float, clients: int) -> list[str]:
+    import signal
+    import subprocess
+
+    from serve_process import free_port, wait_for
+
+    def ready(url: str) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(url + "/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    vilt_command = str(Path(sys.executable).with_name("vilt"))
+    setups = {
+        "single server (vilt serve --threads 1)": ["--threads", "1"],
+        "Ray Serve, 1 replica of 1 CPU": ["--replicas", "1", "--replica-cpus", "1"],
+        "Ray Serve, 2 replicas of 1 CPU": ["--replicas", "2", "--replica-cpus", "1"],
+    }
+    lines = [f"## serve: closed loop of {clients} clients for {seconds:.0f} s, easy-VQA image uploads to /v1/vqa, "
+             "bundled model, embedded Ray on this machine", ""]  # fmt: skip
+    rates = {}
+    for name, flags in setups.items():
+        port = free_port()
+        with tempfile.TemporaryFile() as log:
+            server = subprocess.Popen([vilt_command, "serve", "--port", str(port), *flags], stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+            try:
+                wait_for(lambda port=port: ready(f"http://127.0.0.1:{port}"), 300, name)
+                rates[name], statuses = closed_loop(f"http://127.0.0.1:{port}", seconds, clients)
+            finally:
+                server.send_signal(signal.SIGTERM)
+                try:
+                    server.wait(60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(server.pid, signal.SIGKILL)
+                    server.wait()
+        lines.append(f"{name:40s} {rates[name]:7.1f} requests/s   (statuses {statuses})")
+    one, two = rates["Ray Serve, 1 replica of 1 CPU"], rates["Ray Serve, 2 replicas of 1 CPU"]
+    lines.append(f"2 replicas / 1 replica: {two / one:.2f}x; 1 replica / single server: "
+                 f"{one / rates['single server (vilt serve --threads 1)']:.2f}x")  # fmt: skip
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", default=["batch", "nodes", "rank", "serve"])
@@ -256,6 +335,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--texts", type=int, default=200)
     parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--serve-seconds", type=float, default=20)
+    parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the local test cluster runs without tokens
@@ -271,9 +352,7 @@ def main() -> None:
         elif section == "rank":
             lines += bench_rank(args.model, args.images, args.texts, args.repetitions)
         elif section == "serve":
-            from serve_load import bench_serve
-
-            lines += bench_serve(args.repetitions)
+            lines += bench_serve(args.serve_seconds, args.clients)
         print("\n".join(lines[-8:]), flush=True)
     text = "\n".join(lines) + "\n"
     print(text)
