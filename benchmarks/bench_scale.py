@@ -24,7 +24,6 @@ Run: ``flock /tmp/vilt-bench.lock python benchmarks/bench_scale.py --out benchma
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -134,7 +133,9 @@ def bench_batch(rows: int, repetitions: int) -> list[str]:
     return lines
 
 
-def job_in_subprocess(table: Path, address: str, env: dict[str, str], part_rows: int, **options: object) -> tuple[float, float]:
+def job_in_subprocess(
+    table: Path, address: str, env: dict[str, str], part_rows: int, **options: object
+) -> tuple[float, float]:
     """(seconds, steady rows per second) of a ``vilt batch vqa`` job driven from a fresh process that
     joins the cluster at ``address``."""
     import subprocess
@@ -173,7 +174,9 @@ def bench_nodes(rows: int, repetitions: int) -> list[str]:
     for name, values in (("1 node,  1 replica ", one), ("2 nodes, 2 replicas", two)):
         total = statistics.median(seconds for seconds, _ in values)
         rates[name] = statistics.median(r for _, r in values)
-        lines.append(f"{name}  steady {rates[name]:7.1f} rows/s   in all {total:6.2f} s = {rows / total:6.1f} rows/s")
+        lines.append(
+            f"{name}  steady {rates[name]:7.1f} rows/s   in all {total:6.2f} s = {rows / total:6.1f} rows/s"
+        )
     a, b = rates.values()
     lines.append(f"steady speed-up, 2 nodes / 1 node: {b / a:.2f}x")
     return lines
@@ -206,7 +209,9 @@ def bench_rank(model: str, num_images: int, num_texts: int, repetitions: int) ->
                 image = Image.open(path).convert("RGB")
                 for start in range(0, len(texts), 32):
                     chunk = texts[start : start + 32]
-                    encoding = processor(images=[image] * len(chunk), text=chunk, padding=True, return_tensors="pt")
+                    encoding = processor(
+                        images=[image] * len(chunk), text=chunk, padding=True, return_tensors="pt"
+                    )
                     scores[i, start : start + len(chunk)] = reference(**encoding).logits[:, 0].numpy()
         return scores
 
@@ -328,7 +333,9 @@ def bench_serve(seconds: float, clients: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", nargs="*", default=["batch", "nodes", "rank", "serve"])
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--model", default=str(ROOT / "runs" / "retrieval-easy-vqa" / "model"))

@@ -25,3 +25,26 @@ vilt train --task pretrain --dataset easy-vqa --output-dir "$WORK/pretrain" \
     2> >(tr '\r' '\n' | grep -v '^\s*$' >> "$WORK/pretrain/console.txt")
 cp "$WORK/pretrain/log.csv" "$RESULTS/pretrain.log.csv"
 cp "$WORK/pretrain/train.log" "$RESULTS/pretrain.train.log"
+
+# the ITM head as a retrieval head (rank_output = the "matches" logit minus the other)
+python -c "import sys; from vilt.scale.ranking import retrieval_model_from_itm as f; f(sys.argv[1], sys.argv[2])" \
+    "$WORK/pretrain/best" "$WORK/model"
+cp "$WORK/model/config.json" "$RESULTS/model-config.json"
+
+# the corpus: the 1,000 easy-VQA test images, 5 texts each; then every text against every image
+python examples/easy_vqa_corpus.py corpus "$WORK/images.jsonl" "$WORK/texts.jsonl" --images 1000 --texts-per-image 5 \
+    | tee "$RESULTS/corpus.txt"
+vilt batch rank --images "$WORK/images.jsonl" --texts "$WORK/texts.jsonl" --model "$WORK/model" \
+    --output "$WORK/ranked" --batch-size 1024 --image-block 100 --text-block 1000 --top-k 10 \
+    2> >(tr '\r' '\n' | grep -v '^\s*$' | tail -n 3 >> "$WORK/rank-console.txt") | tee "$RESULTS/rank-metrics.json"
+python - "$WORK/ranked" "$RESULTS" <<'PY'
+import json, sys
+from pathlib import Path
+import pyarrow.parquet as pq
+ranked, results = Path(sys.argv[1]), Path(sys.argv[2])
+texts = {json.loads(line)["id"]: json.loads(line)["text"] for line in open(ranked.parent / "texts.jsonl")}
+lines = []
+for row in pq.read_table(ranked / "text_to_images.parquet").slice(0, 10).to_pylist():
+    lines.append(f"{texts[row['id']]!r}: " + ", ".join(f"{i} ({s:.2f})" for i, s in zip(row["top"][:3], row["scores"][:3])))
+(results / "rank-examples.txt").write_text("the 3 best images of the first 10 texts:\n" + "\n".join(lines) + "\n")
+PY

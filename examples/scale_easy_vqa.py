@@ -35,11 +35,15 @@ VILT = str(Path(sys.executable).with_name("vilt"))
 def run(command: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
     start = time.perf_counter()
     out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
-    return time.perf_counter() - start, out.stdout.strip().splitlines()[-1]  # the summary (Ray may print above)
+    return time.perf_counter() - start, out.stdout.strip().splitlines()[
+        -1
+    ]  # the summary (Ray may print above)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=10000)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "scale-easy-vqa")
     args = parser.parse_args()
@@ -62,7 +66,9 @@ def main() -> None:
         command = [VILT, "batch", "vqa", *common, "--output", str(out), "--overwrite", "--address", cluster.address,
                    "--replicas", "2", "--replica-cpus", "0.4", "--decode-cpus", "0.2"]  # fmt: skip
         start = time.perf_counter()
-        job = subprocess.Popen(command, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        job = subprocess.Popen(
+            command, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         while len(committed_parts(out)) < 3 and job.poll() is None:
             time.sleep(0.2)
         cluster.kill_raylet(cluster.nodes[1])

@@ -50,8 +50,12 @@ class LocalCluster:
         self.cpus = cpus
         port = free_port()
         self.address = f"127.0.0.1:{port}"
-        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-                    "RAY_raylet_start_wait_time_s": "180"}  # a loaded machine starts slowly
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_raylet_start_wait_time_s": "180",
+        }  # a loaded machine starts slowly
         self.env.pop("RAY_ADDRESS", None)
         self.nodes: list[subprocess.Popen] = []
         head = [RAY, "start", "--head", "--block", f"--port={port}", f"--num-cpus={cpus}",
@@ -65,7 +69,9 @@ class LocalCluster:
 
     def _start(self, command: list[str], name: str) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 (kept open for the node's life)
-        node = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        node = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
         self.nodes.append(node)
         return node
 
@@ -77,10 +83,12 @@ class LocalCluster:
     def alive_nodes(self) -> int:
         """Nodes the cluster counts as alive (asked in a subprocess: the test process stays out of Ray)."""
         code = (
-            "import ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
-            "print(sum(n['Alive'] for n in ray.nodes()))" % self.address
+            f"import ray; ray.init(address={self.address!r}, logging_level='ERROR', log_to_driver=False); "
+            "print(sum(n['Alive'] for n in ray.nodes()))"
         )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=self.env, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=self.env, timeout=120
+        )
         return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
 
     def wait_for_nodes(self, count: int) -> None:

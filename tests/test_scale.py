@@ -72,7 +72,9 @@ def numpy_batch(rows: list[dict]) -> dict[str, np.ndarray]:
     [("visual-question-answering", None), ("nlvr2", "ViltForImagesAndTextClassification"),
      ("fill-mask", "ViltForMaskedLM")],
 )  # fmt: skip
-def test_prepared_rows_and_a_replica_answer_as_the_pipeline(tmp_path: Path, task: str, architecture: str | None) -> None:
+def test_prepared_rows_and_a_replica_answer_as_the_pipeline(
+    tmp_path: Path, task: str, architecture: str | None
+) -> None:
     model = str(BUNDLED) if architecture is None else str(save_tiny(tmp_path / "model", architecture))
     images = write_images(tmp_path / "images", 5)
     text = {"visual-question-answering": "what color is the shape?", "nlvr2": "there is a shape",
@@ -182,7 +184,9 @@ def test_itm_head_becomes_an_exact_retrieval_head(tmp_path: Path) -> None:
     retrieval = vilt.ViltForImageAndTextRetrieval.from_pretrained(tmp_path / "retrieval").eval()
     processor = vilt.ViltProcessor.from_pretrained(tmp_path / "retrieval")
     images = [random_image(32, 32, seed) for seed in range(3)]
-    batch = processor(images=images, text=["a red circle", "two", "a blue shape"], padding=True, return_tensors="pt")
+    batch = processor(
+        images=images, text=["a red circle", "two", "a blue shape"], padding=True, return_tensors="pt"
+    )
     with torch.no_grad():
         logits = itm(**batch).logits
         scores = retrieval(**batch).logits[:, 0]
@@ -191,7 +195,9 @@ def test_itm_head_becomes_an_exact_retrieval_head(tmp_path: Path) -> None:
 
 def test_read_corpus_ground_truth(tmp_path: Path) -> None:
     images = write_jsonl(tmp_path / "i.jsonl", [{"id": "a", "image": "x.png"}, {"id": "b", "image": "y.png"}])
-    texts = write_jsonl(tmp_path / "t.jsonl", [{"text": "one", "image_ids": ["b"]}, {"text": "two", "image_ids": ["a", "b"]}])
+    texts = write_jsonl(
+        tmp_path / "t.jsonl", [{"text": "one", "image_ids": ["b"]}, {"text": "two", "image_ids": ["a", "b"]}]
+    )
     corpus = read_corpus(images, texts)
     assert corpus.relevant == [[1], [0, 1]] and corpus.image_ids == ["a", "b"]
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "one", "image_id": "z"}])
@@ -281,7 +287,9 @@ def test_batch_job_killed_and_rerun_resumes_on_an_embedded_ray(tmp_path: Path) -
     subprocess.run(batch_command(table, out), check=True, capture_output=True, timeout=600)
     after = parts.committed_parts(out)
     assert len(after) == 12
-    assert {r: (after[r].stat().st_ino, after[r].stat().st_mtime_ns) for r in before} == before  # kept as they were
+    assert {
+        r: (after[r].stat().st_ino, after[r].stat().st_mtime_ns) for r in before
+    } == before  # kept as they were
     check_output(out, rows)
 
 
@@ -314,7 +322,9 @@ def test_batch_on_two_nodes_matches_the_pipeline_and_survives_a_node_kill(cluste
 def test_rank_on_two_nodes_matches_the_pipeline_and_resumes(cluster, tmp_path: Path) -> None:
     model = save_tiny(tmp_path / "model", "ViltForImageAndTextRetrieval")
     images = write_images(tmp_path / "images", 12)
-    image_table = write_jsonl(tmp_path / "images.jsonl", [{"id": f"i{n}", "image": p} for n, p in enumerate(images)])
+    image_table = write_jsonl(
+        tmp_path / "images.jsonl", [{"id": f"i{n}", "image": p} for n, p in enumerate(images)]
+    )
     texts = [f"a picture number {n} of {'red blue green'.split()[n % 3]} noise" for n in range(30)]
     text_table = write_jsonl(tmp_path / "texts.jsonl",
                              [{"text": t, "image_ids": [f"i{n % 12}"]} for n, t in enumerate(texts)])  # fmt: skip
@@ -322,7 +332,9 @@ def test_rank_on_two_nodes_matches_the_pipeline_and_resumes(cluster, tmp_path: P
     command = [VILT, "batch", "rank", "--images", str(image_table), "--texts", str(text_table), "--model", str(model),
                "--output", str(out), "--dtype", "float32", "--image-block", "5", "--text-block", "12",
                "--batch-size", "64", "--task-cpus", "0.5", "--top-k", "4", "--quiet", "--address", cluster.address]  # fmt: skip
-    first = json.loads(subprocess.run(command, env=cluster.env, check=True, capture_output=True, text=True).stdout)
+    first = json.loads(
+        subprocess.run(command, env=cluster.env, check=True, capture_output=True, text=True).stdout
+    )
     assert first["pairs"] == first["pairs_scored_this_run"] == 360
 
     scores = vilt.pipeline("retrieval", str(model), device="cpu", dtype="float32")(images=images, texts=texts)
@@ -339,7 +351,9 @@ def test_rank_on_two_nodes_matches_the_pipeline_and_resumes(cluster, tmp_path: P
 
     cached = sorted((out / "image-tokens").rglob("*.safetensors"))
     assert len(cached) == 12
-    again = json.loads(subprocess.run(command, env=cluster.env, check=True, capture_output=True, text=True).stdout)
+    again = json.loads(
+        subprocess.run(command, env=cluster.env, check=True, capture_output=True, text=True).stdout
+    )
     assert again["pairs_scored_this_run"] == 0 and {k: v for k, v in again.items() if "R@" in k} == expected
     assert sorted((out / "image-tokens").rglob("*.safetensors")) == cached
 
@@ -363,7 +377,9 @@ def replica_pids(cluster, node) -> list[int]:
 
 
 @pytest.mark.slow
-def test_serve_replicas_across_nodes_answer_as_the_server_and_survive_a_replica_kill(cluster, tmp_path: Path) -> None:
+def test_serve_replicas_across_nodes_answer_as_the_server_and_survive_a_replica_kill(
+    cluster, tmp_path: Path
+) -> None:
     import threading
     from collections import Counter
 
@@ -389,7 +405,9 @@ def test_serve_replicas_across_nodes_answer_as_the_server_and_survive_a_replica_
         assert [len(replica_pids(cluster, node)) for node in cluster.nodes] == [1, 1]
         with httpx.Client(timeout=30) as client:
             assert client.get(url + "/").headers["content-type"].startswith("text/html")
-            expected = vilt.pipeline("vqa")(str(easy_vqa.get_test_image_paths()[0]), "what color is the shape?")
+            expected = vilt.pipeline("vqa")(
+                str(easy_vqa.get_test_image_paths()[0]), "what color is the shape?"
+            )
             answers = ask(client).json()["answers"]
             assert [a["answer"] for a in answers] == [a["answer"] for a in expected]
             bad = client.post(f"{url}/v1/vqa", json={"image": "x", "question": ""})

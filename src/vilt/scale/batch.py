@@ -365,7 +365,9 @@ def run(
 
     spec, source = _check_task_and_model(task, model)
     if output_format not in parts.FORMATS:
-        raise ViltInputError(f"output_format must be one of {', '.join(parts.FORMATS)}, got {output_format!r}")
+        raise ViltInputError(
+            f"output_format must be one of {', '.join(parts.FORMATS)}, got {output_format!r}"
+        )
     table = read_table(input, image_root)
     task_columns(spec.pipeline, table.column_names)  # before Ray starts
     job = {
@@ -387,7 +389,9 @@ def run(
     _set_progress(ray, progress)
     if todo:
         blocks = [_rows(table, start, stop) for start, stop in todo]
-        blocks = [block.slice(i, BLOCK_ROWS) for block in blocks for i in range(0, block.num_rows, BLOCK_ROWS)]
+        blocks = [
+            block.slice(i, BLOCK_ROWS) for block in blocks for i in range(0, block.num_rows, BLOCK_ROWS)
+        ]
         answered = predict(ray.data.from_arrow(blocks), spec.pipeline, source, **options)
         total = sum(stop - start for start, stop in todo)
         with tqdm(total=total, desc=f"vilt batch {spec.name}", unit="row", disable=not progress) as bar:
@@ -438,7 +442,9 @@ def _commit(
             start, stop = expected[row_id // part_rows]
             if len(part) == stop - start:
                 rows = [part[i] for i in range(start, stop)]
-                parts.write_part(output, start, stop, pa.Table.from_pylist(rows, schema=_schema(task, rows)), fmt)
+                parts.write_part(
+                    output, start, stop, pa.Table.from_pylist(rows, schema=_schema(task, rows)), fmt
+                )
                 del pending[row_id // part_rows]
     if pending:
         missing = sum(expected[p][1] - expected[p][0] - len(rows) for p, rows in pending.items())
@@ -469,7 +475,10 @@ def _summary(task: str, result: Any) -> dict[str, Any]:
         best = result[0] if result else {}
         return {"answer": best.get("answer"), "score": best.get("score")}
     if task == "nlvr2":
-        return {"label": None if result is None else result["label"], "score": None if result is None else result["score"]}
+        return {
+            "label": None if result is None else result["label"],
+            "score": None if result is None else result["score"],
+        }
     return {"sequence": None if result is None else result["sequence"]}
 
 
@@ -489,4 +498,13 @@ def _schema(task: str, rows: list[dict[str, Any]]) -> Any:
     return pa.schema(fields + summary)
 
 
-__all__ = ["BATCH_TASKS", "COLUMNS", "Predictor", "import_ray", "predict", "prepare_rows", "read_table", "run"]
+__all__ = [
+    "BATCH_TASKS",
+    "COLUMNS",
+    "Predictor",
+    "import_ray",
+    "predict",
+    "prepare_rows",
+    "read_table",
+    "run",
+]

@@ -33,10 +33,10 @@ def _common(parent: argparse.ArgumentParser) -> None:
     )
     out = parent.add_argument_group("output")
     out.add_argument("--output", required=True, metavar="DIR", help="output directory (a rerun resumes it)")
+    out.add_argument("--overwrite", action="store_true", help="start afresh where another job's output is")
     out.add_argument(
-        "--overwrite", action="store_true", help="start afresh where another job's output is"
+        "--image-root", metavar="DIR", help="where relative image paths start (default: the table's folder)"
     )
-    out.add_argument("--image-root", metavar="DIR", help="where relative image paths start (default: the table's folder)")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -65,19 +65,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         command.add_argument(
             "--model",
             default=None,
-            help="hub id or model directory" + (" (default: the bundled easy-VQA model)" if name == "vqa" else " (required)"),
+            help="hub id or model directory"
+            + (" (default: the bundled easy-VQA model)" if name == "vqa" else " (required)"),
         )
         _common(command)
         run = command.add_argument_group("the job")
         run.add_argument("--replicas", type=_positive(int), default=1, help="model replicas (default 1)")
-        run.add_argument("--replica-cpus", type=_positive(float), default=1.0, help="CPUs per replica (default 1)")
+        run.add_argument(
+            "--replica-cpus", type=_positive(float), default=1.0, help="CPUs per replica (default 1)"
+        )
         run.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs per replica (default 0)")
-        run.add_argument("--decode-cpus", type=_positive(float), default=0.5, help="CPUs per decoding task (default 0.5)")
-        run.add_argument("--batch-size", type=_positive(int), default=32, help="rows per forward pass (default 32)")
-        run.add_argument("--part-rows", type=_positive(int), default=1000, help="rows per committed part (default 1000)")
+        run.add_argument(
+            "--decode-cpus", type=_positive(float), default=0.5, help="CPUs per decoding task (default 0.5)"
+        )
+        run.add_argument(
+            "--batch-size", type=_positive(int), default=32, help="rows per forward pass (default 32)"
+        )
+        run.add_argument(
+            "--part-rows", type=_positive(int), default=1000, help="rows per committed part (default 1000)"
+        )
         run.add_argument("--format", choices=["parquet", "jsonl"], default="parquet", help="output format")
         if name == "vqa":
-            run.add_argument("--top-k", type=_positive(int), default=5, help="answers kept per question (default 5)")
+            run.add_argument(
+                "--top-k", type=_positive(int), default=5, help="answers kept per question (default 5)"
+            )
         command.set_defaults(handler=run_table)
 
     rank = tasks.add_parser(
@@ -101,7 +112,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     job.add_argument("--cache-dir", metavar="DIR", help="image token cache (default OUTPUT/image-tokens)")
     job.add_argument("--image-block", type=_positive(int), default=100, help="images per task (default 100)")
     job.add_argument("--text-block", type=_positive(int), default=1000, help="texts per task (default 1000)")
-    job.add_argument("--batch-size", type=_positive(int), default=256, help="pairs per forward pass (default 256)")
+    job.add_argument(
+        "--batch-size", type=_positive(int), default=256, help="pairs per forward pass (default 256)"
+    )
     job.add_argument("--task-cpus", type=_positive(float), default=1.0, help="CPUs per task (default 1)")
     rank.set_defaults(handler=run_rank)
 
@@ -149,7 +162,10 @@ def run_rank(args: argparse.Namespace) -> int:
     from . import ranking
 
     if args.input is None and (args.images is None or args.texts is None):
-        print("vilt batch rank: error: pass --images and --texts, or --input (a table of true pairs)", file=sys.stderr)
+        print(
+            "vilt batch rank: error: pass --images and --texts, or --input (a table of true pairs)",
+            file=sys.stderr,
+        )
         return 2
     corpus = ranking.read_corpus(args.images, args.texts, args.input, args.image_root)
     metrics = ranking.rank(

@@ -112,7 +112,9 @@ def embed_images(
     return errors
 
 
-def _load_tokens(keys: Sequence[str], model: str, cache_dir: str, device: str | None, dtype: str | None) -> Any:
+def _load_tokens(
+    keys: Sequence[str], model: str, cache_dir: str, device: str | None, dtype: str | None
+) -> Any:
     """The cached tokens of a block of images, padded into one :class:`vilt.modeling.ImageTokens`."""
     import torch
     from safetensors.torch import load_file
@@ -149,7 +151,9 @@ def score_block(
 
     scorer = _scorer(model, device, dtype)
     images = _load_tokens(keys, model, cache_dir, device, dtype)
-    texts = BatchFeature({key: torch.from_numpy(value) for key, value in tokens.items()}).to(scorer.pipe.device)
+    texts = BatchFeature({key: torch.from_numpy(value) for key, value in tokens.items()}).to(
+        scorer.pipe.device
+    )
     num_texts = tokens["input_ids"].shape[0]
     scores = np.zeros((len(keys), num_texts), dtype=np.float32)
     for rows, cols in _pair_batches(len(keys), num_texts, batch_size):
@@ -208,12 +212,23 @@ def read_corpus(
     if "text" not in text_table.column_names:
         raise ViltInputError(f"{texts} needs a text column")
     image_values = image_table.column("image").to_pylist()
-    image_ids = image_table.column("id").to_pylist() if "id" in image_table.column_names else list(range(len(image_values)))
+    image_ids = (
+        image_table.column("id").to_pylist()
+        if "id" in image_table.column_names
+        else list(range(len(image_values)))
+    )
     text_values = text_table.column("text").to_pylist()
-    text_ids = text_table.column("id").to_pylist() if "id" in text_table.column_names else list(range(len(text_values)))
+    text_ids = (
+        text_table.column("id").to_pylist()
+        if "id" in text_table.column_names
+        else list(range(len(text_values)))
+    )
     relevant = None
     row_of = {image_id: row for row, image_id in enumerate(image_ids)}
-    for column, as_list in (("image_ids", lambda v: v or []), ("image_id", lambda v: [] if v is None else [v])):
+    for column, as_list in (
+        ("image_ids", lambda v: v or []),
+        ("image_id", lambda v: [] if v is None else [v]),
+    ):
         if column in text_table.column_names:
             relevant = []
             for j, value in enumerate(text_table.column(column).to_pylist()):
@@ -275,7 +290,8 @@ def rank(
     check_top_k(top_k)
     check_batch_size(batch_size)
     for name, value in (("image_block", image_block), ("text_block", text_block)):
-        check_top_k(value)  # a positive integer, named in the message below when not
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ViltInputError(f"{name} must be a positive integer, got {value!r}")
     if not corpus.images or not corpus.texts:
         raise ViltInputError("the corpus needs at least one image and one text")
     model, output = os.fspath(model), Path(output)
@@ -295,7 +311,9 @@ def rank(
     keys = [image_key(image) if isinstance(image, str) else hashlib.sha256(repr(image).encode()).hexdigest()
             for image in corpus.images]  # fmt: skip
     embed = ray.remote(num_cpus=task_cpus)(embed_images)
-    pending = [embed.remote(corpus.images[a:b], model, cache, device, dtype, timeout) for a, b in image_ranges]
+    pending = [
+        embed.remote(corpus.images[a:b], model, cache, device, dtype, timeout) for a, b in image_ranges
+    ]
     image_errors = [e for errors in ray.get(pending) for e in errors]
     embedded = time.perf_counter()
 
@@ -340,11 +358,17 @@ def rank(
         "seconds_embedding": round(embedded - started, 2), "seconds_scoring": round(scored - embedded, 2),
     }  # fmt: skip
     if metrics["pairs_scored_this_run"]:
-        metrics["pairs_per_second"] = round(metrics["pairs_scored_this_run"] / max(scored - embedded, 1e-9), 1)
+        metrics["pairs_per_second"] = round(
+            metrics["pairs_scored_this_run"] / max(scored - embedded, 1e-9), 1
+        )
     if corpus.relevant is not None:
-        metrics.update(recall_at_k(result["text_top"], result["image_top"], corpus.relevant, len(corpus.images)))
+        metrics.update(
+            recall_at_k(result["text_top"], result["image_top"], corpus.relevant, len(corpus.images))
+        )
     _write_tables(output, corpus, result, image_errors, text_errors, top_k)
-    atomic_write(output / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=1) + "\n"))
+    atomic_write(
+        output / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=1) + "\n")
+    )
     return metrics
 
 
@@ -355,7 +379,9 @@ def _score_block_top_k(
     """A block's top ``keep`` images per text and texts per image, as global rows and columns."""
     import ray
 
-    missing = [key for key in keys if not _cache_file(cache, _scorer(model, device, dtype).fingerprint, key).exists()]
+    missing = [
+        key for key in keys if not _cache_file(cache, _scorer(model, device, dtype).fingerprint, key).exists()
+    ]
     if missing:  # another node's cache: embed here (only the images of this block are known by key)
         raise RuntimeError(
             f"{len(missing)} image token file(s) are not in {cache} on node {ray.get_runtime_context().get_node_id()}; "
@@ -435,10 +461,17 @@ def _merge(output: Path, num_images: int, num_texts: int, keep: int) -> dict[str
                 cols[queries], vals[queries] = top, scores
                 merged[side] = _best(*merged[side], cols, vals, keep)
     (text_top, text_scores), (image_top, image_scores) = merged["text"], merged["image"]
-    return {"text_top": text_top, "text_scores": text_scores, "image_top": image_top, "image_scores": image_scores}
+    return {
+        "text_top": text_top,
+        "text_scores": text_scores,
+        "image_top": image_top,
+        "image_scores": image_scores,
+    }
 
 
-def _best(idx: np.ndarray, sc: np.ndarray, new_idx: np.ndarray, new_sc: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+def _best(
+    idx: np.ndarray, sc: np.ndarray, new_idx: np.ndarray, new_sc: np.ndarray, keep: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Merge two candidate lists per row and keep the ``keep`` best (ties: the lower index)."""
     all_idx, all_sc = np.concatenate([idx, new_idx], 1), np.concatenate([sc, new_sc], 1)
     order = np.lexsort((np.where(all_idx < 0, np.iinfo(np.int64).max, all_idx), -all_sc), axis=1)[:, :keep]
@@ -479,7 +512,9 @@ def _write_tables(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    def table(ids: list[Any], errors: list[str | None], top: np.ndarray, scores: np.ndarray, other_ids: list[Any]) -> Any:
+    def table(
+        ids: list[Any], errors: list[str | None], top: np.ndarray, scores: np.ndarray, other_ids: list[Any]
+    ) -> Any:
         names, values = [], []
         for row, score in zip(top[:, :top_k], scores[:, :top_k]):
             keep = row >= 0
@@ -488,8 +523,14 @@ def _write_tables(
         return pa.table({"id": [str(i) for i in ids], "error": errors, "top": names, "scores": values})
 
     for name, arrays in (
-        ("text_to_images", (corpus.text_ids, text_errors, result["text_top"], result["text_scores"], corpus.image_ids)),
-        ("image_to_texts", (corpus.image_ids, image_errors, result["image_top"], result["image_scores"], corpus.text_ids)),
+        (
+            "text_to_images",
+            (corpus.text_ids, text_errors, result["text_top"], result["text_scores"], corpus.image_ids),
+        ),
+        (
+            "image_to_texts",
+            (corpus.image_ids, image_errors, result["image_top"], result["image_scores"], corpus.text_ids),
+        ),
     ):
         data = table(*arrays)
         atomic_write(output / f"{name}.parquet", lambda tmp, data=data: pq.write_table(data, tmp))

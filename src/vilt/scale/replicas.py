@@ -120,7 +120,7 @@ class GatewayApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
+            while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
@@ -132,7 +132,9 @@ class GatewayApp:
             status, headers, content = _error(408, "the request body did not arrive in time")
         except _TooLarge:
             limit = self.settings.max_body_bytes
-            status, headers, content = _error(413, f"the request body is larger than the server takes ({limit} bytes)")
+            status, headers, content = _error(
+                413, f"the request body is larger than the server takes ({limit} bytes)"
+            )
         else:
             status, headers, content = await self._forward(scope, body)
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -261,7 +263,9 @@ def serve_replicas(
     location = "HeadOnly" if host in ("localhost", "::1") or host.startswith("127.") else "EveryNode"
     serve.start(proxy_location=location, http_options={"host": host, "port": port})
     serve.run(deployment(model, settings, **options), name=APP_NAME, route_prefix="/")
-    logger.info("serving on http://%s:%d/ with %s replica(s) on Ray Serve", host, port, options.get("replicas"))
+    logger.info(
+        "serving on http://%s:%d/ with %s replica(s) on Ray Serve", host, port, options.get("replicas")
+    )
     if not block:
         return
     stop = threading.Event()
