@@ -209,6 +209,19 @@ def test_read_corpus_ground_truth(tmp_path: Path) -> None:
     assert len(corpus.images) == 2 and corpus.relevant == [[0], [1], [0]]
 
 
+def test_vilt_batch_refuses_bad_input_in_one_line_before_ray_starts(tmp_path: Path, capsys) -> None:
+    from vilt.cli import main
+
+    table = write_jsonl(tmp_path / "q.jsonl", [{"image": "x.png", "caption": "a red circle"}])
+    assert main(["batch", "vqa", "--input", str(table), "--output", str(tmp_path / "out")]) == 2
+    assert "needs the column(s) question or text; the table has image, caption" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main(["batch", "nlvr2", "--input", str(table), "--output", str(tmp_path / "out")]) == 2
+    assert "needs a model" in capsys.readouterr().err
+    assert main(["batch", "rank", "--model", "m", "--output", str(tmp_path / "out")]) == 2
+    assert "pass --images and --texts, or --input" in capsys.readouterr().err
+
+
 def test_vilt_batch_help_imports_neither_ray_nor_torch() -> None:
     code = "import sys; from vilt.cli import build_parser; build_parser('batch'); print('ray' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from ..commands import _positive
+from ..errors import ViltInputError
 from ..tasks import find_task
 
 TABLE_TASKS = ("vqa", "nlvr2", "fill-mask")
@@ -162,11 +162,7 @@ def run_rank(args: argparse.Namespace) -> int:
     from . import ranking
 
     if args.input is None and (args.images is None or args.texts is None):
-        print(
-            "vilt batch rank: error: pass --images and --texts, or --input (a table of true pairs)",
-            file=sys.stderr,
-        )
-        return 2
+        raise ViltInputError("pass --images and --texts, or --input (a table of true pairs)")
     corpus = ranking.read_corpus(args.images, args.texts, args.input, args.image_root)
     metrics = ranking.rank(
         corpus,
