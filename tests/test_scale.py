@@ -335,12 +335,11 @@ def test_batch_on_two_nodes_matches_the_pipeline_and_survives_a_node_kill(cluste
 def test_rank_on_two_nodes_matches_the_pipeline_and_resumes(cluster, tmp_path: Path) -> None:
     model = save_tiny(tmp_path / "model", "ViltForImageAndTextRetrieval")
     images = write_images(tmp_path / "images", 12)
-    image_table = write_jsonl(
-        tmp_path / "images.jsonl", [{"id": f"i{n}", "image": p} for n, p in enumerate(images)]
-    )
+    image_rows = [{"id": f"i{n}", "image": p} for n, p in enumerate(images)]
+    image_table = write_jsonl(tmp_path / "images.jsonl", [*image_rows, {"id": "bad", "image": "missing.png"}])
     texts = [f"a picture number {n} of {'red blue green'.split()[n % 3]} noise" for n in range(30)]
-    text_table = write_jsonl(tmp_path / "texts.jsonl",
-                             [{"text": t, "image_ids": [f"i{n % 12}"]} for n, t in enumerate(texts)])  # fmt: skip
+    text_rows = [{"text": t, "image_ids": [f"i{n % 12}"]} for n, t in enumerate(texts)]
+    text_table = write_jsonl(tmp_path / "texts.jsonl", [*text_rows, {"text": "  ", "image_ids": []}])
     out = tmp_path / "ranked"
     command = [VILT, "batch", "rank", "--images", str(image_table), "--texts", str(text_table), "--model", str(model),
                "--output", str(out), "--dtype", "float32", "--image-block", "5", "--text-block", "12",
@@ -348,16 +347,19 @@ def test_rank_on_two_nodes_matches_the_pipeline_and_resumes(cluster, tmp_path: P
     first = json.loads(
         subprocess.run(command, env=cluster.env, check=True, capture_output=True, text=True).stdout
     )
-    assert first["pairs"] == first["pairs_scored_this_run"] == 360
+    assert first["pairs"] == first["pairs_scored_this_run"] == 12 * 31
+    assert first["bad_images"] == first["bad_texts"] == 1
 
     scores = vilt.pipeline("retrieval", str(model), device="cpu", dtype="float32")(images=images, texts=texts)
     text_top, text_scores = top_k_indices(scores.T, 4)
     table = pq.read_table(out / "text_to_images.parquet").to_pylist()
-    assert [row["top"] for row in table] == [[f"i{i}" for i in top] for top in text_top]
-    np.testing.assert_allclose([row["scores"] for row in table], text_scores, atol=1e-5)
+    assert [row["top"] for row in table[:30]] == [[f"i{i}" for i in top] for top in text_top]
+    np.testing.assert_allclose([row["scores"] for row in table[:30]], text_scores, atol=1e-5)
+    assert table[30]["top"] == [] and "empty" in table[30]["error"]  # the empty text, ranked nowhere
     image_top, _ = top_k_indices(scores, 4)
     table = pq.read_table(out / "image_to_texts.parquet").to_pylist()
-    assert [row["top"] for row in table] == [[str(j) for j in top] for top in image_top]
+    assert [row["top"] for row in table[:12]] == [[str(j) for j in top] for top in image_top]
+    assert table[12]["top"] == [] and "missing.png" in table[12]["error"]
     relevant = [[n % 12] for n in range(30)]
     expected = recall_at_k(top_k_indices(scores.T, 10)[0], top_k_indices(scores, 10)[0], relevant, 12)
     assert {k: v for k, v in first.items() if "R@" in k} == expected

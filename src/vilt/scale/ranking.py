@@ -75,10 +75,11 @@ def _scorer(model: str, device: str | None, dtype: str | None) -> _Scorer:
 
 
 def image_key(image: Any) -> str:
-    """What names an image in the cache: the SHA-256 of a file's bytes, or of the string itself (a URL)."""
+    """What names an image in the cache: the SHA-256 of a file's bytes, or of the value itself (a URL,
+    base64 text)."""
     if isinstance(image, str) and not is_url(image) and len(image) < 4096 and os.path.isfile(image):
         return parts.file_checksum(image)
-    return hashlib.sha256(str(image).encode()).hexdigest()
+    return hashlib.sha256(repr(image).encode()).hexdigest()
 
 
 def _cache_file(cache_dir: str, fingerprint: str, key: str) -> Path:
@@ -87,18 +88,20 @@ def _cache_file(cache_dir: str, fingerprint: str, key: str) -> Path:
 
 def embed_images(
     images: Sequence[Any], model: str, cache_dir: str, device: str | None, dtype: str | None, timeout: float
-) -> list[str | None]:
-    """Store the image tokens of ``images`` in the cache (those not there yet); each image's error or None."""
+) -> list[tuple[str, str | None]]:
+    """Store the image tokens of ``images`` in the cache (those not there yet); each image's cache key and
+    error (None when its tokens are in the cache)."""
     from safetensors.torch import save_file
 
     scorer = _scorer(model, device, dtype)
     pipe = scorer.pipe
-    errors: list[str | None] = []
+    done: list[tuple[str, str | None]] = []
     for index, image in enumerate(images):
+        key = image_key(image)
         try:
-            path = _cache_file(cache_dir, scorer.fingerprint, image_key(image))
+            path = _cache_file(cache_dir, scorer.fingerprint, key)
             if path.exists():
-                errors.append(None)
+                done.append((key, None))
                 continue
             item = pipe._image_input([image], None, f" (image {index})", timeout)
             pixels = pipe.processor.image_processor(pipe._load_images(item), return_tensors="pt")
@@ -106,10 +109,10 @@ def embed_images(
             path.parent.mkdir(parents=True, exist_ok=True)
             tensors = {"embeddings": tokens.embeddings[0].contiguous(), "mask": tokens.mask[0].contiguous()}
             atomic_write(path, lambda tmp, tensors=tensors: save_file(tensors, tmp))
-            errors.append(None)
+            done.append((key, None))
         except (ValueError, OSError, TypeError) as err:
-            errors.append(f"{type(err).__name__}: {err}")
-    return errors
+            done.append((key, f"{type(err).__name__}: {err}"))
+    return done
 
 
 def _load_tokens(
@@ -307,14 +310,14 @@ def rank(
     ray = connect(address)
     started = time.perf_counter()
 
-    # 1. image tokens, once per image
-    keys = [image_key(image) if isinstance(image, str) else hashlib.sha256(repr(image).encode()).hexdigest()
-            for image in corpus.images]  # fmt: skip
+    # 1. image tokens, once per image (each task reads its images' files and names them by checksum)
     embed = ray.remote(num_cpus=task_cpus)(embed_images)
     pending = [
         embed.remote(corpus.images[a:b], model, cache, device, dtype, timeout) for a, b in image_ranges
     ]
-    image_errors = [e for errors in ray.get(pending) for e in errors]
+    embedded_images = [pair for block in ray.get(pending) for pair in block]
+    keys = [key for key, _ in embedded_images]
+    image_errors = [error for _, error in embedded_images]
     embedded = time.perf_counter()
 
     # 2. texts, tokenized once
