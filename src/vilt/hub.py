@@ -177,18 +177,22 @@ def containing_root(directory: str | os.PathLike[str]) -> Path:
     return directory
 
 
-def check_inside(file: str | os.PathLike[str], directory: str | os.PathLike[str], named_in: str) -> None:
+def check_inside(
+    file: str | os.PathLike[str], directory: str | os.PathLike[str], named_in: str | None = None
+) -> None:
     """Raise unless ``file``, symlinks followed, lies inside :func:`containing_root` of ``directory``.
 
     Raises:
-        ViltInputError: the file resolves outside (``named_in`` is the file that named it, for the message).
+        ViltInputError: the file resolves outside (``named_in`` is the file that named it, for the
+            message; None for a file the model directory holds under a fixed name).
     """
     root = containing_root(directory).resolve()
     target = Path(file).resolve()
     if not target.is_relative_to(root):
+        named = f"{named_in} names {Path(file).name!r}" if named_in else f"{os.fspath(file)} is a link"
         raise ViltInputError(
-            f"{named_in} names {Path(file).name!r}, which resolves to {target}, outside the model directory "
-            f"{root}; a model's files must stay inside its directory. Refusing to read it"
+            f"{named}, which resolves to {target}, outside the model directory {root}; a model's files must "
+            "stay inside its directory. Refusing to read it"
         )
 
 
