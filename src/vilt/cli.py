@@ -5,8 +5,13 @@ Each sub-command lives in the module that owns it and registers itself through a
 top, and only the module of the command given is imported, so ``vilt COMMAND --help`` is fast and works
 without the optional extras; heavy imports happen inside the handlers.
 
-Every failure is one line on stderr, ``vilt COMMAND: error: ...``, and exit code 2 (``vilt --verbose
-COMMAND ...`` shows the traceback instead). Ctrl-C exits with 130, and a closed output pipe
+Before a command's handler runs, the checks it declared (``set_defaults(checks=[...])``, see
+:mod:`vilt.arguments`) look at every argument (files, images, texts, the model, the device, outputs, the
+extra it needs), so that what is wrong is said at once, not after the model loaded.
+
+Every failure is one line on stderr, ``vilt COMMAND: error: ...`` (usage errors too: an unknown option
+is named with its command), and exit code 2 (``vilt --verbose COMMAND ...`` shows the traceback
+instead). Ctrl-C exits with 130, and a closed output pipe
 (``vilt info MODEL | head -3``) with 141 (128 + SIGPIPE, as a shell reports other tools), both quietly.
 """
 
@@ -16,6 +21,8 @@ import argparse
 import importlib
 import os
 import sys
+
+from .arguments import run_checks
 
 # sub-command -> the module that registers it, in --help order
 COMMANDS = {
@@ -75,6 +82,14 @@ def _command_of(argv: list[str]) -> str | None:
     return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser | None:
+    """The parser of the sub-command ``command`` (None when no command was given)."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]  # type: ignore[no-any-return]
+    return None
+
+
 def _one_line(err: BaseException) -> str:
     """The first line of an error's message; unexpected error types keep their name and point at --verbose."""
     lines = str(err).strip().splitlines()
@@ -86,9 +101,17 @@ def _one_line(err: BaseException) -> str:
 
 def _run(argv: list[str]) -> int:
     parser = build_parser(_command_of(argv))
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    command = _subparser(parser, getattr(args, "command", None))
+    if unknown:  # said by the command's parser, so that the message names the command
+        (command or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "handler", None):
         parser.print_help()
+        return EXIT_USAGE
+    problems = run_checks(args)
+    if problems:
+        listed = problems if len(problems) == 1 else [f"({i}) {p}" for i, p in enumerate(problems, 1)]
+        print(f"vilt {args.command}: error: {' '.join(listed)}", file=sys.stderr)
         return EXIT_USAGE
     try:
         return int(args.handler(args) or 0)

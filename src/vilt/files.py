@@ -10,8 +10,9 @@ whenever the process is killed.
   so the target is always either the old complete directory or the new complete one. Two processes
   saving to the same place both succeed, the last to swap winning whole; a link to a directory is
   written through (the directory it points to is replaced, the link stays); the current directory and
-  those holding it are refused (:func:`output_directory`), as is an output that holds what is being
-  read (:func:`check_holds_no_input`).
+  those holding it are refused (:func:`output_directory`).
+* :func:`check_output_directory` checks an output directory before any work: not a file, not the
+  current directory, not holding what is read, empty unless forced, and possible to make.
 * :func:`directory_version` tells whether a directory was replaced while it was read, so that a reader
   can read one save whole, never files of two.
 
@@ -140,14 +141,12 @@ def output_directory(path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def check_holds_no_input(
-    output: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]], flag: str = "the output"
-) -> None:
+def check_holds_no_input(output: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]]) -> None:
     """Refuse an output directory that is, or holds, one of ``inputs`` (a model directory, a checkpoint
     file): writing it would replace or delete what is being read.
 
     Raises:
-        ViltInputError: naming the input and ``flag`` (the option or argument that named the output).
+        ViltInputError: naming the output and the input.
     """
     target = Path(output).resolve()
     for source in inputs:
@@ -155,9 +154,54 @@ def check_holds_no_input(
         if resolved == target or target in resolved.parents:
             what = "is" if resolved == target else "holds"
             raise ViltInputError(
-                f"{flag} {os.fspath(output)!r} {what} the input {os.fspath(source)!r}: writing it would replace "
-                "what is being read, so it is refused (--force included); choose another directory"
+                f"the output directory {os.fspath(output)!r} {what} the input {os.fspath(source)!r}: writing it "
+                "would replace what is being read, so it is refused (--force included); choose another directory"
             )
+
+
+def check_output_directory(
+    path: str | os.PathLike[str],
+    *,
+    force: bool,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+    replaced: str = "the files of an earlier save",
+) -> Path:
+    """Refuse, before any work, an output directory that a save cannot or should not write: the current
+    directory or one holding it (:func:`output_directory`); a file; a directory that is or holds one of
+    ``inputs`` (:func:`check_holds_no_input`); a directory that is not empty, unless ``force``; one that
+    cannot be made (the nearest existing folder above it is a file, or not writable).
+
+    Args:
+        path: the output directory.
+        force: writing into a non-empty directory is allowed.
+        inputs: what the save reads (a model directory, a checkpoint file).
+        replaced: what a forced save replaces there, for the message.
+
+    Returns:
+        The directory a save replaces (links followed).
+
+    Raises:
+        FileExistsError: ``path`` is a file, or a non-empty directory without ``force``.
+        ViltInputError: any other reason, naming it.
+    """
+    target = output_directory(path)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(
+            f"{os.fspath(path)} exists and is not a directory; choose another output directory"
+        )
+    check_holds_no_input(path, inputs)
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise FileExistsError(
+            f"{os.fspath(path)} already exists and is not empty; pass --force (force=True) to replace {replaced} "
+            "in it (other files are kept), or choose another directory"
+        )
+    existing = next(folder for folder in (target, *target.parents) if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        problem = "is a file" if not existing.is_dir() else "is not writable"
+        raise ViltInputError(
+            f"cannot make {os.fspath(path)}: {existing} {problem}; choose another output directory"
+        )
+    return target
 
 
 def directory_version(path: str | os.PathLike[str]) -> tuple[int, int, int] | None:

@@ -139,7 +139,7 @@ def resolve_file(
                 f"{candidate} does not exist (the directory holds: {', '.join(present) or 'nothing'})"
             )
         return None
-    if path.exists() or not _HUB_ID.match(source) or source.startswith((".", "/")):
+    if not is_hub_id(source):
         raise FileNotFoundError(
             f"{source!r} is neither a local directory nor a Hugging Face hub id (like 'dandelin/vilt-b32-mlm')"
         )
@@ -151,6 +151,11 @@ def resolve_file(
         "subfolder": subfolder,
     }
     return _hub_file(source, filename, options, is_offline(local_files_only), required)
+
+
+def is_hub_id(source: str) -> bool:
+    """Whether ``source`` (not ``bundled``) can only be a hub id: no such path, and a name like ``org/name``."""
+    return not Path(source).exists() and bool(_HUB_ID.match(source)) and not source.startswith((".", "/"))
 
 
 def _check_filename(filename: str) -> None:
