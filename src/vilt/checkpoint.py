@@ -20,6 +20,7 @@ Writes ``config.json`` + ``model.safetensors`` (sharded above ``max_shard_size``
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -248,6 +249,8 @@ def _open_weights(file: str) -> Any:
         except FileNotFoundError:
             raise
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            if not os.path.exists(file):  # gone meanwhile (safetensors says so in its own words)
+                raise FileNotFoundError(errno.ENOENT, "no such file", file) from None
             raise ValueError(
                 f"{file} is not a readable safetensors file ({err}); it may be truncated or corrupt: download it again"
             ) from None
