@@ -25,7 +25,8 @@ PACKAGE = Path(vilt.__file__).parent
 
 # layer -> modules (a name ending in ".*" stands for a package and everything in it)
 LAYERS = {
-    0: ("vilt", "vilt.errors", "vilt.hub", "vilt.files", "vilt.devices", "vilt.images", "vilt.feature", "vilt.tasks"),
+    0: ("vilt", "vilt.errors", "vilt.hub", "vilt.files", "vilt.devices", "vilt.images", "vilt.feature", "vilt.tasks",
+        "vilt.arguments"),
     1: ("vilt.configuration", "vilt.inputs"),
     2: ("vilt.image_processing", "vilt.tokenization", "vilt.processing"),
     3: ("vilt.modeling", "vilt.layers", "vilt.tuning", "vilt.checkpoint", "vilt.alignment"),
@@ -154,7 +155,8 @@ def test_no_import_cycles() -> None:
 
 
 @pytest.mark.parametrize(
-    "statement", ["import vilt", "import vilt.tasks, vilt.hub, vilt.images, vilt.errors"]
+    "statement",
+    ["import vilt", "import vilt.tasks, vilt.hub, vilt.images, vilt.errors, vilt.files, vilt.arguments"],
 )
 def test_the_plumbing_imports_no_torch(statement: str) -> None:
     code = f"import sys; {statement}; print('torch' in sys.modules)"
