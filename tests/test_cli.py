@@ -585,16 +585,16 @@ def test_cuda_without_a_gpu_names_the_cpu(
 ) -> None:
     """Before loading, where this PyTorch is a CPU build; from the device choice, where it is a CUDA
     build on a machine without a GPU."""
+    from importlib import metadata
+
     import torch
 
-    from vilt import arguments
-
     argv = ["vqa", files["a"], "-q", "what?", "--model", files["vqa"], "--device", "cuda"]
-    monkeypatch.setattr(arguments.metadata, "version", lambda name: "2.13.0+cpu")
+    monkeypatch.setattr(metadata, "version", lambda name: "2.13.0+cpu")
     code, _, err = run(capsys, *argv)
     assert code == 2 and err.startswith("vilt vqa: error: --device cuda: this PyTorch (2.13.0+cpu) is built")
     assert err.rstrip().endswith("pass --device cpu")
-    monkeypatch.setattr(arguments.metadata, "version", lambda name: "2.13.0+cu128")
+    monkeypatch.setattr(metadata, "version", lambda name: "2.13.0+cu128")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     code, _, err = run(capsys, *argv)
     assert code == 2 and "no CUDA GPU is available" in err and "--device cpu" in err

@@ -20,7 +20,6 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from importlib import metadata
 from pathlib import Path
 
 from .errors import ViltInputError
@@ -173,6 +172,8 @@ def device(dest: str = "device") -> Check:
     """The device is auto, cpu, cuda or cuda:N, and CUDA is one this PyTorch can have."""
 
     def check(args: argparse.Namespace) -> list[str]:
+        from importlib import metadata
+
         value = getattr(args, dest, None)
         if value is None or value in ("auto", "cpu"):
             return []
