@@ -7,7 +7,7 @@ the run's task object:
 |---|---|
 | the model | :attr:`~TrainingTask.model_class`, :meth:`~TrainingTask.head_config`, :attr:`~TrainingTask.head_lr_mult` |
 | the examples | :attr:`~TrainingTask.reads_captions`, :attr:`~TrainingTask.needs_answers`, :meth:`~TrainingTask.unusable`, :meth:`~TrainingTask.target`, :meth:`~TrainingTask.item` |
-| the batches | :meth:`~TrainingTask.collate`, :meth:`~TrainingTask.masking`, :meth:`~TrainingTask.model_inputs` |
+| the batches | :meth:`~TrainingTask.batch_images`, :meth:`~TrainingTask.batch_labels` (what :meth:`~TrainingTask.collate` adds), :meth:`~TrainingTask.masking`, :meth:`~TrainingTask.model_inputs` |
 | the metrics | :meth:`~TrainingTask.evaluate`, :meth:`~TrainingTask.selection_metric` |
 
 Each task is one module of this package and one row of :data:`vilt.tasks.TASKS` (marked trainable).
@@ -150,8 +150,16 @@ class TrainingTask:
             pixel_values: (B, n, C, H, W) every item's images, padded alike.
             pixel_mask: (B, n, H, W), 1 on real pixels.
         """
-        batch["pixel_values"], batch["pixel_mask"] = pixel_values[:, 0], pixel_mask[:, 0]  # (B, C, H, W)
-        batch["labels"] = torch.tensor([it.target for it in items])  # (B,)
+        batch.update(self.batch_images(items, pixel_values, pixel_mask))
+        batch.update(self.batch_labels(items))
+
+    def batch_images(self, items: Sequence[Item], pixels: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
+        """The images of a batch (see :meth:`collate`): each item's first, (B, C, H, W) and (B, H, W)."""
+        return {"pixel_values": pixels[:, 0], "pixel_mask": mask[:, 0]}
+
+    def batch_labels(self, items: Sequence[Item]) -> dict[str, Any]:
+        """The labels of a batch: each item's target, (B,)."""
+        return {"labels": torch.tensor([it.target for it in items])}
 
     def masking(self, tokenizer: Any) -> MaskingSpec | None:
         """What the task masks words with (pretraining), or None."""

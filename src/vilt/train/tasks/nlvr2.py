@@ -25,15 +25,8 @@ class NLVR2Task(ClassificationTask):
     def unusable(self, ex: Example, answer_ids: dict[str, int]) -> tuple[str, str] | None:
         return ("missing label", f"{ex.text!r}") if ex.label is None else None
 
-    def collate(
-        self,
-        batch: dict[str, Any],
-        items: Sequence[Item],
-        pixel_values: torch.Tensor,
-        pixel_mask: torch.Tensor,
-    ) -> None:
-        batch["pixel_values"], batch["pixel_mask"] = pixel_values, pixel_mask  # (B, 2, C, H, W), (B, 2, H, W)
-        batch["labels"] = torch.tensor([it.target for it in items])  # (B,)
+    def batch_images(self, items: Sequence[Item], pixels: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
+        return {"pixel_values": pixels, "pixel_mask": mask}  # both images: (B, 2, C, H, W), (B, 2, H, W)
 
     def metrics(self, dataset: ScoredData, predictions: dict[int, int]) -> dict[str, float]:
         index = sorted(predictions)

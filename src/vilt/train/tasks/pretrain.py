@@ -34,15 +34,13 @@ class PretrainingTask(TrainingTask):
     ) -> tuple[list[str], list[str]]:
         return [ex.text], [*ex.images, other(rng).images[0]]  # the false image of ITM last
 
-    def collate(
-        self,
-        batch: dict[str, Any],
-        items: Sequence[Item],
-        pixel_values: torch.Tensor,
-        pixel_mask: torch.Tensor,
-    ) -> None:
-        batch["pixel_values"], batch["pixel_mask"] = pixel_values[:, 0], pixel_mask[:, 0]  # (B, C, H, W)
-        batch["false_pixel_values"], batch["false_pixel_mask"] = pixel_values[:, 1], pixel_mask[:, 1]
+    def batch_images(self, items: Sequence[Item], pixels: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
+        # the true image, then the false image of ITM: (B, C, H, W) and (B, H, W) each
+        true = super().batch_images(items, pixels, mask)
+        return {**true, "false_pixel_values": pixels[:, 1], "false_pixel_mask": mask[:, 1]}
+
+    def batch_labels(self, items: Sequence[Item]) -> dict[str, Any]:
+        return {}  # drawn per batch (pretraining_inputs)
 
     def masking(self, tokenizer: Any) -> MaskingSpec:
         return MaskingSpec.from_tokenizer(tokenizer)

@@ -31,18 +31,13 @@ class RetrievalTask(TrainingTask):
     ) -> tuple[list[str], list[str]]:
         return [ex.text, *(other(rng).text for _ in range(negatives))], list(ex.images)
 
-    def collate(
-        self,
-        batch: dict[str, Any],
-        items: Sequence[Item],
-        pixel_values: torch.Tensor,
-        pixel_mask: torch.Tensor,
-    ) -> None:
+    def batch_images(self, items: Sequence[Item], pixels: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
         # each image once per candidate text, in the texts' order: B groups of k = 1 + negatives rows
         k = len(items[0].texts)
-        batch["pixel_values"] = pixel_values[:, 0].repeat_interleave(k, dim=0)  # (B * k, C, H, W)
-        batch["pixel_mask"] = pixel_mask[:, 0].repeat_interleave(k, dim=0)  # (B * k, H, W)
-        batch["labels"] = torch.tensor([it.target for it in items])  # (B,) zeros
+        return {
+            "pixel_values": pixels[:, 0].repeat_interleave(k, dim=0),  # (B * k, C, H, W)
+            "pixel_mask": mask[:, 0].repeat_interleave(k, dim=0),  # (B * k, H, W)
+        }
 
     def evaluate(self, evaluation: Evaluation, model: torch.nn.Module) -> dict[str, float]:
         """Recall@K: every image scored against every text; images are split over the processes."""

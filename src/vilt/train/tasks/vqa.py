@@ -38,15 +38,8 @@ class VQATask(ClassificationTask):
                 scores[answer_ids[answer]] = score
         return scores
 
-    def collate(
-        self,
-        batch: dict[str, Any],
-        items: Sequence[Item],
-        pixel_values: torch.Tensor,
-        pixel_mask: torch.Tensor,
-    ) -> None:
-        batch["pixel_values"], batch["pixel_mask"] = pixel_values[:, 0], pixel_mask[:, 0]  # (B, C, H, W)
-        batch["labels"] = torch.stack([it.target for it in items])  # type: ignore[misc]  # (B, num_labels)
+    def batch_labels(self, items: Sequence[Item]) -> dict[str, Any]:
+        return {"labels": torch.stack([it.target for it in items])}  # type: ignore[misc]  # (B, num_labels)
 
     def metrics(self, dataset: ScoredData, predictions: dict[int, int]) -> dict[str, float]:
         index = torch.tensor(sorted(predictions))
