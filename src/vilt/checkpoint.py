@@ -262,11 +262,6 @@ def _open_weights(file: str) -> Any:
     return state
 
 
-def load_state_dict(file: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """The tensors of one ``.safetensors`` or ``.bin`` file, read safely (see :class:`Weights`)."""
-    return dict(Weights([file]))
-
-
 def load_weights(files: Iterable[str]) -> Weights:
     """The tensors of all shards, made and read only when used (:class:`Weights`)."""
     return Weights(files)

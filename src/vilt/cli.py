@@ -21,6 +21,7 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Mapping
 
 from .arguments import run_checks
 
@@ -47,11 +48,13 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line: ``vilt COMMAND: error: ...``, exit code 2."""
 
+    commands: Mapping[str, argparse.ArgumentParser]  # the top parser's: each sub-command's parser
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> _Parser:
     """The ``vilt`` parser with every sub-command, or only the modules that ``command`` needs.
 
     Args:
@@ -74,20 +77,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                 continue  # that part of the library is not built yet
             raise
         module.register(subparsers)
+    parser.commands = subparsers.choices
     return parser
 
 
 def _command_of(argv: list[str]) -> str | None:
     """The sub-command named in ``argv``: its first argument that is not an option."""
     return next((arg for arg in argv if not arg.startswith("-")), None)
-
-
-def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser | None:
-    """The parser of the sub-command ``command`` (None when no command was given)."""
-    for action in parser._subparsers._group_actions if parser._subparsers else ():
-        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
-            return action.choices[command]  # type: ignore[no-any-return]
-    return None
 
 
 def _one_line(err: BaseException) -> str:
@@ -102,9 +98,8 @@ def _one_line(err: BaseException) -> str:
 def _run(argv: list[str]) -> int:
     parser = build_parser(_command_of(argv))
     args, unknown = parser.parse_known_args(argv)
-    command = _subparser(parser, getattr(args, "command", None))
     if unknown:  # said by the command's parser, so that the message names the command
-        (command or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+        parser.commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USAGE
