@@ -524,7 +524,7 @@ BEFORE_LOADING = [
         r"the output directory '.*\.\.' holds the input",
     ),
     (["export", "--model", "{vqa}", "--output", "{tmp}/out", "--opset", "5"], "--opset 5 is not supported"),
-    (["convert", "{tmp}/no.ckpt", "{tmp}/out"], r"SRC.ckpt '.*no.ckpt' does not exist"),
+    (["convert", "{tmp}/no.ckpt", "{tmp}/out"], r"SRC.ckpt: .*no.ckpt does not exist"),
 ]
 
 

@@ -210,7 +210,7 @@ def input_file(dest: str, flag: str) -> Check:
         path = getattr(args, dest, None)
         if path is None or os.path.isfile(path):
             return []
-        return [f"{flag} {path!r} {'is a folder' if os.path.isdir(path) else 'does not exist'}: name a file"]
+        return [f"{flag}: {path} {'is a folder' if os.path.isdir(path) else 'does not exist'}; name a file"]
 
     return check
 
