@@ -21,7 +21,7 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Mapping
+from typing import Any
 
 from .arguments import run_checks
 
@@ -49,7 +49,12 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line: ``vilt COMMAND: error: ...``, exit code 2."""
 
-    commands: Mapping[str, argparse.ArgumentParser]  # the top parser's: each sub-command's parser
+    # the parser that parsed last: a sub-command's parses after its parent's, so this is the command given
+    last: _Parser | None = None
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        _Parser.last = self
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -78,7 +83,6 @@ def build_parser(command: str | None = None) -> _Parser:
                 continue  # that part of the library is not built yet
             raise
         module.register(subparsers)
-    parser.commands = subparsers.choices
     return parser
 
 
@@ -99,8 +103,8 @@ def _one_line(err: BaseException) -> str:
 def _run(argv: list[str]) -> int:
     parser = build_parser(_command_of(argv))
     args, unknown = parser.parse_known_args(argv)
-    if unknown:  # said by the command's parser, so that the message names the command
-        parser.commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:  # said by the command's parser (the innermost: `vilt batch vqa`), naming the command
+        (_Parser.last or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USAGE
