@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 BUNDLED = "bundled"
 BUNDLED_MODEL_DIR = Path(__file__).parent / "data" / "easy-vqa"
+SAMPLES_DIR = Path(__file__).parent / "data" / "samples"  # sample images (their sources: README.md there)
 # the keyword arguments of from_pretrained that say where files come from, as transformers names them
 HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "token", "force_download", "subfolder")
 # transformers options that change nothing here (accepted so that drop-in calls keep working)

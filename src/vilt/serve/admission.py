@@ -3,18 +3,21 @@
 A request is admitted by what it will hold, not counted: its body is charged to the
 :class:`MemoryBudget` before it is read, and each image the bytes its decoding will take before it is
 decoded (the header says how many). Past the budget the server answers 503 with Retry-After; nothing is
-read or decoded for it. The :class:`DecodePool` decodes on a fixed number of threads, smallest image
-first, so ordinary requests do not wait behind a burst of huge ones, and returns freed memory to the
-system when it falls idle after large decodes.
+read or decoded for it. The :class:`DecodePool` decodes on a fixed number of cores, shared in slices,
+least-served job first, so ordinary requests do not wait behind a burst of huge or hostile images; it
+stops a decode whose request stopped waiting, and returns freed memory to the system when it falls idle
+after large decodes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
-import queue
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .batching import settle
@@ -23,6 +26,8 @@ T = TypeVar("T")
 
 SMALL_SHARE = 8  # 1/8 of the budget is kept for charges of at most that size
 TRIM_AFTER_BYTES = 16 * 2**20  # decodes at least this large are followed by release_memory when idle
+SLICE_S = 0.02  # a decode job that others wait for gives its core away after this much processor time
+MAX_DECODE_JOBS = 32  # decode jobs started at once (the memory budget bounds the large ones first)
 
 
 class MemoryBudget:
@@ -68,79 +73,200 @@ class MemoryBudget:
             self._held -= nbytes
 
 
-class DecodePool:
-    """``threads`` worker threads that run jobs in order of their cost, cheapest first.
+class DecodeStopped(Exception):
+    """Raised inside a decode job at its next step once nobody waits for it (its request's deadline
+    passed, the client went away, or the server stops)."""
 
-    Args:
-        threads: the number of worker threads.
-        release_memory: called from a worker when the pool falls idle after a job whose cost was at
-            least :data:`TRIM_AFTER_BYTES`.
+
+class DecodeStep:
+    """What a decode job calls between small pieces of its work: it raises :class:`DecodeStopped` once
+    the job's caller stopped waiting, and hands the cores to other jobs when this one has had its slice.
+
+    A job also tells it, through :meth:`hold`, how many bytes its decoding holds (for trimming freed
+    memory when the pool falls idle).
     """
 
-    def __init__(self, threads: int, release_memory: Callable[[], None]) -> None:
+    def __init__(self, pool: DecodePool, ticket: _Ticket) -> None:
+        self._pool = pool
+        self._ticket = ticket
+
+    def __call__(self) -> None:
+        self._pool._step(self._ticket)
+
+    def hold(self, nbytes: int) -> None:
+        self._ticket.held = max(self._ticket.held, nbytes)
+
+
+class _Ticket:
+    """One job's place in the pool: the processor time it has had, and whether it runs or must stop."""
+
+    __slots__ = ("priority", "order", "service", "slice_start", "running", "stopped", "held")
+
+    def __init__(self, priority: int, order: int) -> None:
+        self.priority = priority
+        self.order = order
+        self.service = 0.0  # seconds on a core so far
+        self.slice_start = 0.0
+        self.running = False
+        self.stopped = False
+        self.held = 0
+
+    def key(self) -> tuple[float, int, int]:
+        return (self.service, self.priority, self.order)
+
+
+class DecodePool:
+    """Decode jobs sharing ``cores`` cores fairly, each stoppable at every step.
+
+    Each job runs on a thread of its own (at most ``max_jobs`` at once; more wait, holding nothing), but
+    only ``cores`` of them run at a time. A job calls its :class:`DecodeStep` between small pieces of
+    work (every read of the image file, a scan of a JPEG at most; between decoding, converting and
+    shrinking). After ``slice_s`` on a core, a job that others wait for gives its core to the one that
+    has had the least processor time so far (the smallest ``priority``, then the first come, among
+    equals): so a small image, new and with no time used, runs next and finishes in its first slice,
+    however many large or hostile images are being decoded; and those share what is left evenly.
+
+    A job whose caller stops waiting (the request's deadline passes, the client goes away) is stopped at
+    its next step, running or not (:class:`DecodeStopped`), so it keeps no core busy past its request.
+
+    Args:
+        cores: the most jobs running at once.
+        release_memory: called when the pool falls idle after a job that held at least
+            :data:`TRIM_AFTER_BYTES` (see :meth:`DecodeStep.hold`).
+        max_jobs: the most jobs started at once (each holds a thread while it waits for a core).
+        slice_s: the processor time after which a job gives its core to one that waits.
+        clock: the clock that measures processor slices.
+        on_stopped: called (from a worker thread) for every job stopped or skipped.
+    """
+
+    def __init__(
+        self,
+        cores: int,
+        release_memory: Callable[[], None],
+        max_jobs: int = MAX_DECODE_JOBS,
+        slice_s: float = SLICE_S,
+        clock: Callable[[], float] = time.perf_counter,
+        on_stopped: Callable[[], None] = lambda: None,
+    ) -> None:
         self.release_memory = release_memory
-        self._jobs: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
-        self._order = itertools.count()
-        self._busy = 0
+        self.on_stopped = on_stopped
+        self.slice_s = slice_s
+        self.clock = clock
+        self.stopped_jobs = 0  # jobs that ended by DecodeStopped (for tests and logs)
+        self._free = cores
+        self._waiting: list[tuple[tuple[float, int, int], _Ticket]] = []  # a heap, least service first
+        self._active = 0
         self._freed_large = False
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"vilt-decode-{i}", daemon=True) for i in range(threads)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._order = itertools.count()
+        self._lock = threading.Condition()
+        self._threads = ThreadPoolExecutor(max_workers=max_jobs, thread_name_prefix="vilt-decode")
 
-    async def run(self, cost: int, job: Callable[[], T], done: Callable[[], None]) -> T:
-        """Run ``job`` on a worker, cheapest first, and return its result.
+    @property
+    def active(self) -> int:
+        """Jobs started and not finished."""
+        return self._active
 
-        ``done`` is called on the worker once the job has finished or been skipped (because the caller
-        stopped waiting before it started), whatever happens to the caller.
+    async def run(self, job: Callable[[DecodeStep], T], priority: int = 0) -> T:
+        """Run ``job(step)`` in the pool and return its result (or raise its error).
+
+        If the caller stops waiting (it is cancelled), the job is stopped at its next step, or skipped
+        if it has not started.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((cost, next(self._order), (job, done, loop, future)))
+        ticket = _Ticket(priority, next(self._order))
+        future.add_done_callback(lambda done: self._stop(ticket) if done.cancelled() else None)
+        self._threads.submit(self._work, ticket, job, loop, future)
         return await future
 
     def shutdown(self) -> None:
-        """Stop the workers after the jobs already queued (each worker takes one stop marker)."""
-        for _ in self._threads:
-            self._jobs.put((2**63, next(self._order), None))
-        for thread in self._threads:
-            thread.join()
+        """Wait for the jobs started (stopped ones end at their next step)."""
+        self._threads.shutdown(wait=True)
 
-    def _work(self) -> None:
-        while True:
-            cost, _, item = self._jobs.get()
-            if item is None:
-                return
-            job, done, loop, future = item
-            with self._lock:
-                self._busy += 1
-            try:
-                if not future.cancelled():
-                    _resolve(loop, future, job)
-            finally:
-                done()
-                self._after(cost)
-
-    def _after(self, cost: int) -> None:
+    # -- the worker threads ------------------------------------------------------------------------
+    def _work(
+        self, ticket: _Ticket, job: Callable[[DecodeStep], T], loop: asyncio.AbstractEventLoop, future: Any
+    ) -> None:
         with self._lock:
-            self._busy -= 1
-            self._freed_large |= cost >= TRIM_AFTER_BYTES
-            idle = self._busy == 0 and self._jobs.empty()
-            trim, self._freed_large = (self._freed_large, False) if idle else (False, self._freed_large)
+            self._active += 1
+        try:
+            self._acquire(ticket)
+            try:
+                outcome: tuple[Any, BaseException | None] = (job(DecodeStep(self, ticket)), None)
+            except DecodeStopped:
+                raise
+            except Exception as err:  # handed to the awaiting request, which answers or logs it
+                outcome = (None, err)
+            finally:
+                self._release(ticket)
+            try:
+                loop.call_soon_threadsafe(settle, future, *outcome)
+            except RuntimeError:  # the loop closed meanwhile: the server stopped, nobody waits for this
+                pass
+        except DecodeStopped:
+            with self._lock:
+                self.stopped_jobs += 1
+            self.on_stopped()
+        finally:
+            self._after(ticket)
+
+    def _acquire(self, ticket: _Ticket) -> None:
+        """Wait for a core (least service first); raise DecodeStopped if stopped meanwhile."""
+        with self._lock:
+            heapq.heappush(self._waiting, (ticket.key(), ticket))
+            self._grant()
+            while not ticket.running and not ticket.stopped:
+                self._lock.wait()
+            if not ticket.running:
+                raise DecodeStopped
+        ticket.slice_start = self.clock()
+
+    def _release(self, ticket: _Ticket) -> None:
+        with self._lock:
+            if ticket.running:
+                ticket.running = False
+                self._free += 1
+                self._grant()
+
+    def _grant(self) -> None:
+        """Give free cores to the waiting jobs with the least service (under the lock)."""
+        granted = False
+        while self._free and self._waiting:
+            _, ticket = heapq.heappop(self._waiting)
+            if ticket.stopped:
+                continue
+            ticket.running = True
+            self._free -= 1
+            granted = True
+        if granted:
+            self._lock.notify_all()
+
+    def _step(self, ticket: _Ticket) -> None:
+        if ticket.stopped:
+            raise DecodeStopped
+        used = self.clock() - ticket.slice_start
+        if used < self.slice_s:
+            return
+        ticket.service += used
+        with self._lock:
+            others_wait = any(not waiting.stopped for _, waiting in self._waiting)
+        if others_wait:
+            self._release(ticket)
+            self._acquire(ticket)
+        else:
+            ticket.slice_start = self.clock()
+
+    def _stop(self, ticket: _Ticket) -> None:
+        """The caller stopped waiting: stop the job at its next step (called on the event loop)."""
+        with self._lock:
+            ticket.stopped = True
+            self._lock.notify_all()
+
+    def _after(self, ticket: _Ticket) -> None:
+        with self._lock:
+            self._active -= 1
+            self._freed_large |= ticket.held >= TRIM_AFTER_BYTES
+            trim = self._freed_large and self._active == 0
+            self._freed_large &= not trim
         if trim:
             self.release_memory()
-
-
-def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future[T], job: Callable[[], T]) -> None:
-    """Run ``job`` and hand its result or error to ``future`` on its loop (unless it was cancelled)."""
-
-    try:
-        outcome: tuple[Any, BaseException | None] = (job(), None)
-    except Exception as err:  # handed to the awaiting request, which answers or logs it
-        outcome = (None, err)
-    try:
-        loop.call_soon_threadsafe(settle, future, *outcome)
-    except RuntimeError:  # the loop closed meanwhile: the server stopped, nobody waits for this
-        pass
