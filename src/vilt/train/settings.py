@@ -182,7 +182,9 @@ class TrainArgs:
 
     def head_lr_multiplier(self) -> float:
         """The head's learning-rate multiplier: the option, or the task's default (10 for vqa, else 1)."""
-        return self.head_lr_mult or (10.0 if self.task == "vqa" else 1.0)
+        from .tasks import training_task
+
+        return self.head_lr_mult or training_task(self.task).head_lr_mult
 
 
 def args_from_dict(values: dict[str, Any]) -> TrainArgs:
