@@ -8,7 +8,7 @@ training, the saved folder is loaded back with vilt's and with transformers' ``V
 and both are evaluated too: the three accuracies must agree.
 
     pip install -e ".[test]"        # transformers, accelerate (Trainer's dependency) and easy-vqa
-    python examples/trainer_easy_vqa.py [--epochs 2] [--output-dir runs/trainer-easy-vqa]
+    python examples/trainer_easy_vqa.py [--epochs 1] [--output-dir runs/trainer-easy-vqa]
         [--results results/trainer_easy_vqa.json] [--gradient-checkpointing]
 
 The report (JSON, also printed) holds the accuracies, the training loss, the sizes and the wall time,
@@ -92,7 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--epochs", type=float, default=2)
+    parser.add_argument("--epochs", type=float, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1.2e-3)
     parser.add_argument("--output-dir", default="runs/trainer-easy-vqa")

@@ -273,6 +273,27 @@ def test_gradient_checkpointing_switches_as_transformers_does() -> None:
     assert model.is_gradient_checkpointing and "gradient_checkpointing" not in model.config.to_dict()
 
 
+def test_gradient_checkpointing_every_n_layers_and_offloaded_keeps_the_gradients() -> None:
+    """Trainer passes ``every_n_layers`` and ``offload``: layers 0, n, 2n... are checkpointed, their saved
+    tensors kept in host memory when offloaded; the gradients stay those of a plain backward."""
+    torch.manual_seed(0)
+    model = vilt.ViltForQuestionAnswering(vilt.ViltConfig(**tiny_kwargs(**MODEL_TESTS))).train()
+    batch = {**padded_batch(), "labels": torch.rand(3, 3)}
+
+    def gradients() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        model(**batch).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain = gradients()
+    model.activation_checkpointing_enable(every_n_layers=2, offload=True)
+    assert [layer.gradient_checkpointing for layer in model.vilt.encoder.layer] == [True, False]
+    for name, grad in gradients().items():
+        assert (grad - plain[name]).abs().max() <= 1e-6, name
+    with pytest.raises(ValueError, match="every_n_layers"):
+        model.gradient_checkpointing_enable(every_n_layers=0)
+
+
 @pytest.mark.reference
 def test_the_model_attributes_tools_read_match_transformers() -> None:
     transformers = pytest.importorskip("transformers")

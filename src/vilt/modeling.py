@@ -592,8 +592,13 @@ class ViltLayer(nn.Module):
     """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
 
     ``fast`` runs every product on its cached weights, with the GELU and both residual adds inside the
-    products (:class:`ViltModel` decides when; see :mod:`vilt.layers`).
+    products (:class:`ViltModel` decides when; see :mod:`vilt.layers`). With ``gradient_checkpointing``
+    on (:meth:`ViltPreTrainedModel.gradient_checkpointing_enable`), the encoder runs the layer through
+    ``_gradient_checkpointing_func`` in training, so that backward recomputes its activations.
     """
+
+    gradient_checkpointing = False
+    _gradient_checkpointing_func: Callable[..., Any] = functools.partial(checkpoint, use_reentrant=False)
 
     def __init__(self, config: ViltConfig) -> None:
         super().__init__()
@@ -630,10 +635,6 @@ class ViltEncoder(nn.Module):
     def __init__(self, config: ViltConfig) -> None:
         super().__init__()
         self.layer = nn.ModuleList(ViltLayer(config) for _ in range(config.num_hidden_layers))
-        self.gradient_checkpointing = False  # recompute each layer in backward (set by the model's switch)
-        self._gradient_checkpointing_func: Callable[..., Any] = functools.partial(
-            checkpoint, use_reentrant=False
-        )
         self.layer_sizes = (config.hidden_size, config.num_attention_heads, config.intermediate_size)
 
     def forward(
@@ -667,8 +668,8 @@ class ViltEncoder(nn.Module):
         for layer, layer_head_mask in zip(self.layer, head_mask):
             if output_hidden_states:
                 hidden_states.append(x)
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, probs = self._gradient_checkpointing_func(layer, x, mask, layer_head_mask, eager)
+            if layer.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x, probs = layer._gradient_checkpointing_func(layer, x, mask, layer_head_mask, eager)
             else:
                 x, probs = layer(x, mask, layer_head_mask, eager)
             attentions.append(probs)
@@ -922,36 +923,48 @@ class ViltPreTrainedModel(nn.Module):
 
     # -- gradient checkpointing ---------------------------------------------------------------
     def gradient_checkpointing_enable(
-        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, **_: Any
+        self,
+        gradient_checkpointing_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
     ) -> None:
-        """Recompute each layer's activations in backward to save memory.
+        """Recompute layers' activations in backward to save memory.
 
         Args:
             gradient_checkpointing_kwargs: arguments of ``torch.utils.checkpoint.checkpoint``
                 (default ``{"use_reentrant": False}``).
+            every_n_layers: checkpoint layers 0, n, 2n...; the others keep their activations.
+            offload: keep the checkpointed inputs in (pinned, on a GPU) host memory.
 
         As transformers does, the input embeddings' output is then made to require gradients
         (:meth:`enable_input_require_grads`), which the reentrant variant needs when they are frozen.
         """
-        options = (
-            {"use_reentrant": False}
-            if gradient_checkpointing_kwargs is None
-            else gradient_checkpointing_kwargs
-        )
-        self._set_gradient_checkpointing(True, functools.partial(checkpoint, **options))
+        if not isinstance(every_n_layers, int) or every_n_layers < 1:
+            raise ViltInputError(f"every_n_layers must be a positive integer, got {every_n_layers!r}")
+        options = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        function: Callable[..., Any] = functools.partial(checkpoint, **options)
+        if offload:
+            function = functools.partial(_offloaded, function)
+        for index, layer in enumerate(self._layers()):
+            layer.gradient_checkpointing = index % every_n_layers == 0
+            layer._gradient_checkpointing_func = function
         self.enable_input_require_grads()
 
     def gradient_checkpointing_disable(self) -> None:
         """Turn gradient checkpointing off."""
-        self._set_gradient_checkpointing(False)
+        for layer in self._layers():
+            layer.gradient_checkpointing = False
         if getattr(self, "_hf_peft_config_loaded", False):
             self.disable_input_require_grads()
 
     def activation_checkpointing_enable(
-        self, activation_checkpointing_kwargs: dict[str, Any] | None = None, **kwargs: Any
+        self,
+        activation_checkpointing_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
     ) -> None:
         """The transformers v5 name of :meth:`gradient_checkpointing_enable`."""
-        self.gradient_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
+        self.gradient_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers, offload)
 
     def activation_checkpointing_disable(self) -> None:
         """The transformers v5 name of :meth:`gradient_checkpointing_disable`."""
@@ -964,17 +977,13 @@ class ViltPreTrainedModel(nn.Module):
         else:
             self.gradient_checkpointing_disable()
 
-    def _set_gradient_checkpointing(self, enable: bool, function: Callable[..., Any] | None = None) -> None:
-        for module in self.modules():
-            if hasattr(module, "gradient_checkpointing"):
-                module.gradient_checkpointing = enable
-                if function is not None:
-                    module._gradient_checkpointing_func = function
+    def _layers(self) -> list[ViltLayer]:
+        return [module for module in self.modules() if isinstance(module, ViltLayer)]
 
     @property
     def is_gradient_checkpointing(self) -> bool:
         """Whether gradient checkpointing is on."""
-        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+        return any(layer.gradient_checkpointing for layer in self._layers())
 
     @property
     def is_activation_checkpointing(self) -> bool:
@@ -1140,6 +1149,12 @@ class ViltPreTrainedModel(nn.Module):
         from .checkpoint import save_pretrained
 
         save_pretrained(self, save_directory, **kwargs)
+
+
+def _offloaded(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)`` with the tensors autograd saves kept in host memory (pinned on a GPU)."""
+    with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+        return function(*args, **kwargs)
 
 
 def _check_vocab_size(rows: Any) -> None:
