@@ -8,11 +8,12 @@ training, the saved folder is loaded back with vilt's and with transformers' ``V
 and both are evaluated too: the three accuracies must agree.
 
     pip install -e ".[test]"        # transformers, accelerate (Trainer's dependency) and easy-vqa
-    python examples/trainer_easy_vqa.py [--epochs 1] [--output-dir runs/trainer-easy-vqa]
+    OMP_NUM_THREADS=1 python examples/trainer_easy_vqa.py [--epochs 1] [--output-dir runs/trainer-easy-vqa]
         [--results results/trainer_easy_vqa.json] [--gradient-checkpointing]
 
 The report (JSON, also printed) holds the accuracies, the training loss, the sizes and the wall time,
-with the CPU it ran on.
+with the CPU and thread count it ran with (results/trainer_easy_vqa.json: the command above, on a shared
+2-core machine busy with other work).
 """
 
 from __future__ import annotations

@@ -115,9 +115,7 @@ class ViltConfig:
     tie_word_embeddings: bool = False  # share the MLM decoder weight with the word embeddings
     id2label: dict[int, str] | None = None  # class index -> name (num_labels is its length)
     label2id: dict[str, int] | None = None  # name -> class index; defaults to the inverse of id2label
-    problem_type: str | None = (
-        None  # transformers' classification loss switch (kept; ViLT's heads fix their losses)
-    )
+    problem_type: str | None = None  # transformers' loss switch; kept, ViLT's heads fix their losses
     # --- outputs ---
     output_attentions: bool = False  # return the attention probabilities of every layer
     output_hidden_states: bool = False  # return the input and output of every layer
