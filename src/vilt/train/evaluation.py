@@ -199,7 +199,7 @@ def evaluate(args: TrainArgs) -> dict[str, float]:
     setup_logging(None, env.main)
     started = time.time()
     model = MODEL_CLASSES[args.task].from_pretrained(model_name, torch_dtype=torch.float32).to(env.device)
-    set_attention(model, args.attention, env.device)
+    set_attention(model, args.attention)
     processor = ViltProcessor.from_pretrained(model_name)
     answers = (
         [model.config.id2label[i] for i in range(model.config.num_labels)] if args.task == "vqa" else None
