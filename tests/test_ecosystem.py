@@ -92,7 +92,7 @@ def test_trainer_with_gradient_checkpointing_trains_saves_and_both_libraries_loa
             model=model, args=args, train_dataset=examples(16, 0), eval_dataset=examples(8, 1)
         )
         losses = [trainer.train().training_loss, trainer.evaluate()["eval_loss"]]
-        assert model.is_gradient_checkpointing
+        assert model.is_activation_checkpointing
         trainer.save_model(str(tmp_path / name))
         runs[name] = (model, losses)
     (ours, our_losses), (theirs, their_losses) = runs["vilt"], runs["transformers"]
