@@ -521,6 +521,18 @@ def test_to_dict_has_the_reference_types_and_json_files_round_trip(reference, tm
         ViltImageProcessor(resample=42)
 
 
+def test_a_switch_set_to_none_is_off_and_saved_as_none(tmp_path):
+    """As transformers keeps an explicit None: in to_dict, through a save and a load, and it means off."""
+    assert ViltImageProcessor.do_resize is True and ViltImageProcessor.size_divisor == 32  # class defaults
+    processor = ViltImageProcessor(do_resize=None)
+    assert processor.to_dict()["do_resize"] is None
+    processor.save_pretrained(tmp_path)
+    assert ViltImageProcessor.from_pretrained(tmp_path).do_resize is None
+    image = random_image(40, 50)
+    assert processor(image, return_tensors="np")["pixel_values"].shape == (1, 3, 40, 50)  # not resized
+    assert processor(image, do_resize=True, return_tensors="np")["pixel_values"].shape[2] == 384
+
+
 @pytest.mark.reference
 @pytest.mark.parametrize("channels", [3, 4])
 def test_do_convert_rgb_false_keeps_the_channels_as_the_reference(reference, channels):

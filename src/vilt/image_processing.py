@@ -292,22 +292,34 @@ class ViltImageProcessor:
     model_input_names = ["pixel_values", "pixel_mask"]
     valid_kwargs = ViltImageProcessorKwargs
     _type_name = "ViltImageProcessor"
+    # the defaults, readable on the class as on transformers' processors
+    do_resize: bool | None = True
+    size_divisor = 32
+    resample = Image.Resampling.BICUBIC
+    do_rescale: bool | None = True
+    rescale_factor = 1 / 255
+    do_normalize: bool | None = True
+    image_mean = (0.5, 0.5, 0.5)
+    image_std = (0.5, 0.5, 0.5)
+    do_pad: bool | None = True
+    do_convert_rgb: bool | None = None
 
     def __init__(
         self,
-        do_resize: bool = True,
+        do_resize: bool | None = True,
         size: int | dict[str, int] | None = None,
         size_divisor: int = 32,
         resample: int = Image.Resampling.BICUBIC,
-        do_rescale: bool = True,
+        do_rescale: bool | None = True,
         rescale_factor: float = 1 / 255,
-        do_normalize: bool = True,
+        do_normalize: bool | None = True,
         image_mean: float | Sequence[float] | None = None,
         image_std: float | Sequence[float] | None = None,
-        do_pad: bool = True,
+        do_pad: bool | None = True,
         do_convert_rgb: bool | None = None,
     ) -> None:
-        self.do_resize = bool(do_resize)
+        # a switch set to None stays None (off), and is saved so, as transformers keeps an explicit None
+        self.do_resize = _switch(do_resize)
         self.size = _size_dict(384 if size is None else size)
         self.size_divisor = int(size_divisor)
         if self.size_divisor < 1:
@@ -318,15 +330,15 @@ class ViltImageProcessor:
             raise ViltInputError(
                 f"resample must be a PIL.Image.Resampling filter, got {resample!r}."
             ) from None
-        self.do_convert_rgb = None if do_convert_rgb is None else bool(do_convert_rgb)
-        self.do_rescale = bool(do_rescale)
+        self.do_convert_rgb = _switch(do_convert_rgb)
+        self.do_rescale = _switch(do_rescale)
         self.rescale_factor = float(rescale_factor)
-        self.do_normalize = bool(do_normalize)
+        self.do_normalize = _switch(do_normalize)
         self.image_mean = _channel_values(0.5 if image_mean is None else image_mean, "image_mean")
         self.image_std = _channel_values(0.5 if image_std is None else image_std, "image_std")
         if 0 in self.image_std:
             raise ViltInputError(f"image_std must not contain 0, got {self.image_std}.")
-        self.do_pad = bool(do_pad)
+        self.do_pad = _switch(do_pad)
 
     # -- preprocessing --------------------------------------------------------------------------------
 
@@ -636,6 +648,11 @@ class ViltFeatureExtractor(ViltImageProcessor):
             stacklevel=2,
         )
         super().__init__(*args, **kwargs)
+
+
+def _switch(value: Any) -> bool | None:
+    """A setting's on/off value: a bool, or None (off, kept as None)."""
+    return None if value is None else bool(value)
 
 
 def _size_dict(size: int | dict[str, int]) -> dict[str, int]:
