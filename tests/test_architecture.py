@@ -25,8 +25,9 @@ LAYERS = {
     2: ("vilt.image_processing", "vilt.tokenization", "vilt.processing"),
     3: ("vilt.modeling", "vilt.layers", "vilt.tuning", "vilt.checkpoint", "vilt.alignment"),
     4: ("vilt.heads",),
-    5: ("vilt.pipelines.*", "vilt.train.*", "vilt.export.*", "vilt.convert", "vilt.explain"),
-    6: ("vilt.cli", "vilt.commands", "vilt.serve.*"),
+    5: ("vilt.pipelines.*", "vilt.train.*", "vilt.export.*", "vilt.convert", "vilt.explain",
+        "vilt.scale", "vilt.scale.parts", "vilt.scale.cluster", "vilt.scale.batch", "vilt.scale.ranking"),
+    6: ("vilt.cli", "vilt.commands", "vilt.serve.*", "vilt.scale.replicas", "vilt.scale.cli"),
 }  # fmt: skip
 
 

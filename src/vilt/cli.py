@@ -30,6 +30,7 @@ COMMANDS = {
     "train": "vilt.train.cli",
     "evaluate": "vilt.train.cli",
     "serve": "vilt.serve.cli",
+    "batch": "vilt.scale.cli",
     "export": "vilt.export.cli",
 }
 EXIT_USAGE = 2

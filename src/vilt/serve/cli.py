@@ -141,6 +141,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=connection.shutdown_timeout_s,
         help="seconds requests in flight get to finish after SIGTERM (%(default)s)",
     )
+    replicas = parser.add_argument_group("replicas on Ray Serve (pip install 'vilt[scale]'; docs/scale.md)")
+    replicas.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="run N replicas of this server on Ray Serve (default: one process)",
+    )
+    replicas.add_argument(
+        "--address", default=None, help="with --replicas: join this Ray cluster (default: embedded)"
+    )
+    replicas.add_argument(
+        "--replica-cpus", type=float, default=1.0, help="with --replicas: CPUs per replica (1)"
+    )
     add("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(handler=serve)
 
@@ -221,6 +234,16 @@ def serve(args: argparse.Namespace) -> int:
         keep_alive_timeout_s=args.keep_alive_timeout,
         shutdown_timeout_s=args.shutdown_timeout,
     )
+    if args.replicas is not None or args.address is not None:
+        from ..scale.replicas import serve_replicas
+
+        logging.basicConfig(
+            level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        serve_replicas(args.model, settings, host=args.host, port=args.port, address=args.address,
+                       replicas=args.replicas or 1, replica_cpus=args.replica_cpus, device=args.device,
+                       dtype=args.dtype, backend=args.backend, threads=args.threads)  # fmt: skip
+        return 0
     try:
         import uvicorn
 
