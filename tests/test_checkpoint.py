@@ -316,11 +316,30 @@ def test_loading_info_reports_missing_and_unexpected_keys(tmp_path, caplog):
             tmp_path, output_loading_info=True
         )
 
-    assert info["missing_keys"] == ["vilt.pooler.dense.bias"]
-    assert info["unexpected_keys"] == ["vilt.encoder.layer.7.output.dense.weight"]
+    assert info == {  # sets, as transformers v5 gives them
+        "missing_keys": {"vilt.pooler.dense.bias"},
+        "unexpected_keys": {"vilt.encoder.layer.7.output.dense.weight"},
+        "mismatched_keys": set(),
+        "error_msgs": [],
+    }
     assert (
         "vilt.pooler.dense.bias" in caplog.text and "vilt.encoder.layer.7.output.dense.weight" in caplog.text
     )
+
+
+@pytest.mark.reference
+def test_a_file_of_other_tensors_loads_with_every_key_reported_as_transformers_does(tmp_path):
+    """A weights file holding nothing of the model (here one int64 tensor): every weight is missing and the
+    tensor is unexpected, in both libraries; it is not refused for its dtype, which is no weight's."""
+    transformers = pytest.importorskip("transformers")
+    _ours("ViltForQuestionAnswering").save_pretrained(tmp_path)
+    save_file({"tensor": torch.tensor([1, 2])}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model, info = MODEL_CLASSES["ViltForQuestionAnswering"].from_pretrained(
+        tmp_path, output_loading_info=True
+    )
+    _, reference = transformers.ViltForQuestionAnswering.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["unexpected_keys"] == reference["unexpected_keys"] == {"tensor"}
+    assert info["missing_keys"] == reference["missing_keys"] == set(model.state_dict())
 
 
 # ----------------------------------------------------------------------------- saving

@@ -8,10 +8,12 @@ Reads a local directory or a Hugging Face hub id (through ``huggingface_hub``, w
 checked (:meth:`ViltConfig.validate`: types, ranges, memory) and a shard index may only name plain
 files inside the model directory, as the weight file itself must be, links followed
 (:func:`find_weight_files`). Tensors are mapped from their files, not read (:class:`Weights`): only
-those the model takes are read, and those are refused by name when not floating point or holding NaN
-or infinity (:func:`check_weights`). A directory that a save replaces while it is read is read again, so
-a load sees one save whole (:func:`_read_one_save`). Keys are adapted between layouts (v4/v5 MLM bias,
-base/head prefixes) and every missing, unexpected or wrong-shaped tensor is reported (:func:`load_into`).
+those the model takes are read, and those are refused by name when holding NaN or infinity
+(:func:`check_weights`), or when integers stand where the model has a floating-point weight. A directory
+that a save replaces while it is read is read again, so a load sees one save whole (:func:`_read_one_save`).
+Keys are adapted between layouts (v4/v5 MLM bias, base/head prefixes) and every missing, unexpected or
+wrong-shaped tensor is reported (:func:`load_into`), as transformers reports them: a tensor under a name
+the model does not have is unexpected whatever its dtype.
 
 Writes ``config.json`` + ``model.safetensors`` (sharded above ``max_shard_size``), which
 ``transformers`` loads unchanged, all at once (:func:`vilt.files.atomic_directory`).
@@ -36,10 +38,18 @@ import torch
 from torch import nn
 
 from .configuration import ViltConfig
-from .devices import dtype_name, parse_dtype
+from .devices import parse_dtype
 from .errors import ViltInputError
 from .files import atomic_directory, directory_version, read_json
-from .hub import check_inside, is_offline, is_plain_file_name, model_source, resolve_file, split_hub_options
+from .hub import (
+    BUNDLED,
+    check_inside,
+    is_offline,
+    is_plain_file_name,
+    model_source,
+    resolve_file,
+    split_hub_options,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -268,27 +278,35 @@ def load_weights(files: Iterable[str]) -> Weights:
 
 
 def check_weights(state: dict[str, torch.Tensor], source: str) -> None:
-    """Refuse tensors that cannot be ViLT weights: not floating point, or holding NaN or infinity.
+    """Refuse floating-point tensors that hold NaN or infinity (tensors of other dtypes are checked against
+    the model's weights when loaded, :func:`load_into`).
 
     One summation per tensor finds any NaN or infinity (they propagate through a sum); only a sum that
     overflows on finite values, which takes weights near the dtype's limit, is checked element by
-    element. The buffers some checkpoints carry (``position_ids``) are skipped.
+    element.
 
     Raises:
         ViltInputError: naming ``source`` and the tensor.
     """
     for key, tensor in state.items():
-        if _IGNORED_KEYS.search(key):
-            continue
-        if not tensor.is_floating_point():
-            raise ViltInputError(
-                f"{source}: tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}, but ViLT weights are "
-                "floating point; the file is corrupt or not a ViLT checkpoint"
-            )
-        if not _finite(tensor):
+        if tensor.is_floating_point() and not _finite(tensor):
             raise ViltInputError(
                 f"{source}: tensor {key!r} holds NaN or infinite values; the checkpoint is corrupt (or was "
                 "saved from a diverged training run): use another one"
+            )
+
+
+def _check_dtypes(usable: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse a tensor of the checkpoint that fills a floating-point weight of the model but is not floating point.
+
+    Raises:
+        ViltInputError: naming ``source`` and the tensor.
+    """
+    for key, tensor in usable.items():
+        if expected[key].is_floating_point() and not tensor.is_floating_point():
+            raise ViltInputError(
+                f"{source}: tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}, but ViLT weights are "
+                "floating point; the file is corrupt or not a ViLT checkpoint"
             )
 
 
@@ -314,6 +332,15 @@ class LoadingInfo:
     # (key, shape in the checkpoint, shape in the model)
     mismatched_keys: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The ``output_loading_info=True`` dict, as transformers v5 gives it: sets of keys, and ``error_msgs``."""
+        return {
+            "missing_keys": set(self.missing_keys),
+            "unexpected_keys": set(self.unexpected_keys),
+            "mismatched_keys": set(self.mismatched_keys),
+            "error_msgs": [],
+        }
+
 
 def adapt_keys(state: Mapping[str, torch.Tensor], model: nn.Module) -> Mapping[str, torch.Tensor]:
     """Rename checkpoint keys to this model's names (the tensors are not touched: :class:`Weights` stay
@@ -331,8 +358,8 @@ def adapt_keys(state: Mapping[str, torch.Tensor], model: nn.Module) -> Mapping[s
     model_keys = model.state_dict().keys()
     model_is_head = any(k.startswith(prefix) for k in model_keys)
     ckpt_is_head = any(k.startswith(prefix) for k in names)
-    if model_is_head and not ckpt_is_head:  # base checkpoint into a head model
-        names = {prefix + k: v for k, v in names.items()}
+    if model_is_head and not ckpt_is_head:  # base checkpoint into a head model (other keys keep their names)
+        names = {(prefix + k if prefix + k in model_keys else k): v for k, v in names.items()}
     elif ckpt_is_head and not model_is_head:  # head checkpoint into the base model: the head is unused
         names = {k.removeprefix(prefix): v for k, v in names.items()}
     if isinstance(state, Weights):
@@ -384,6 +411,7 @@ def load_into(
     state = adapt_keys(state, model)
     _untie_if_checkpoint_differs(model, state)
     info, usable = _sort_keys(model, state)
+    _check_dtypes(usable, model.state_dict(), source)
     check_weights(usable, source)  # only what the model takes is read
     if info.mismatched_keys and not ignore_mismatched_sizes:
         shapes = "; ".join(
@@ -500,7 +528,7 @@ def _build(cls: type[Any], config: ViltConfig, state: Mapping[str, torch.Tensor]
 def _as_dtype(torch_dtype: str | torch.dtype | None, config: ViltConfig) -> torch.dtype | None:
     """The dtype ``from_pretrained`` casts to: None keeps the weights', "auto" is the config's ``torch_dtype``."""
     if torch_dtype == "auto":
-        return parse_dtype(config.extra.get("torch_dtype") or config.extra.get("dtype") or "float32")
+        return config.dtype or torch.float32
     return None if torch_dtype is None else parse_dtype(torch_dtype)
 
 
@@ -518,7 +546,7 @@ _READ_ATTEMPTS = 10  # reads of a directory that saves keep replacing, before gi
 
 
 def _read_one_save(
-    path_or_repo_id: str | os.PathLike[str], config: ViltConfig | None, hub: dict[str, Any]
+    path_or_repo_id: str | os.PathLike[str] | None, config: ViltConfig | None, hub: dict[str, Any]
 ) -> tuple[ViltConfig, list[str], Weights]:
     """The config, the weight files and their tensors (mapped, not read) of one save of a model.
 
@@ -547,35 +575,71 @@ def _read_one_save(
 
 def load_pretrained(
     cls: type[Any],
-    pretrained_model_name_or_path: str | os.PathLike[str],
+    pretrained_model_name_or_path: str | os.PathLike[str] | None,
     *,
     config: ViltConfig | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
     torch_dtype: str | torch.dtype | None = None,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     ignore_mismatched_sizes: bool = False,
     output_loading_info: bool = False,
+    attn_implementation: str | None = None,
     **kwargs: Any,
 ) -> Any:
     """Build ``cls`` from a checkpoint directory, ``bundled`` or a hub id (the body of ``from_pretrained``).
 
     Args:
         cls: the model class to build.
-        pretrained_model_name_or_path: a local directory, ``bundled`` or a hub id (see :mod:`vilt.hub`).
+        pretrained_model_name_or_path: a local directory, ``bundled`` or a hub id (see :mod:`vilt.hub`);
+            None with ``state_dict`` (and ``config``) to load tensors in memory, None alone for ``bundled``.
         config: use this config instead of the checkpoint's ``config.json``.
+        state_dict: the tensors to load, instead of a checkpoint's files (pass ``config`` too).
         torch_dtype: dtype of the returned weights ("auto" uses the config's ``torch_dtype``);
             ``dtype`` is the transformers v5 name of the same option.
         device: device to move the model to.
         ignore_mismatched_sizes: re-initialise tensors whose shape differs (e.g. a new answer head).
-        output_loading_info: also return a dict of missing/unexpected/mismatched keys.
+        output_loading_info: also return a dict of the missing, unexpected and mismatched keys (sets, as
+            transformers v5 gives them) and ``error_msgs``.
+        attn_implementation: "sdpa" or "eager" (stored in the config).
         **kwargs: the hub options (``revision``, ``cache_dir``, ``local_files_only``, ``token``...,
             see :data:`vilt.hub.HUB_OPTIONS`), and config fields to change, e.g. ``num_labels=13``.
+
+    Raises:
+        ValueError: ``state_dict`` was passed with a model name, or without a config.
+        RuntimeError: called under ``with torch.device("meta")``, where no weight could be loaded.
     """
+    if torch.get_default_device().type == "meta":
+        raise RuntimeError(
+            "You are using `from_pretrained` with a meta device context manager or torch.set_default_device('meta'): "
+            "the model would be built without its weights. Load it outside the context, then move it"
+        )
     hub, config_overrides = split_hub_options(kwargs)
-    config, files, state = _read_one_save(pretrained_model_name_or_path, config, hub)
+    if state_dict is not None:
+        if pretrained_model_name_or_path is not None:
+            raise ValueError(
+                "state_dict cannot be passed together with a model name: pass pretrained_model_name_or_path=None "
+                "to load the state_dict, or leave state_dict out to load the model's files"
+            )
+        if config is None:
+            raise ValueError(
+                "from_pretrained(None, state_dict=...) needs config=: the tensors do not say the model's sizes"
+            )
+    state: Mapping[str, torch.Tensor]
+    if state_dict is not None:
+        source = "the state_dict argument"
+        state = dict(state_dict)
+    else:
+        read_config_here = config is None
+        config, files, state = _read_one_save(pretrained_model_name_or_path, config, hub)
+        if read_config_here:
+            config.name_or_path = os.fspath(pretrained_model_name_or_path or BUNDLED)
+        source = files[0] if len(files) == 1 else f"{Path(files[0]).parent} ({len(files)} shards)"
+    assert config is not None  # read from the files, or required with state_dict above
     if config_overrides:
         config = config.replace(**config_overrides)
-    source = files[0] if len(files) == 1 else f"{Path(files[0]).parent} ({len(files)} shards)"
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
     model = _build(cls, config, state)
     info = load_into(model, state, ignore_mismatched_sizes, source=source)
     _report(info, model, source)
@@ -586,11 +650,7 @@ def load_pretrained(
         model.to(device=device)
     model.eval()
     if output_loading_info:
-        return model, {
-            "missing_keys": info.missing_keys,
-            "unexpected_keys": info.unexpected_keys,
-            "mismatched_keys": info.mismatched_keys,
-        }
+        return model, info.to_dict()
     return model
 
 
@@ -669,8 +729,9 @@ def save_state_dict(
     """
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     floating = [t.dtype for t in state.values() if t.is_floating_point()]
-    config.extra.pop("dtype", None)  # the v5 name; torch_dtype is read by both versions
-    config.extra["torch_dtype"] = dtype_name(floating[0] if floating else torch.float32)
+    config.dtype = (
+        floating[0] if floating else torch.float32
+    )  # written as torch_dtype, which both versions read
     limit = _parse_size(max_shard_size)
     with atomic_directory(save_directory, keep_old=lambda name: not is_weight_file(name)) as staging:
         config.to_json_file(staging / "config.json")
@@ -684,6 +745,8 @@ def save_pretrained(
     model: nn.Module,
     save_directory: str | os.PathLike[str],
     *,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    is_main_process: bool = True,
     max_shard_size: int | str = "5GB",
     safe_serialization: bool = True,
 ) -> None:
@@ -692,12 +755,19 @@ def save_pretrained(
     Args:
         model: a ViLT model (anything with a ``config``).
         save_directory: created if needed.
+        state_dict: the tensors to write instead of ``model.state_dict()`` (transformers' ``Trainer``
+            passes the one it gathered).
+        is_main_process: write only when True (in a distributed run, the process that saves).
         max_shard_size, safe_serialization: see :func:`save_state_dict`.
     """
+    if not is_main_process:
+        return
     config: ViltConfig = model.config  # type: ignore[assignment]
     config.architectures = [type(model).__name__]
     tied = _tied_keys(model)
-    state = {k: v for k, v in model.state_dict().items() if k not in tied}
+    state = {
+        k: v for k, v in (model.state_dict() if state_dict is None else state_dict).items() if k not in tied
+    }
     save_state_dict(
         state, config, save_directory, max_shard_size=max_shard_size, safe_serialization=safe_serialization
     )

@@ -99,7 +99,7 @@ def evaluate(args: TrainArgs) -> dict[str, float]:
     started = time.time()
     task = training_task(args.task)
     model = task.model_class.from_pretrained(model_name, torch_dtype=torch.float32).to(env.device)
-    set_attention(model, args.attention, env.device)
+    set_attention(model, args.attention)
     processor = ViltProcessor.from_pretrained(model_name)
     answers = (
         [model.config.id2label[i] for i in range(model.config.num_labels)] if task.needs_answers else None

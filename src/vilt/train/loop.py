@@ -109,7 +109,7 @@ def train(args: TrainArgs) -> dict[str, float]:
 
         # --- model, optimizer, schedule ---
         model = build_model(task, answers, args.init, args.new_model_config()).to(env.device)
-        set_attention(model, args.attention, env.device)
+        set_attention(model, args.attention)
         model.set_grad_checkpointing(args.grad_checkpointing)
         optimizer = build_optimizer(
             model, args.lr, args.weight_decay, args.beta2, args.head_lr_multiplier(), env.device

@@ -1,11 +1,9 @@
-"""The model a run trains or evaluates, its processor, and its attention kernel."""
+"""The model a run trains or evaluates, its processor, and its attention implementation."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from ..configuration import ViltConfig
 from ..image_processing import ViltImageProcessor
@@ -46,7 +44,7 @@ def build_model(
     return cls(ViltConfig(**new_config, **labels))
 
 
-def set_attention(model: torch.nn.Module, attention: str, device: torch.device) -> None:
-    """Use ``attention`` ("eager", "sdpa", or "auto": eager on CPU, where its bf16 backward is faster)."""
-    name = attention if attention != "auto" else ("eager" if device.type == "cpu" else "sdpa")
-    model.vilt.set_attn_implementation(name)
+def set_attention(model: ViltPreTrainedModel, attention: str) -> None:
+    """Use ``attention``: "eager", "sdpa", or "auto" (the model's default, "sdpa", whose CPU backward takes the
+    explicit softmax where that is faster: :func:`vilt.modeling.explicit_softmax` decides)."""
+    model.set_attn_implementation("sdpa" if attention == "auto" else attention)

@@ -121,7 +121,8 @@ class TrainArgs:
     negatives: int = _opt(15, "retrieval: random negative captions per image")
     wpa: bool = _opt(True, "pretrain: add the word-patch alignment loss")
     attention: str = _opt(
-        "auto", "auto | eager | sdpa (auto: eager on CPU, where its bf16 backward is faster)"
+        "auto",
+        "auto | eager | sdpa (auto: sdpa, whose CPU backward takes the explicit softmax, faster there)",
     )
     # --- bookkeeping ---
     eval_every: int = _opt(0, "validate every this many steps (0: once per epoch)")
