@@ -32,7 +32,7 @@ from tiny_models import BUNDLED, png_bytes, random_image, save_tiny  # noqa: E40
 
 from vilt.errors import ViltInputError  # noqa: E402
 from vilt.serve import ServeSettings, create_app, load_app, load_pipelines  # noqa: E402
-from vilt.serve.admission import TRIM_AFTER_BYTES, DecodePool, MemoryBudget  # noqa: E402
+from vilt.serve.admission import LARGE_DECODE_BYTES, SLICE_S, TURN_S, DecodePool, MemoryBudget  # noqa: E402
 from vilt.serve.batching import DynamicBatcher, FairWorker, QueueFullError  # noqa: E402
 from vilt.serve.cli import allowed_hosts, configure_threads, is_loopback  # noqa: E402
 from vilt.serve.images import fit_image, model_size, open_image  # noqa: E402
@@ -1053,14 +1053,14 @@ def test_the_budget_keeps_an_eighth_for_small_charges() -> None:
 def test_the_decode_pool_shares_its_core_and_stops_what_nobody_waits_for() -> None:
     """One core, three jobs: a hog that never ends by itself, then two small ones. The small ones run in
     the hog's slices and finish while it still runs (least service first); the hog is stopped at its next
-    step once its caller stops waiting; a job stopped before it started never runs; memory is trimmed once
-    the pool falls idle after a job that held a lot."""
+    step once its caller stops waiting; a job stopped before it started never runs; memory is trimmed after
+    a job that held a lot."""
     trimmed: list[str] = []
     hog_running = threading.Event()
     never_started: list[str] = []
 
     def hog(step) -> None:
-        step.hold(TRIM_AFTER_BYTES)
+        step.hold(LARGE_DECODE_BYTES)
         hog_running.set()
         while True:  # ends only when a step raises DecodeStopped
             step()
@@ -1075,21 +1075,158 @@ def test_the_decode_pool_shares_its_core_and_stops_what_nobody_waits_for() -> No
         endless.cancel()
         await asyncio.gather(endless, return_exceptions=True)
         await _until(lambda: pool.active == 0)  # the hog has seen it is stopped
-        gate, holding = threading.Event(), threading.Event()
-        blocker = asyncio.ensure_future(pool.run(lambda step: holding.set() or gate.wait(10)))  # no steps
-        await _until(holding.is_set)
+        gate, holding = threading.Event(), []
+        blockers = [  # no steps: one holds the core, the other the express slot
+            asyncio.ensure_future(pool.run(lambda step: holding.append(1) or gate.wait(10))) for _ in range(2)
+        ]
+        await _until(lambda: len(holding) == 2)
         skipped = asyncio.ensure_future(pool.run(lambda step: never_started.append("ran")))
-        await _until(lambda: pool.active == 2)  # waiting for the core the blocker holds
+        await _until(lambda: pool.active == 3)  # waiting for the core or the slot the blockers hold
         skipped.cancel()
         await asyncio.gather(skipped, return_exceptions=True)  # its caller has stopped waiting
         gate.set()
-        await blocker
+        await asyncio.gather(*blockers)
         await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
         assert pool.stopped_jobs == 2 and pool.active == 0
         return small, still_running
 
     assert asyncio.run(scenario()) == (["small 1", "small 2"], True)
     assert never_started == [] and trimmed == ["trimmed"]
+
+
+class ScriptedProcessor:
+    """The decode pool's clock: each decode thread's processor time, advanced by the fake decoders
+    themselves (``work``), so that slices and turns end where the test says, whatever the machine does."""
+
+    def __init__(self) -> None:
+        self._threads = threading.local()
+
+    def __call__(self) -> float:
+        return getattr(self._threads, "seconds", 0.0)
+
+    def work(self, seconds: float) -> None:
+        self._threads.seconds = self() + seconds
+
+
+def test_a_new_image_does_not_wait_for_a_long_piece_of_a_large_decode() -> None:
+    """One core, taken by a large decode in the middle of a long piece of work with no step in it (as
+    Pillow inflates a whole 64 KiB read of a blank 4096 x 4096 PNG, or converts the whole image): a small
+    image sent meanwhile is decoded on the express slot and answered before that piece ends. (Before the
+    express slot it waited for the large decode's next step: the piece here would end only after 10 s,
+    without the small image.)"""
+    cpu = ScriptedProcessor()
+    in_long_piece, small_done = threading.Event(), threading.Event()
+
+    def large(step) -> bool:
+        step.hold(LARGE_DECODE_BYTES)
+        for _ in range(3):
+            cpu.work(SLICE_S)
+            step()
+        in_long_piece.set()
+        small_answered_meanwhile = small_done.wait(10)
+        cpu.work(10 * SLICE_S)
+        step()
+        return small_answered_meanwhile
+
+    def small(step) -> str:
+        step()
+        cpu.work(SLICE_S / 10)
+        step()
+        small_done.set()
+        return "small"
+
+    async def scenario() -> list:
+        pool = DecodePool(1, release_memory=lambda: None, clock=cpu)
+        big = asyncio.ensure_future(pool.run(large))
+        await asyncio.get_running_loop().run_in_executor(None, in_long_piece.wait, 10)
+        answers = await asyncio.gather(pool.run(small), big)
+        await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        return answers
+
+    assert asyncio.run(scenario()) == ["small", True]
+
+
+def test_large_decodes_take_turns_and_hold_their_memory_one_at_a_time() -> None:
+    """One core, three large decodes of ten slices each, all in the pool before the first one's first
+    slice ends: they decode one after another, so that one holds its memory at a time (sharing the core
+    in slices, all three held theirs until they all ended together), and each hands it back as it ends."""
+    cpu = ScriptedProcessor()
+    lock, holding, most_holding = threading.Lock(), [0], [0]
+    all_in = threading.Event()
+
+    def large(step) -> str:
+        step.hold(LARGE_DECODE_BYTES)
+        with lock:
+            holding[0] += 1
+            most_holding[0] = max(most_holding[0], holding[0])
+        all_in.wait(10)
+        for _ in range(10):
+            cpu.work(SLICE_S)
+            step()
+        with lock:
+            holding[0] -= 1
+        return "large"
+
+    async def scenario() -> list:
+        trimmed: list[str] = []
+        pool = DecodePool(1, release_memory=lambda: trimmed.append("trimmed"), clock=cpu)
+        larges = [asyncio.ensure_future(pool.run(large)) for _ in range(3)]
+        await _until(lambda: pool.active == 3)
+        all_in.set()
+        answers = await asyncio.gather(*larges)
+        await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        return [*answers, *trimmed]
+
+    assert asyncio.run(scenario()) == ["large"] * 3 + ["trimmed"] * 3
+    assert most_holding == [1]
+
+
+def test_a_hostile_large_decode_shares_the_core_after_its_turn() -> None:
+    """A large decode that never ends (a progressive JPEG of endless scans) keeps its turn for ``turn_s``
+    of processor time, then shares the core: the next large decode starts beside it and finishes while it
+    still runs. A large decode stopped while it waits for its turn never decodes."""
+    cpu = ScriptedProcessor()
+    endless_started, at_hold, go, decoded = threading.Event(), threading.Event(), threading.Event(), []
+
+    def endless(step) -> None:
+        step.hold(LARGE_DECODE_BYTES)
+        endless_started.set()
+        while True:  # ends only when a step raises DecodeStopped
+            if go.is_set():  # (until then its steps take no processor time: its turn cannot end)
+                cpu.work(SLICE_S)
+            step()
+
+    def waits_for_its_turn(step) -> None:
+        at_hold.set()
+        step.hold(LARGE_DECODE_BYTES)
+        decoded.append("decoded")
+
+    def large(step) -> str:
+        step.hold(LARGE_DECODE_BYTES)
+        for _ in range(10):
+            cpu.work(SLICE_S)
+            step()
+        return "large"
+
+    async def scenario() -> tuple[str, bool]:
+        pool = DecodePool(1, release_memory=lambda: None, turn_s=TURN_S, clock=cpu)
+        hog = asyncio.ensure_future(pool.run(endless))
+        await asyncio.get_running_loop().run_in_executor(None, endless_started.wait, 10)
+        stopped = asyncio.ensure_future(pool.run(waits_for_its_turn))
+        await asyncio.get_running_loop().run_in_executor(None, at_hold.wait, 10)
+        stopped.cancel()
+        await asyncio.gather(stopped, return_exceptions=True)
+        go.set()
+        answer = await asyncio.wait_for(pool.run(large), 30)  # (if turns never ended: never)
+        still_running = not hog.done()
+        hog.cancel()
+        await asyncio.gather(hog, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        assert pool.stopped_jobs == 2
+        return answer, still_running
+
+    assert asyncio.run(scenario()) == ("large", True)
+    assert decoded == []
 
 
 def test_the_openmp_wait_policy_is_set_before_torch_loads() -> None:

@@ -5,7 +5,7 @@ Two deployments::
     Ray Serve's HTTP proxy (on every node)  ->  ViltGateway (ingress, no CPU)  ->  ViltReplica x N
 
 * :class:`ViltReplica` loads the model and builds the very app the single server runs
-  (:func:`vilt.serve.app.create_app` from the same :class:`~vilt.serve.settings.ServeSettings`), with
+  (:func:`vilt.serve.load_app` from the same :class:`~vilt.serve.settings.ServeSettings`), with
   its lifespan (decode pool, dynamic batchers) running: the same routes, page, validation, limits (body
   size, memory budget, image pixels, timeouts, API key, allowed hosts) and dynamic batching, per replica.
   Ray places the replicas across the cluster's nodes and restarts them when they die.
@@ -55,13 +55,11 @@ class ViltReplica:
     ) -> None:
         import torch
 
-        from ..serve.app import create_app
-        from ..serve.tasks import load_pipelines
+        from ..serve.app import load_app
 
         if threads is not None:
             torch.set_num_threads(threads)
-        pipelines = load_pipelines(model, device=device, dtype=dtype, backend=backend)
-        self.asgi_app = create_app(pipelines, settings, model_name=model)
+        self.asgi_app = load_app(model, settings, device=device, dtype=dtype, backend=backend)
         self._started: asyncio.Task | None = None  # the app's lifespan, entered on the first request
 
     async def _start(self) -> None:

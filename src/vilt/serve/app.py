@@ -508,8 +508,8 @@ class Server:
             )
         if not self.budget.try_take(cost):
             raise _unavailable("the server is decoding as many images as its memory budget allows")
-        step.hold(cost)
         try:
+            step.hold(cost)  # a large decode waits here for its turn
             fitted = fit_image(image, field, fit, step)
         except BaseException:
             image.close()  # a stopped or failed decode frees its pixels now, not when the traceback goes

@@ -34,7 +34,8 @@ class ServeSettings:
             an eighth is kept for bodies and images of at most that size, so a burst of huge images never
             shuts out ordinary ones.
         decode_threads: image decodes running at once (the cores they may take), shared in slices, the
-            least-served first; the model's own threads are set apart (``vilt serve --threads``).
+            least-served first, and large ones in turns; besides them, a new image's first slice may run
+            on an express slot. The model's own threads are set apart (``vilt serve --threads``).
         allowed_hosts: the Host header values answered (a leading ``*.`` matches subdomains); others get
             400. None answers any host.
         api_key: when set, the ``X-API-Key`` every ``/v1`` and ``/metrics`` request must carry.
