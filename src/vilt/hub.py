@@ -253,7 +253,9 @@ def _cached_file(
     from huggingface_hub import try_to_load_from_cache
 
     name = f"{options['subfolder']}/{filename}" if options["subfolder"] else filename
-    found = try_to_load_from_cache(repo_id, name, cache_dir=options["cache_dir"], revision=options["revision"])
+    found = try_to_load_from_cache(
+        repo_id, name, cache_dir=options["cache_dir"], revision=options["revision"]
+    )
     if isinstance(found, str):
         return found
     if not required and _revision_cached(repo_id, options["revision"], options["cache_dir"]):
