@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -75,26 +76,25 @@ def onednn_applies(weight: torch.Tensor) -> bool:
     return weight.device.type == "cpu" and cpu_features().supports(weight.dtype)
 
 
-_refused: set[tuple[str, tuple[int, ...]]] = set()  # (dtype, shape) of weights oneDNN refused, logged once
+_refused: set[torch.dtype] = set()  # the dtypes oneDNN refused to pack here (each logged once)
 
 
 def onednn_pack(weight: torch.Tensor, packed_rows: int | None) -> torch.Tensor | None:
     """``weight`` in oneDNN's blocked layout for ``packed_rows`` rows (its default if None), or None if
-    oneDNN refuses it here (logged once per dtype and shape; the caller runs the plain product)."""
+    oneDNN refuses it here: the caller runs the plain product, and the first refusal of each dtype is
+    logged (one line)."""
     try:
         if packed_rows is None:
             return torch.ops.mkldnn._reorder_linear_weight(weight)
         return torch.ops.mkldnn._reorder_linear_weight(weight, packed_rows)
     except RuntimeError as err:
-        key = (str(weight.dtype), tuple(weight.shape))
-        if key not in _refused:
-            _refused.add(key)
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if weight.dtype not in _refused:
+            _refused.add(weight.dtype)
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
             logger.warning(
-                "oneDNN cannot pack a %s %s weight on this CPU (%s); that product runs the plain way",
-                key[0].removeprefix("torch."),
-                "x".join(map(str, key[1])),
-                first,
+                "oneDNN cannot pack %s weights on this CPU (%s); those products run the plain way",
+                str(weight.dtype).removeprefix("torch."),
+                reason,
             )
         return None
 
@@ -553,7 +553,12 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         return model
     if any(p.dtype != torch.float32 for p in model.parameters()):
         raise ValueError("int8 weights are made from a float32 model; cast it with .float() first")
-    with quantized_engine():
+    with quantized_engine(), warnings.catch_warnings():
+        # torch.ao.quantization's notices (moving to torchao), not the caller's concern with torch pinned
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", "torch.quantize_per_tensor, torch.quantize_per_channel", UserWarning
+        )
         quantize_dynamic(
             model, dict.fromkeys(names, per_channel_dynamic_qconfig), dtype=torch.qint8, inplace=True
         )
