@@ -513,14 +513,12 @@ def batch_pieces(x: torch.Tensor, run: LayerCall, *sizes: int) -> int:
 
 @contextlib.contextmanager
 def quantized_engine() -> Iterator[str]:
-    """PyTorch's quantized engine for int8 products on this CPU, set while packing int8 weights (packed
+    """PyTorch's quantized engine for int8 products on this CPU, set while int8 weights are packed (packed
     weights keep the engine they were packed for): fbgemm's x86 kernels where there is AVX2 (with VNNI
-    where present), oneDNN's on older x86 CPUs, QNNPACK on ARM."""
+    where present), else QNNPACK (ARM, and x86 CPUs without AVX2, where oneDNN's int8 products stop on
+    an illegal instruction)."""
     engines = torch.backends.quantized.supported_engines
-    features = cpu_features()
-    preferred = ("x86", "fbgemm", "onednn") if features.avx2 else ("onednn", "qnnpack")
-    if features.machine.lower() in ("aarch64", "arm64"):
-        preferred = ("qnnpack", "onednn")
+    preferred = ("x86", "fbgemm") if cpu_features().avx2 else ("qnnpack",)
     engine = next((name for name in preferred if name in engines), torch.backends.quantized.engine)
     previous = torch.backends.quantized.engine
     torch.backends.quantized.engine = engine
