@@ -382,6 +382,9 @@ class PatchProjection(CachedProduct, nn.Conv2d):
 # A block's fast way runs a call (B, L) on (B x L) rows; its speed against the plain way depends on the row
 # count, so each power-of-two range of rows is probed once (on the first call that falls in it).
 FastCall = Callable[[torch.Tensor, bool], object]  # run(x, fast): the block on x, the fast way or the plain
+# The whole fast path rests on these probes, so each takes three rounds at least (the median then
+# outvotes one round disturbed by other work) and up to half a second.
+FAST_PROBE_BUDGET_S = 0.5
 
 
 def rows_bucket(rows: int) -> int:
@@ -400,9 +403,8 @@ def fast_pays(kind: str, x: torch.Tensor, rows: int, run: FastCall, *sizes: int)
 
     def probe() -> dict[str, float]:
         sample = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(x)
-        return tuning.median_seconds(
-            {"plain": lambda: run(sample, False), "candidate": lambda: run(sample, True)}
-        )
+        contestants = {"plain": lambda: run(sample, False), "candidate": lambda: run(sample, True)}
+        return tuning.median_seconds(contestants, budget_s=FAST_PROBE_BUDGET_S, least=3)
 
     return tuning.decide((kind, str(x.dtype), *sizes, rows_bucket(rows)), probe)
 
