@@ -308,6 +308,26 @@ def test_int8_weights_are_in_the_encoder_and_close_to_float32() -> None:
         quantize_int8(copy.deepcopy(model).to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_int8_query_key_value_run_as_one_product_with_the_same_sums(
+    monkeypatch: pytest.MonkeyPatch, per_channel: bool
+) -> None:
+    """The fast path runs the three int8 projections as one int8 product (the input quantized once);
+    per-tensor weights, as plain ``quantize_dynamic`` makes them, too. The patch embedding runs plainly
+    here: its packed product rounds differently, and int8 turns a rounding difference in an input into
+    a whole quantization step where a value sits on a step's edge."""
+    monkeypatch.setattr(layers, "fast_pays", lambda kind, *_: kind == "fast layer")
+    model = tiny_vqa()
+    if per_channel:
+        quantized = quantize_int8(model)
+    else:
+        quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    got = logits(quantized)
+    fused = [m.packed() for m in quantized.modules() if isinstance(m, layers.QKVProjection)]
+    assert len(fused) == 2 and all(isinstance(p, layers.Int8Product) for p in fused)
+    torch.testing.assert_close(got, plain_logits(quantized), atol=1e-5, rtol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def vqa_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(save_tiny(tmp_path_factory.mktemp("int8") / "vqa", "ViltForQuestionAnswering"))

@@ -155,6 +155,55 @@ class PackedProduct:
         return y if residual is None else residual + y
 
 
+def int8_linears(linears: Sequence[nn.Module]) -> bool:
+    """Whether every one of ``linears`` is a dynamically quantized int8 Linear (:func:`quantize_int8`)."""
+    quantized = torch.ao.nn.quantized.dynamic.Linear
+    return all(isinstance(m, quantized) and m._packed_params.dtype == torch.qint8 for m in linears)
+
+
+class Int8Product:
+    """The products of int8 Linears (dynamically quantized: :func:`quantize_int8`) that share their input,
+    as one: their int8 weights and scales concatenated along the outputs and packed once, the input
+    quantized once per call. The same sums as calling each Linear (each quantizes the same input alike).
+
+    Args:
+        linears: dynamically quantized Linears with one input size.
+    """
+
+    def __init__(self, linears: Sequence[nn.Module]) -> None:
+        weights, biases = zip(*(linear._packed_params._weight_bias() for linear in linears))
+        per_channel = [_per_channel(weight) for weight in weights]
+        weight = torch._make_per_channel_quantized_tensor(
+            torch.cat([w.int_repr() for w in per_channel]),  # (sum N, K) int8
+            torch.cat([w.q_per_channel_scales() for w in per_channel]),  # (sum N,)
+            torch.cat([w.q_per_channel_zero_points() for w in per_channel]),  # (sum N,)
+            0,
+        )
+        bias = None if biases[0] is None else torch.cat(biases)  # (sum N,)
+        with quantized_engine():
+            self.packed = torch.ops.quantized.linear_prepack(weight, bias)
+
+    def __call__(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, activation: nn.Module | None = None
+    ) -> torch.Tensor:
+        """``residual + activation(x @ weight.T + bias)``, each part optional, as the int8 Linears compute
+        it (inputs quantized to 7 bits on x86, where fbgemm would otherwise risk saturating sums)."""
+        y = torch.ops.quantized.linear_dynamic(x, self.packed, reduce_range=True)
+        if activation is not None:
+            y = activation(y)
+        return y if residual is None else residual + y
+
+
+def _per_channel(weight: torch.Tensor) -> torch.Tensor:
+    """A quantized (N, K) weight with one scale per output channel (a per-tensor one's scale repeated)."""
+    if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        return weight
+    n = weight.shape[0]
+    scales = torch.full((n,), weight.q_scale(), dtype=torch.float64)
+    zero_points = torch.full((n,), weight.q_zero_point(), dtype=torch.long)
+    return torch._make_per_channel_quantized_tensor(weight.int_repr(), scales, zero_points, 0)
+
+
 def parameter_signature(parameters: Iterable[torch.Tensor | None]) -> list[tuple[int, int, int]]:
     """What identifies the current values of ``parameters``: object, storage, in-place version.
 
@@ -186,9 +235,13 @@ class CachedProduct(nn.Module):
         Linear, whose ``weight`` is a method, or a LoRA wrapper); such a block runs through that module."""
         return True
 
+    def signature(self) -> list[tuple[int, int, int]]:
+        """What identifies the current values of the product's sources (:func:`parameter_signature`)."""
+        return parameter_signature(self.sources())
+
     def packed(self) -> PackedProduct:
         """The cached product, rebuilt first if a parameter changed since it was built."""
-        signature = parameter_signature(self.sources())
+        signature = self.signature()
         if self._product is None or signature != self._signature:
             with torch.no_grad():
                 self._product = self.build_product()
@@ -318,30 +371,44 @@ class QKVProjection(CachedProduct):
         self.value = nn.Linear(hidden_size, hidden_size, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
+    def projections(self) -> list[nn.Module]:
+        return [self.query, self.key, self.value]
+
     def sources(self) -> list[torch.Tensor | None]:
-        return [p for linear in (self.query, self.key, self.value) for p in (linear.weight, linear.bias)]
+        return [p for linear in self.projections() for p in (linear.weight, linear.bias)]
+
+    def signature(self) -> list[tuple[int, int, int]]:
+        if int8_linears(self.projections()):  # their packed weights, replaced whole when changed
+            return [(id(linear._packed_params._packed_params), 0, 0) for linear in self.projections()]
+        return super().signature()
 
     def packable(self) -> bool:
-        return all(type(linear) is nn.Linear for linear in (self.query, self.key, self.value))
+        """Plain Linears (a product on their concatenated weights), or int8 ones (one int8 product)."""
+        plain = all(type(linear) is nn.Linear for linear in self.projections())
+        return plain or int8_linears(self.projections())
 
-    def build_product(self) -> PackedProduct:
-        weight, bias = concatenated_linear([self.query, self.key, self.value])  # (3D, D), (3D,)
+    def build_product(self) -> PackedProduct | Int8Product:
+        if int8_linears(self.projections()):
+            return Int8Product(self.projections())
+        weight, bias = concatenated_linear(self.projections())  # (3D, D), (3D,)
         return PackedProduct(weight.detach(), None if bias is None else bias.detach())
 
     def forward(self, x: torch.Tensor, fast: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, L, D) -> query, key, value, each (B, H, L, Dh).
 
-        One product on the concatenated weights when ``fast`` (cached) or when a backward follows (one
-        wide product, one autocast cast of ``x`` and one gradient for it instead of three); otherwise,
-        or when another module took a projection's place (:meth:`packable`), three calls, as the reference.
+        One product on the concatenated weights when ``fast`` (cached; int8 weights too) or when a
+        backward follows (one wide product, one autocast cast of ``x`` and one gradient for it instead of
+        three); otherwise, or when another module took a projection's place (:meth:`packable`), three
+        calls, as the reference.
         """
         b, length, _ = x.shape
-        if not self.packable() or not (fast or (torch.is_grad_enabled() and x.requires_grad)):
-            return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        if fast:
+        plain = all(type(linear) is nn.Linear for linear in self.projections())
+        if fast and self.packable():
             fused = self.packed()(x)  # (B, L, 3D)
+        elif plain and torch.is_grad_enabled() and x.requires_grad:
+            fused = F.linear(x, *concatenated_linear(self.projections()))  # (B, L, 3D)
         else:
-            fused = F.linear(x, *concatenated_linear([self.query, self.key, self.value]))  # (B, L, 3D)
+            return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         fused = fused.view(b, length, 3, self.num_heads, self.head_dim)  # (B, L, 3, H, Dh)
         q, k, v = fused.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh), strided views
         return q, k, v

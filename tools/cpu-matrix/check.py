@@ -37,11 +37,12 @@ from vilt.devices import cpu_features, select_device_and_dtype  # noqa: E402
 # Tolerances against float32 (the tiny model's logits lie within about +-3 and spread over about 2):
 # float32's fast path only reorders sums (1e-5); bfloat16 keeps 8 bits of mantissa, ~0.4% per product
 # (0.1 absolute); int8 rounds weights and inputs to 1/254 (x86: inputs to 1/127) of their range, ~1% per
-# product (10% of the logits' spread, checked relatively). The same path in one precision, fast against
-# plain, differs by rounding only: 1e-5 in float32 and int8 (whose int8 products are the same calls),
-# bfloat16's rounding in bfloat16.
+# product (10% of the logits' spread, checked relatively). The same precision, fast path against plain
+# path, differs by rounding only: 1e-5 in float32, bfloat16's rounding in bfloat16; in int8 a rounding
+# difference upstream (the patch embedding's packed product) can move an input across a quantization
+# step's edge, so the int8 tolerance again.
 TOLERANCE = {"float32": 1e-5, "bfloat16": 0.1, "int8": 0.1}
-SAME_PATH = {"float32": 1e-5, "bfloat16": 0.05, "int8": 1e-5}
+SAME_PATH = {"float32": 1e-5, "bfloat16": 0.05, "int8": 0.1}
 
 
 def tiny_model() -> vilt.ViltForQuestionAnswering:
@@ -132,8 +133,9 @@ def main() -> int:
                 f"max |diff| {diff:.2e} (<= {limit:.2e})",
             )
         diff = (outputs["forced"] - outputs["off"]).abs().max().item()
+        same = SAME_PATH[precision] * (spread if precision == "int8" else 1.0)
         report.check(
-            f"{precision}, fast path vs plain path", diff <= SAME_PATH[precision], f"max |diff| {diff:.2e}"
+            f"{precision}, fast path vs plain path", diff <= same, f"max |diff| {diff:.2e} (<= {same:.2e})"
         )
         if precision == "bfloat16":
             slow = [w for w in caught if "bfloat16 on this CPU" in str(w.message)]
