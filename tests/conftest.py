@@ -18,3 +18,19 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def packed_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts calls of the fast path's cached products (``vilt.layers.PackedProduct``; one entry per call)."""
+    from vilt.layers import PackedProduct
+
+    calls: list[int] = []
+    original = PackedProduct.__call__
+
+    def counted(self: PackedProduct, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PackedProduct, "__call__", counted)
+    return calls

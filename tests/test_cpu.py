@@ -20,7 +20,7 @@ import vilt
 from vilt import devices, layers, tuning
 from vilt.commands import DTYPE_CHOICES
 from vilt.devices import CpuFeatures, cpu_features, select_device_and_dtype
-from vilt.layers import CachedProduct, PackedProduct, quantize_int8
+from vilt.layers import CachedProduct, quantize_int8
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -207,19 +207,6 @@ def scripted(monkeypatch: pytest.MonkeyPatch, fast_s: float) -> list[tuple[objec
 
     monkeypatch.setattr(tuning, "decide", decide)
     return decided
-
-
-@pytest.fixture
-def packed_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    original = PackedProduct.__call__
-
-    def counted(self: PackedProduct, *args: object, **kwargs: object) -> torch.Tensor:
-        calls.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(PackedProduct, "__call__", counted)
-    return calls
 
 
 def test_where_the_probe_finds_the_plain_layers_faster_they_run(

@@ -15,7 +15,7 @@ from torch import nn
 import vilt
 from vilt import layers, modeling, tuning
 from vilt.devices import cpu_features
-from vilt.layers import CachedProduct, PackedProduct
+from vilt.layers import CachedProduct
 
 
 def tiny_vqa(seed: int = 0, **changes: object) -> vilt.ViltForQuestionAnswering:
@@ -69,20 +69,6 @@ def even_probes(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     tuning.forget()
     yield
     tuning.forget()
-
-
-@pytest.fixture
-def packed_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts calls of cached products (one entry per call)."""
-    calls: list[int] = []
-    original = PackedProduct.__call__
-
-    def counted(self: PackedProduct, *args: object, **kwargs: object) -> torch.Tensor:
-        calls.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(PackedProduct, "__call__", counted)
-    return calls
 
 
 def scripted_probes(monkeypatch: pytest.MonkeyPatch, times: dict[str, float]) -> list[str]:
