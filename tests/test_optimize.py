@@ -336,6 +336,22 @@ def test_median_seconds_alternates_and_reads_the_injected_timer(monkeypatch: pyt
     order.clear()
     MEDIAN_SECONDS({name: call(name) for name in cost}, repetitions=9, budget_s=5.0)
     assert len(order) == 2 + 2 * 2  # the budget stops it after two rounds
+    order.clear()
+    MEDIAN_SECONDS({name: call(name) for name in cost}, repetitions=9, budget_s=5.0, least=3)
+    assert len(order) == 2 + 3 * 2  # three rounds asked for
+
+
+def test_fastest_rounds_outvote_bursts_of_other_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    costs = {"plain": iter([1.0] * 4), "candidate": iter([0.5, 0.5, 3.0, 3.0])}  # warm-up, then 3 rounds
+
+    def call(name: str) -> Callable[[], None]:
+        return lambda: clock.__setitem__(0, clock[0] + next(costs[name]))
+
+    monkeypatch.setattr(tuning, "timer", lambda: clock[0])
+    contestants = {name: call(name) for name in costs}
+    fastest = MEDIAN_SECONDS(contestants, repetitions=3, budget_s=1e9, statistic=min)
+    assert fastest == {"plain": 1.0, "candidate": 0.5}  # the median would say 1.0 against 3.0
 
 
 def test_a_decision_needs_the_margin_and_is_probed_once() -> None:
