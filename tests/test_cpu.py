@@ -94,13 +94,17 @@ def test_native_bfloat16_needs_the_hardware_and_onednn(changes: dict[str, bool],
     assert features(**{**none, **changes}).native_bf16 == native
 
 
-def test_arm_features_are_read_from_cpuinfo(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(devices, "_cpuinfo", lambda: {"Features": "fp asimd asimddp bf16 sve i8mm"})
+def test_arm_features_and_name_are_read_from_cpuinfo(monkeypatch: pytest.MonkeyPatch) -> None:
+    info = {"Features": "fp asimd asimddp bf16 sve i8mm", "CPU implementer": "0x41", "CPU part": "0xd40"}
+    monkeypatch.setattr(devices, "_cpuinfo", lambda: info)
     devices.cpu_flags.cache_clear()
+    devices.cpu_name.cache_clear()
     try:
         assert {"bf16", "sve", "asimddp"} <= devices.cpu_flags()
+        assert devices.cpu_name() == "ARM Neoverse-V1"  # ARM lists part numbers, not a model name
     finally:
         devices.cpu_flags.cache_clear()
+        devices.cpu_name.cache_clear()
 
 
 # ----------------------------------------------------------------------------- choosing a precision

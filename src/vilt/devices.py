@@ -98,11 +98,21 @@ def cpu_flags() -> frozenset[str]:
     return frozenset((info.get("flags") or info.get("Features") or "").split())
 
 
+# ARM cores by their /proc/cpuinfo "CPU part" (Arm Ltd's, implementer 0x41), for cpu_name
+ARM_PARTS = {"0xd0c": "Neoverse-N1", "0xd40": "Neoverse-V1", "0xd49": "Neoverse-N2", "0xd4f": "Neoverse-V2"}
+
+
 @functools.cache
 def cpu_name() -> str:
-    """The CPU's model name, e.g. "AMD EPYC 9R14" (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    """The CPU's model name, e.g. "AMD EPYC 9R14" or "ARM Neoverse-N1" (``/proc/cpuinfo``;
+    ``platform.processor()`` elsewhere)."""
     info = _cpuinfo()
-    return info.get("model name") or info.get("Model") or platform.processor() or "unknown CPU"
+    if info.get("model name") or info.get("Model"):
+        return info.get("model name") or info["Model"]
+    if "CPU part" in info:  # ARM lists its implementer and part numbers, no name
+        part, implementer = info["CPU part"], info.get("CPU implementer", "?")
+        return "ARM " + ARM_PARTS.get(part, f"implementer {implementer} part {part}")
+    return platform.processor() or "unknown CPU"
 
 
 def _torch_check(name: str, fallback: bool) -> bool:
@@ -187,7 +197,7 @@ class CpuFeatures:
                 ("AVX512", self.avx512),
                 ("AVX512-BF16", self.avx512_bf16),
                 ("AMX", self.amx),
-                ("VNNI", self.vnni),
+                ("VNNI" if self.machine.lower() in ("x86_64", "amd64") else "DOTPROD", self.vnni),
                 ("ARM BF16", self.arm_bf16),
                 ("SVE", self.sve),
             )
