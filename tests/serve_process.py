@@ -99,7 +99,13 @@ def server_process(model_dir: Path | str, *args: str, env: dict[str, str] | None
         finally:
             if process.poll() is None:
                 process.terminate()
-                process.wait(timeout=60)
+                try:
+                    process.wait(timeout=60)
+                except (
+                    subprocess.TimeoutExpired
+                ):  # a server that cannot stop (a bug) must not outlive the caller
+                    process.kill()
+                    process.wait()
 
 
 @contextmanager

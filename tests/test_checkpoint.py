@@ -316,11 +316,30 @@ def test_loading_info_reports_missing_and_unexpected_keys(tmp_path, caplog):
             tmp_path, output_loading_info=True
         )
 
-    assert info["missing_keys"] == ["vilt.pooler.dense.bias"]
-    assert info["unexpected_keys"] == ["vilt.encoder.layer.7.output.dense.weight"]
+    assert info == {  # sets, as transformers v5 gives them
+        "missing_keys": {"vilt.pooler.dense.bias"},
+        "unexpected_keys": {"vilt.encoder.layer.7.output.dense.weight"},
+        "mismatched_keys": set(),
+        "error_msgs": [],
+    }
     assert (
         "vilt.pooler.dense.bias" in caplog.text and "vilt.encoder.layer.7.output.dense.weight" in caplog.text
     )
+
+
+@pytest.mark.reference
+def test_a_file_of_other_tensors_loads_with_every_key_reported_as_transformers_does(tmp_path):
+    """A weights file holding nothing of the model (here one int64 tensor): every weight is missing and the
+    tensor is unexpected, in both libraries; it is not refused for its dtype, which is no weight's."""
+    transformers = pytest.importorskip("transformers")
+    _ours("ViltForQuestionAnswering").save_pretrained(tmp_path)
+    save_file({"tensor": torch.tensor([1, 2])}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model, info = MODEL_CLASSES["ViltForQuestionAnswering"].from_pretrained(
+        tmp_path, output_loading_info=True
+    )
+    _, reference = transformers.ViltForQuestionAnswering.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["unexpected_keys"] == reference["unexpected_keys"] == {"tensor"}
+    assert info["missing_keys"] == reference["missing_keys"] == set(model.state_dict())
 
 
 # ----------------------------------------------------------------------------- saving
@@ -526,6 +545,117 @@ def test_shard_that_links_outside_the_directory_is_refused_unopened(tmp_path):
     with pytest.raises(ViltInputError, match=r"resolves to .*evil\.bin, outside the model directory"):
         MODEL_CLASSES["ViltModel"].from_pretrained(model_dir)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"])
+def test_a_weight_file_that_links_outside_the_directory_is_refused_unopened(name, tmp_path):
+    """The single weight file (or the index) is confined to the model directory as shards are."""
+    from vilt.errors import ViltInputError
+
+    model_dir, marker = tmp_path / "model", tmp_path / "pwned.txt"
+    model = _ours("ViltModel")
+    model.save_pretrained(model_dir, max_shard_size="20KB" if name.endswith(".index.json") else "5GB")
+    outside = tmp_path / f"outside-{name}"
+    if name == "pytorch_model.bin":
+        torch.save({"payload": WritesAFile(marker)}, outside)
+        for file in model_dir.glob("model*.safetensors*"):
+            file.unlink()
+    else:
+        (model_dir / name).rename(outside)
+    (model_dir / name).symlink_to(outside)
+    with pytest.raises(
+        ViltInputError, match=rf"{name} is a link, which resolves to .*outside-{name}, outside the"
+    ):
+        MODEL_CLASSES["ViltModel"].from_pretrained(model_dir)
+    assert not marker.exists()
+    (model_dir / name).unlink()
+    (model_dir / name).symlink_to(Path("..", outside.name))  # a relative link out is the same
+    with pytest.raises(ViltInputError, match="outside the model directory"):
+        MODEL_CLASSES["ViltModel"].from_pretrained(model_dir)
+
+
+def test_a_link_inside_the_directory_loads(tmp_path):
+    model_dir = tmp_path / "model"
+    model = _ours("ViltModel")
+    model.save_pretrained(model_dir)
+    (model_dir / "weights").mkdir()
+    (model_dir / "model.safetensors").rename(model_dir / "weights" / "v1.safetensors")
+    (model_dir / "model.safetensors").symlink_to(Path("weights", "v1.safetensors"))
+    _assert_same_tensors(
+        MODEL_CLASSES["ViltModel"].from_pretrained(model_dir).state_dict(), model.state_dict()
+    )
+
+
+@pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
+def test_tensors_the_model_does_not_take_are_never_read(safe, tmp_path, monkeypatch):
+    """Only the model's tensors are made from a safetensors file, and only those are read (checked,
+    copied) from either kind: 2,000 unused ones, one of them NaN, cost nothing and refuse nothing."""
+    import vilt.checkpoint as checkpoint
+
+    model = _ours("ViltModel")
+    state = dict(model.state_dict())
+    unused = {f"other_head.{i}.weight": torch.zeros(3) for i in range(2000)}
+    unused["other_head.0.weight"][1] = float("nan")
+    (tmp_path / "m").mkdir()
+    model.config.to_json_file(tmp_path / "m" / "config.json")
+    if safe:
+        save_file({**state, **unused}, tmp_path / "m" / "model.safetensors")
+    else:
+        torch.save({**state, **unused}, tmp_path / "m" / "pytorch_model.bin")
+    made, checked = [], []
+    weights_getitem, check_weights = checkpoint.Weights.__getitem__, checkpoint.check_weights
+    monkeypatch.setattr(
+        checkpoint.Weights, "__getitem__", lambda self, key: made.append(key) or weights_getitem(self, key)
+    )
+    monkeypatch.setattr(
+        checkpoint,
+        "check_weights",
+        lambda tensors, source: checked.extend(tensors) or check_weights(tensors, source),
+    )
+    loaded = MODEL_CLASSES["ViltModel"].from_pretrained(tmp_path / "m")
+    _assert_same_tensors(loaded.state_dict(), model.state_dict())
+    assert not set(made) & set(unused) and not set(checked) & set(unused)
+    assert set(checked) == set(state) - {"embeddings.text_embeddings.position_ids"}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak RSS from /proc")
+def test_an_unused_2_gib_tensor_is_not_read(tmp_path):
+    """A safetensors file with an unused 2 GiB tensor whose bytes are a hole (a sparse file): loading it
+    costs the memory of the model alone (peak RSS measured in a fresh process, beside the same load
+    without that tensor); it used to read the 2 GiB in full."""
+    import struct
+
+    model = _ours("ViltModel")
+    for name in ("plain", "sparse"):
+        model.save_pretrained(tmp_path / name)
+    file = tmp_path / "sparse" / "model.safetensors"
+    raw = file.read_bytes()
+    size = struct.unpack("<Q", raw[:8])[0]
+    header, data = json.loads(raw[8 : 8 + size]), raw[8 + size :]
+    huge = 2**31
+    header["unused.huge"] = {
+        "dtype": "F32",
+        "shape": [huge // 4],
+        "data_offsets": [len(data), len(data) + huge],
+    }
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(file, "wb") as fh:
+        fh.write(struct.pack("<Q", len(encoded)) + encoded + data)
+        fh.truncate(8 + len(encoded) + len(data) + huge)  # the tensor's bytes: a hole, no disk used
+    code = (  # VmHWM: this process's peak (ru_maxrss would include the parent's, which execve keeps)
+        "import sys\n"
+        "from vilt.heads import MODEL_CLASSES\n"
+        "for path in sys.argv[1:]:\n"
+        "    MODEL_CLASSES['ViltModel'].from_pretrained(path)\n"
+        "    print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "plain"), str(file.parent)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    plain, sparse = (int(line) * 1024 for line in result.stdout.split())
+    assert sparse - plain < 2**28, f"peak RSS grew by {(sparse - plain) / 2**20:.0f} MiB"
 
 
 def test_sharded_hub_snapshot_links_into_its_blobs_and_loads(tmp_path, monkeypatch):

@@ -492,3 +492,173 @@ def test_command_help_imports_no_heavy_module(command: str) -> None:
         [sys.executable, "-c", probe, command], capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.splitlines()[-1] == "[]"
+
+
+# ----------------------------------------------------------------------------- checked before the model loads
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+# (argv, what the one line says); {name} is a path from the files fixture, {tmp} a fresh folder
+BEFORE_LOADING = [
+    (["vqa", "{missing}", "-q", "what?"], "no such file"),
+    (["vqa", "{a}", "{broken}", "-q", "what?"], r"image file '.*broken.png' is not an image"),
+    (
+        ["explain", "{broken}", "-q", "what?", "-o", "{tmp}/heat.gif"],
+        r"\(1\) image file .* is not an image .* \(2\) -o '.*heat.gif': write a .png, .jpg",
+    ),
+    (["explain", "{a}", "-q", "what?", "-o", "{broken}/under/heat.png"], "cannot be written: .* is a file"),
+    (
+        ["fill-mask", "{a}", "-t", "no mask here"],
+        r"\(1\) the text \(-t\) 'no mask here' has no \[MASK\].*\(2\) fill-mask needs a model",
+    ),
+    (["vqa", "{a}", "-q", "x", "--model", "/no/such/model"], "neither a local directory nor"),
+    (["vqa", "{a}", "-q", "x", "--model", "{tmp}"], r"config.json does not exist"),
+    (["vqa", "{a}", "-q", "x", "--device", "tpu"], "unknown device 'tpu'"),
+    (["info", "{tmp}/nothing"], "neither a local directory nor"),
+    (
+        ["export", "--model", "{vqa}", "--output", "{vqa}", "--force"],
+        r"the output directory '.*vqa' is the input",
+    ),
+    (
+        ["export", "--model", "{vqa}", "--output", "{vqa}/..", "--force"],
+        r"the output directory '.*\.\.' holds the input",
+    ),
+    (["export", "--model", "{vqa}", "--output", "{tmp}/out", "--opset", "5"], "--opset 5 is not supported"),
+    (["convert", "{tmp}/no.ckpt", "{tmp}/out"], r"SRC.ckpt: .*no.ckpt does not exist"),
+]
+
+
+def test_arguments_are_checked_before_torch_is_imported(files: dict[str, str], tmp_path: Path) -> None:
+    """Every case fails with its one line before torch is imported (in a fresh process), so in well
+    under a second, not after the seconds that loading takes."""
+    values = {**files, "missing": "/no/such/image.png", "tmp": str(tmp_path)}
+    argvs = [[arg.format(**values) for arg in argv] for argv, _ in BEFORE_LOADING]
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from vilt.cli import main\n"
+        "results = []\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        results.append((main(argv), err.getvalue()))\n"
+        "print(json.dumps({'results': results, 'torch': 'torch' in sys.modules}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(argvs)], capture_output=True, text=True)
+    report = json.loads(result.stdout)
+    for (argv, message), (exit_code, err) in zip(BEFORE_LOADING, report["results"]):
+        assert exit_code == 2, (argv, err)
+        assert len(err.strip().splitlines()) == 1 and err.startswith(f"vilt {argv[0]}: error: "), err
+        assert re.search(message, err), (message, err)
+    assert report["torch"] is False
+
+
+def test_an_unknown_option_names_its_command(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["vqa", files["a"], "-q", "what?", "--frobnicate"])
+    assert exit.value.code == 2
+    assert (
+        capsys.readouterr().err
+        == "vilt vqa: error: unrecognized arguments: --frobnicate (see vilt vqa --help)\n"
+    )
+
+
+def test_a_missing_extra_is_named_with_its_install_command(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else find_spec(name, *a)
+    )
+    code, _, err = run(capsys, "explain", files["a"], "-q", "what?", "-o", str(tmp_path / "heat.png"))
+    assert code == 2
+    assert err == "vilt explain: error: vilt explain needs matplotlib: pip install 'vilt[explain]'\n"
+    explain_line = next(line for line in README.read_text().splitlines() if line.startswith("vilt explain "))
+    assert "pip install 'vilt[explain]'" in explain_line
+
+
+def test_cuda_without_a_gpu_names_the_cpu(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before loading, where this PyTorch is a CPU build; from the device choice, where it is a CUDA
+    build on a machine without a GPU."""
+    from importlib import metadata
+
+    import torch
+
+    argv = ["vqa", files["a"], "-q", "what?", "--model", files["vqa"], "--device", "cuda"]
+    monkeypatch.setattr(metadata, "version", lambda name: "2.13.0+cpu")
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and err.startswith("vilt vqa: error: --device cuda: this PyTorch (2.13.0+cpu) is built")
+    assert err.rstrip().endswith("pass --device cpu")
+    monkeypatch.setattr(metadata, "version", lambda name: "2.13.0+cu128")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "no CUDA GPU is available" in err and "--device cpu" in err
+
+
+def test_a_slow_load_says_so_in_a_terminal(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import vilt.pipelines
+    from vilt import arguments
+
+    load_model = vilt.pipelines.load_model
+
+    def slow_load(*args, **kwargs):
+        time.sleep(0.5)
+        return load_model(*args, **kwargs)
+
+    monkeypatch.setattr(vilt.pipelines, "load_model", slow_load)
+    monkeypatch.setattr(arguments, "SLOW_S", 0.05)
+    code, _, err = run(capsys, "info", files["vqa"])  # not a terminal: nothing said
+    assert code == 0 and err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, _, err = run(capsys, "info", files["vqa"])
+    assert code == 0 and err == f"vilt info: loading {files['vqa']} (torch, then the weights)...\n"
+    monkeypatch.setattr(vilt.pipelines, "load_model", load_model)
+    monkeypatch.setattr(arguments, "SLOW_S", 5.0)  # a fast load says nothing
+    code, _, err = run(capsys, "info", files["vqa"])
+    assert code == 0 and err == ""
+
+
+def test_explain_makes_its_output_folder(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    output = tmp_path / "new" / "folder" / "heat.png"
+    code, _, err = run(
+        capsys, "explain", files["a"], "-q", "what color?", "-o", str(output), "--model", files["vqa"]
+    )
+    assert code == 0, err
+    assert output.is_file()
+
+
+@pytest.mark.parametrize("output", [".", ".."])
+def test_export_and_convert_refuse_the_current_directory_in_one_short_line(
+    output: str,
+    files: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "vilt_vqa.ckpt").write_bytes(b"")
+    monkeypatch.chdir(work)
+    for argv in (
+        ["export", "--model", files["vqa"], "--output", output, "--force"],
+        ["convert", "vilt_vqa.ckpt", output, "--force"],
+    ):
+        code, _, err = run(capsys, *argv)
+        assert code == 2
+        assert len(err.strip().splitlines()) == 1 and len(err) < 300, err
+        assert re.match(
+            rf"vilt {argv[0]}: error: cannot write a model to '{re.escape(output)}' \(.*current directory\)",
+            err,
+        )
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["vilt_vqa.ckpt", "work"]

@@ -12,8 +12,8 @@ from tiny import MODEL_TESTS, NLVR2, tiny_config
 from vilt import ViltConfig
 from vilt.heads import MODEL_CLASSES, ViltForImagesAndTextClassification
 
-# fields of ours that are bookkeeping, not reference config fields
-_OURS_ONLY = {"extra", "architectures"}
+# fields of ours that are bookkeeping, or transformers' base-config fields, not ViltConfig's own
+_OURS_ONLY = {"extra", "architectures", "problem_type", "chunk_size_feed_forward", "is_encoder_decoder"}
 # transformers v5 forces tie_word_embeddings=True whatever is passed; we keep v4's default False, which is
 # what every dandelin checkpoint was converted with (their MLM decoder is not tied to the word embeddings).
 _DOCUMENTED_DIFFERENCES = {"tie_word_embeddings"}
@@ -127,6 +127,109 @@ def test_our_json_round_trip_is_lossless(tmp_path) -> None:  # type: ignore[no-u
     assert ViltConfig.from_pretrained(tmp_path) == config
 
 
+# ----------------------------------------------------------------------------- transformers' config conventions
+
+
+@pytest.mark.reference
+def test_unknown_keywords_are_kept_as_attributes_and_saved(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """As transformers' configs: ``ViltConfig(is_decoder=False)`` works, the key is an attribute and is saved."""
+    transformers = pytest.importorskip("transformers")
+    ours = ViltConfig(is_decoder=False, custom={"nested": [1]})
+    reference = transformers.ViltConfig(is_decoder=False, custom={"nested": [1]})
+    assert ours.is_decoder is reference.is_decoder is False
+    assert ours.custom == reference.custom == {"nested": [1]}
+    assert ours.extra == {"is_decoder": False, "custom": {"nested": [1]}}
+    ours.use_cache = False  # a tool setting a key after the fact
+    assert ours.use_cache is False and ours.to_dict()["use_cache"] is False
+    with pytest.raises(AttributeError):
+        _ = ours.not_a_setting
+    ours.save_pretrained(tmp_path)
+    assert ViltConfig.from_pretrained(tmp_path).is_decoder is False
+    assert transformers.ViltConfig.from_pretrained(tmp_path).custom == {"nested": [1]}
+    del ours.use_cache
+    assert "use_cache" not in ours.to_dict()
+
+
+@pytest.mark.reference
+def test_setting_num_labels_rebuilds_the_label_maps() -> None:
+    transformers = pytest.importorskip("transformers")
+    for config in (ViltConfig(num_labels=5), transformers.ViltConfig(num_labels=5)):
+        assert len(config.id2label) == len(config.label2id) == 5
+        config.num_labels = 3
+        assert config.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+        assert config.label2id == {"LABEL_0": 0, "LABEL_1": 1, "LABEL_2": 2}
+        assert config.num_labels == 3
+    named = ViltConfig(id2label={0: "no", 1: "yes"})
+    named.num_labels = 2  # the same count keeps the names
+    assert named.id2label == {0: "no", 1: "yes"}
+    with pytest.raises(ValueError, match="num_labels must be >= 1"):
+        named.num_labels = 0
+
+
+@pytest.mark.reference
+def test_heads_dividing_the_hidden_size_is_checked_when_a_model_is_built() -> None:
+    """As in transformers, a config may pass through a state the model refuses (edited one field at a time)."""
+    transformers = pytest.importorskip("transformers")
+    assert transformers.ViltConfig(hidden_size=100, num_attention_heads=12).hidden_size == 100
+    config = tiny_config(hidden_size=30, num_attention_heads=4)
+    with pytest.raises(
+        ValueError, match=r"hidden_size \(30\) must be divisible by num_attention_heads \(4\)"
+    ):
+        MODEL_CLASSES["ViltModel"](config)
+    config.hidden_size = 32
+    assert MODEL_CLASSES["ViltModel"](config).config.hidden_size == 32
+
+
+@pytest.mark.reference
+def test_transformers_common_settings_are_kept_as_transformers_keeps_them() -> None:
+    """The settings every transformers config takes: the same values come back from both libraries."""
+    transformers = pytest.importorskip("transformers")
+    common = {
+        "return_dict": False,
+        "output_hidden_states": True,
+        "output_attentions": True,
+        "dtype": "float16",
+        "chunk_size_feed_forward": 5,
+        "architectures": ["BertModel"],
+        "id2label": {0: "label"},
+        "label2id": {"label": "0"},
+        "problem_type": "regression",
+    }
+    ours, reference = ViltConfig(**common), transformers.ViltConfig(**common)
+    for key in common:
+        assert getattr(ours, key) == getattr(reference, key), key
+    assert ours.dtype is torch.float16 and ours.torch_dtype is torch.float16
+    assert ours.num_labels == reference.num_labels == 1
+    assert ours.get_text_config() is ours and ours.sub_configs == {}
+    assert ours.to_dict()["torch_dtype"] == "float16"  # the key both transformers v4 and v5 read
+    with pytest.raises(ValueError, match="problem_type"):
+        ViltConfig(problem_type="ranking")
+
+
+@pytest.mark.reference
+def test_to_diff_dict_leaves_out_what_transformers_leaves_out() -> None:
+    transformers = pytest.importorskip("transformers")
+    for kwargs in ({}, {"num_labels": 3, "output_attentions": True, "is_decoder": False}):
+        ours = ViltConfig(**kwargs).to_diff_dict()
+        reference = json.loads(
+            json.dumps(transformers.ViltConfig(**kwargs).to_diff_dict())
+        )  # id2label keys as text
+        reference.pop("transformers_version")
+        if "id2label" in reference:  # the reference writes label2id only when it was passed
+            reference.setdefault("label2id", ours["label2id"])
+        assert ours.pop("tie_word_embeddings") is False and reference.pop("tie_word_embeddings") is True
+        assert ours == reference
+    config = ViltConfig(is_decoder=False)
+    assert ViltConfig(**config.to_diff_dict()) == config  # a diff dict builds the config back
+
+
+def test_iterating_a_config_gives_its_setting_names() -> None:
+    config = ViltConfig(use_cache=False)
+    names = list(config)
+    assert "initializer_range" in names and names[-1] == "use_cache" and "extra" not in names
+    assert all(hasattr(config, name) for name in names)
+
+
 # ----------------------------------------------------------------------------- validation
 
 
@@ -137,7 +240,6 @@ def test_our_json_round_trip_is_lossless(tmp_path) -> None:  # type: ignore[no-u
         ({"image_size": [384, 384]}, "image_size"),
         ({"image_size": 384.0}, "image_size"),
         ({"image_size": 100, "patch_size": 32}, "image_size"),
-        ({"hidden_size": 100, "num_attention_heads": 12}, "hidden_size"),
         ({"max_image_length": None}, "max_image_length"),
         ({"max_image_length": 0}, "max_image_length"),
     ],

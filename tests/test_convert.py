@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import types
 from pathlib import Path
@@ -405,3 +406,26 @@ def test_cli_names_a_missing_checkpoint(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "nope.ckpt"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'nope.ckpt'} does not exist" in err and "Traceback" not in err
+
+
+def test_cli_writes_through_a_linked_output_and_never_onto_its_source(tmp_path, capsys):
+    src = save_lightning(original_state("vqa"), tmp_path / "vilt_vqa.ckpt")
+    real, link = tmp_path / "disk" / "vqa", tmp_path / "vqa"
+    assert main(["convert", str(src), str(real)]) == 0
+    link.symlink_to(real, target_is_directory=True)
+    (real / "config.json").write_text("{}")  # damaged: the second conversion must replace it
+    assert main(["convert", str(src), str(link), "--force"]) == 0
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    MODEL_CLASSES["ViltForQuestionAnswering"].from_pretrained(link)
+    leftovers = [p.name for p in tmp_path.rglob("*") if ".vilt-" in p.name]
+    assert not leftovers, leftovers
+    capsys.readouterr()
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    inside = save_lightning(original_state("vqa"), folder / "pytorch_model.bin")  # named like a weight file
+    before = inside.read_bytes()
+    assert main(["convert", str(inside), str(folder), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"the output directory '.*weights' holds the input '.*pytorch_model.bin'", err), err
+    assert inside.read_bytes() == before

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from vilt import ViltFeatureExtractor, ViltImageProcessor
+from vilt.errors import ViltInputError
 from vilt.image_processing import BatchFeature, get_resize_output_image_size
 from vilt.images import ImageTooLargeError
 
@@ -446,7 +447,7 @@ def test_defaults_are_those_of_the_reference():
     assert processor.size_divisor == 32
     assert processor.resample == Image.Resampling.BICUBIC
     assert processor.rescale_factor == 1 / 255
-    assert processor.image_mean == processor.image_std == [0.5, 0.5, 0.5]
+    assert processor.image_mean == processor.image_std == (0.5, 0.5, 0.5)
     assert processor.do_resize and processor.do_rescale and processor.do_normalize and processor.do_pad
     assert ViltImageProcessor(size=42).size == {"shortest_edge": 42}
 
@@ -500,6 +501,74 @@ def test_reference_reads_our_saved_config(reference, tmp_path):
 
     assert as_json(loaded.to_dict()) == as_json(processor.to_dict())
     assert as_json(ViltImageProcessor().to_dict()) == as_json(reference.to_dict())
+
+
+@pytest.mark.reference
+def test_to_dict_has_the_reference_types_and_json_files_round_trip(reference, tmp_path):
+    """Tuples for the channel statistics, a ``Resampling`` member for the filter, as the reference gives them."""
+    assert ViltImageProcessor().to_dict() == reference.to_dict()
+    assert type(ViltImageProcessor().to_dict()["resample"]) is type(reference.to_dict()["resample"])
+    custom = {"size": 42, "resample": 2, "image_mean": [0.1, 0.2, 0.3], "do_convert_rgb": True}
+    assert ViltImageProcessor(**custom).to_dict() == type(reference)(**custom).to_dict()
+    processor = ViltImageProcessor(**custom)
+    processor.to_json_file(tmp_path / "image_processor.json")
+    assert ViltImageProcessor.from_json_file(tmp_path / "image_processor.json") == processor
+    assert ViltImageProcessor.from_dict(processor.to_dict(), do_convert_rgb=False).do_convert_rgb is False
+    assert (
+        "do_convert_rgb" not in ViltImageProcessor().to_dict()
+    )  # unset: left out, as the reference leaves it
+    with pytest.raises(ViltInputError, match="resample"):
+        ViltImageProcessor(resample=42)
+
+
+def test_a_switch_set_to_none_is_off_and_saved_as_none(tmp_path):
+    """As transformers keeps an explicit None: in to_dict, through a save and a load, and it means off."""
+    assert ViltImageProcessor.do_resize is True and ViltImageProcessor.size_divisor == 32  # class defaults
+    processor = ViltImageProcessor(do_resize=None)
+    assert processor.to_dict()["do_resize"] is None
+    processor.save_pretrained(tmp_path)
+    assert ViltImageProcessor.from_pretrained(tmp_path).do_resize is None
+    image = random_image(40, 50)
+    assert processor(image, return_tensors="np")["pixel_values"].shape == (1, 3, 40, 50)  # not resized
+    assert processor(image, do_resize=True, return_tensors="np")["pixel_values"].shape[2] == 384
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("channels", [3, 4])
+def test_do_convert_rgb_false_keeps_the_channels_as_the_reference(reference, channels):
+    rng = np.random.default_rng(channels)
+    images = [rng.integers(0, 256, (h, w, channels), dtype=np.uint8) for h, w in ((40, 50), (70, 33))]
+    options = {
+        "do_convert_rgb": False,
+        "input_data_format": "channels_last",
+        "image_mean": [0.1 * c for c in range(channels)],
+        "image_std": [0.5 + 0.1 * c for c in range(channels)],
+        "return_tensors": "np",
+    }
+    ours = ViltImageProcessor()(images, **options)
+    assert ours["pixel_values"].shape[:2] == (2, channels)
+    assert_identical(ours, reference(images, **options), f"{channels} channels")
+    # converted (the default), the same images become RGB
+    assert (
+        ViltImageProcessor()(images, return_tensors="np", input_data_format="channels_last")[
+            "pixel_values"
+        ].shape[1]
+        == 3
+    )
+
+
+def test_do_convert_rgb_false_needs_one_statistic_per_channel_and_one_channel_count():
+    rgba = np.zeros((40, 50, 4), dtype=np.uint8)
+    with pytest.raises(ViltInputError, match="4 channel\\(s\\) but image_mean has 3 value"):
+        ViltImageProcessor(do_convert_rgb=False)(rgba, input_data_format="channels_last")
+    with pytest.raises(ViltInputError, match="same number of channels, got \\[3, 4\\]"):
+        ViltImageProcessor(do_convert_rgb=False, do_normalize=False)(
+            [rgba, np.zeros((40, 50, 3), dtype=np.uint8)], input_data_format="channels_last"
+        )
+    with pytest.raises(ViltInputError, match="5 channels"):
+        ViltImageProcessor(do_convert_rgb=False)(
+            np.zeros((40, 50, 5), dtype=np.uint8), input_data_format="channels_last"
+        )
 
 
 def test_batch_feature_attribute_access_and_to():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 from typing import Any
 
 import numpy as np
@@ -96,21 +95,20 @@ def test_size_sorted_batches_group_similar_sizes() -> None:
 
 
 def test_prefetch_prepares_the_next_batch_while_the_current_one_runs() -> None:
-    started: list[int] = []
-    lock = threading.Lock()
+    # The consumer holds each item until the next one's preparation has started: with no background
+    # preparation it would wait forever (here: until the generous timeout, then fail), whatever the load.
+    started = {item: threading.Event() for item in range(3)}
 
     def prepare(item: int) -> int:
-        with lock:
-            started.append(item)
+        started[item].set()
         return item * 10
 
     seen = []
     for item, prepared in prefetched([0, 1, 2], prepare):
-        time.sleep(0.05)  # the "model" works; the next batch must be in preparation meanwhile
-        with lock:
-            seen.append((item, prepared, list(started)))
-    assert [(i, p) for i, p, _ in seen] == [(0, 0), (1, 10), (2, 20)]
-    assert seen[0][2] == [0, 1] and seen[1][2] == [0, 1, 2]
+        if item + 1 in started:
+            assert started[item + 1].wait(timeout=60), f"item {item + 1} was not prepared while {item} ran"
+        seen.append((item, prepared))
+    assert seen == [(0, 0), (1, 10), (2, 20)]
 
 
 def test_prefetch_raises_the_preparation_error() -> None:

@@ -269,3 +269,146 @@ def test_forced_export_replaces_an_earlier_export_and_keeps_other_files(exported
     assert (target / "vocab.txt").read_bytes() == (source / "vocab.txt").read_bytes()
     assert (target / "model.onnx").read_bytes() != b"an earlier export"
     assert not _leftovers(target)
+
+
+# ----------------------------------------------------------------------------- saves that meet each other
+
+
+def _same_weights(loaded: torch.nn.Module, expected: torch.nn.Module) -> bool:
+    state = loaded.state_dict()
+    return loaded.config.id2label == expected.config.id2label and all(
+        torch.equal(state[key], tensor) for key, tensor in expected.state_dict().items()
+    )
+
+
+def test_a_save_that_finds_its_new_directory_taken_still_wins_whole(tmp_path, monkeypatch):
+    """Two saves to a directory that did not exist: the second to swap finds the first's directory in
+    place just as it renames its own there (the race that ended in 'OSError: [Errno 39] Directory not
+    empty'), and takes its place whole."""
+    import os
+
+    target = tmp_path / "new" / "model"
+    first, second = _model(3, seed=0), _model(5, seed=1)
+    rename = os.rename
+
+    def other_save_first(source, destination):
+        if Path(destination) == target and not target.exists():
+            monkeypatch.setattr(os, "rename", rename)
+            first.save_pretrained(target)  # the other writer got there a moment before
+        rename(source, destination)
+
+    monkeypatch.setattr(os, "rename", other_save_first)
+    second.save_pretrained(target)
+    assert _same_weights(MODEL_CLASSES[QA].from_pretrained(target), second)
+    assert _fingerprint(target).keys() == {"config.json", "model.safetensors"}
+    assert not _leftovers(target)
+
+
+def _save_at_once(args) -> None:
+    """Wait for the other writer, then save (one of two forked processes)."""
+    barrier, seed, target = args
+    torch.set_num_threads(1)
+    model = _model(3 + 2 * seed, seed=seed)
+    barrier.wait()
+    model.save_pretrained(target, max_shard_size=SHARD if seed else "5GB")
+
+
+@pytest.mark.slow
+def test_two_processes_saving_to_a_new_directory_both_succeed(tmp_path):
+    """20 rounds of two processes saving at the same moment to a directory that does not exist: both
+    succeed, and the directory holds one of the two saves whole."""
+    models = [_model(3, seed=0), _model(5, seed=1)]
+    for round_ in range(20):
+        target = tmp_path / f"round-{round_}" / "model"
+        barrier = FORK.Barrier(2)
+        writers = [FORK.Process(target=_save_at_once, args=((barrier, seed, target),)) for seed in (0, 1)]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join(60)
+        assert [writer.exitcode for writer in writers] == [0, 0], f"round {round_}"
+        loaded = MODEL_CLASSES[QA].from_pretrained(target)
+        assert any(_same_weights(loaded, model) for model in models), f"round {round_}"
+        assert not _leftovers(target)
+
+
+@pytest.mark.parametrize("new_size", [SHARD, "5GB"], ids=["the same shard names", "one file"])
+def test_a_load_during_a_save_reads_one_save_whole(new_size, tmp_path, monkeypatch):
+    """A save replaces the directory between the moment a load lists the weight files and the moment it
+    opens them: the load reads the new save whole (neither a vanished shard nor shards of both)."""
+    import vilt.checkpoint as checkpoint
+
+    target = tmp_path / "model"
+    old, new = _model(3, seed=0), _model(3, seed=1)  # the same config, other weights
+    old.save_pretrained(target, max_shard_size=SHARD)
+    opened = checkpoint.load_weights
+    calls = []
+
+    def save_first(files):
+        calls.append(files)
+        if len(calls) == 1:  # the shards' names were read from the old save
+            new.save_pretrained(target, max_shard_size=new_size)
+        return opened(files)
+
+    monkeypatch.setattr(checkpoint, "load_weights", save_first)
+    loaded = MODEL_CLASSES[QA].from_pretrained(target)
+    assert len(calls) == 2  # read again
+    assert _same_weights(loaded, new)
+
+
+def _save_repeatedly(args) -> None:
+    target, done = args
+    torch.set_num_threads(1)
+    models = [_model(3, seed=0), _model(5, seed=1)]
+    for i in range(100):
+        models[i % 2].save_pretrained(target, max_shard_size=SHARD if i % 2 else "5GB")
+    done.set()
+
+
+@pytest.mark.slow
+def test_loads_during_100_saves_each_see_one_save(tmp_path):
+    """A process saves two models in turn 100 times (one file, then 9 shards of another config) while
+    this one loads: every load gives one of the two models, whole."""
+    models = [_model(3, seed=0), _model(5, seed=1)]
+    target = tmp_path / "model"
+    models[0].save_pretrained(target)
+    done = FORK.Event()
+    writer = FORK.Process(target=_save_repeatedly, args=((target, done),), daemon=True)
+    writer.start()
+    loads = 0
+    while not done.is_set():
+        loaded = MODEL_CLASSES[QA].from_pretrained(target)
+        assert any(_same_weights(loaded, model) for model in models)
+        loads += 1
+    writer.join(60)
+    assert writer.exitcode == 0
+    print(f"\n{loads} loads during 100 saves")
+    assert loads > 1
+
+
+# ----------------------------------------------------------------------------- where a save may go
+
+
+def test_a_link_to_a_directory_is_written_through(tmp_path):
+    real, link = tmp_path / "disk" / "model", tmp_path / "model"
+    _model(3, seed=0).save_pretrained(real)
+    link.symlink_to(real, target_is_directory=True)
+    model = _model(5, seed=1)
+    model.save_pretrained(link)
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert _same_weights(MODEL_CLASSES[QA].from_pretrained(real), model)
+    assert not _leftovers(link) and not _leftovers(real)
+
+
+@pytest.mark.parametrize("where", [".", ".."])
+def test_the_current_directory_and_its_parents_are_refused(where, tmp_path, monkeypatch):
+    from vilt.errors import ViltInputError
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(ViltInputError, match=r"the current directory\)?.*Name a new directory"):
+        _model(3, seed=0).save_pretrained(where)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before

@@ -9,30 +9,31 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 import re
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 
 from fastapi.testclient import TestClient  # noqa: E402
+from hostile_images import garbage_exif_jpeg, png_header  # noqa: E402
 from tiny_models import BUNDLED, png_bytes, random_image, save_tiny  # noqa: E402
 
 from vilt.errors import ViltInputError  # noqa: E402
-from vilt.serve import ServeSettings, create_app, load_pipelines  # noqa: E402
-from vilt.serve.admission import DecodePool, MemoryBudget  # noqa: E402
-from vilt.serve.batching import DynamicBatcher, QueueFullError  # noqa: E402
+from vilt.serve import ServeSettings, create_app, load_app, load_pipelines  # noqa: E402
+from vilt.serve.admission import LARGE_DECODE_BYTES, SLICE_S, TURN_S, DecodePool, MemoryBudget  # noqa: E402
+from vilt.serve.batching import DynamicBatcher, FairWorker, QueueFullError  # noqa: E402
 from vilt.serve.cli import allowed_hosts, configure_threads, is_loopback  # noqa: E402
 from vilt.serve.images import fit_image, model_size, open_image  # noqa: E402
 
@@ -242,17 +243,33 @@ def test_fill_mask(mlm_client: TestClient) -> None:
     assert mlm_client.post("/v1/fill-mask", data={"text": "a [MASK] circle"}, **form).status_code == 200
 
 
+def test_an_image_gets_the_same_answer_on_every_endpoint(
+    client: TestClient,
+    nlvr2_client: TestClient,
+    rank_client: TestClient,
+    mlm_client: TestClient,
+    qa_pipelines: dict,
+) -> None:
+    """One loader for every endpoint, loading as transformers does: a JPEG whose EXIF block is noise is
+    read with the EXIF ignored (before: 400 from /v1/vqa, whose pipeline read the stale EXIF again from
+    the shrunk copy, and 200 from /v1/explain)."""
+    data = garbage_exif_jpeg()
+    upload = ("x.jpg", data, "image/jpeg")
+    answers = assert_answers(
+        client.post("/v1/vqa", files={"image": upload}, data={"question": "what color?"})
+    )
+    expected = qa_pipelines["visual-question-answering"](data, "what color?", top_k=5)
+    assert [a["answer"] for a in answers] == [e["answer"] for e in expected]
+    responses = [
+        client.post("/v1/explain", files={"image": upload}, data={"question": "what color?"}),
+        nlvr2_client.post("/v1/nlvr2", files=[("images", upload)] * 2, data={"statement": "both are red"}),
+        rank_client.post("/v1/rank", files=[("images", upload)], data={"texts": ["a red circle"]}),
+        mlm_client.post("/v1/fill-mask", files={"image": upload}, data={"text": "a [MASK] circle"}),
+    ]
+    assert [response.status_code for response in responses] == [200] * 4, [r.text for r in responses]
+
+
 # ----------------------------------------------------------------------------- bad input
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG holding only its header: the claimed size, no pixel data (a decompression-bomb probe)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
 
 
 def _multipart(image: bytes, question: str = "what color?") -> dict:
@@ -309,7 +326,7 @@ BAD_REQUESTS = {
     "JSON nested 100,000 deep": (
         {"content": b"[" * 100_000 + b"]" * 100_000, "headers": {"content-type": "application/json"}},
         400,
-        "nested too deeply",
+        "more values than this endpoint takes",
     ),
     "JSON top_k of 5,000 digits": (
         {
@@ -365,6 +382,87 @@ def test_bad_input_gets_a_4xx_json_error_and_the_next_request_succeeds(client: T
     kwargs, status, *words = BAD_REQUESTS[name]
     assert_error(client.post("/v1/vqa", **kwargs), status, *words)
     assert_answers(ask(client))
+
+
+# ----------------------------------------------------------------------------- JSON and form bodies
+
+
+def _json(body: bytes) -> dict:
+    return {"content": body, "headers": {"content-type": "application/json"}}
+
+
+def test_a_json_body_of_a_million_keys_is_refused_before_it_is_parsed(qa_pipelines: dict) -> None:
+    """The attack: a body of only unknown keys. It is refused from a count of its separators, so the
+    server never builds the objects (before: 422 after 13-25 s, a 62 MiB error echoing the input)."""
+    import tracemalloc
+
+    body = b"{" + b",".join(b'"%d":0' % i for i in range(1_000_000)) + b"}"  # 10 MB
+    with _client(qa_pipelines, max_body_bytes=32 * 2**20, max_json_bytes=32 * 2**20) as client:
+        tracemalloc.start()
+        try:
+            refused = client.post("/v1/vqa", **_json(body))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert_error(refused, 400, "more values than this endpoint takes", "image, question, top_k")
+        assert len(refused.content) < 300
+        # parsing it would hold a million keys (over 100 bytes each); refusing it holds the body and its copies
+        assert peak < 4 * len(body), f"{peak / 2**20:.0f} MiB traced for a {len(body) / 2**20:.0f} MiB body"
+        assert client.app.state.server.budget.held == 0
+        assert_answers(ask(client))
+
+
+def test_unknown_and_repeated_json_keys_are_refused_without_echoing_them(client: TestClient) -> None:
+    image = base64.b64encode(IMAGE).decode()
+    long_key = "k" * 100_000
+    unknown = {"image": image, "question": "q", "model": "/tmp/m", long_key: 1, "a": 2, "b": 3}
+    refused = client.post("/v1/vqa", json=unknown)
+    assert_error(refused, 422, "unknown field", "'model'", "and 1 more", "image, question, top_k")
+    assert len(refused.content) < 400  # the 100,000-character key is cut short
+    repeated = b'{"image": "%s", "question": "a", "question": "b"}' % image.encode()
+    assert_error(client.post("/v1/vqa", **_json(repeated)), 400, "'question' more than once")
+
+
+def test_json_bodies_have_their_own_size_limit(qa_pipelines: dict) -> None:
+    image = base64.b64encode(IMAGE).decode()
+    body = json.dumps({"image": image, "question": "q" * 400}).encode()
+    with _client(qa_pipelines, max_json_bytes=len(body) - 1) as client:
+        assert_error(client.post("/v1/vqa", **_json(body)), 413, "JSON body", "--max-json-mb", "multipart")
+        assert_answers(ask(client))  # the same image as an upload is within the body limit
+
+
+def test_a_json_body_is_charged_three_times_its_size_to_the_memory_budget(qa_pipelines: dict) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (150, 150, 3), dtype=np.uint8)
+    data = png_bytes(image)  # about 68 KB, incompressible
+    body = json.dumps({"image": base64.b64encode(data).decode(), "question": "what?"}).encode()
+    with _client(qa_pipelines, memory_budget_bytes=2 * len(body), max_image_pixels=2**20) as client:
+        refused = client.post("/v1/vqa", **_json(body))
+        assert_error(refused, 503, "request bodies")
+        assert refused.headers["retry-after"] == "1"
+        assert_answers(ask(client, data))  # as multipart, charged once, it fits
+
+
+def test_a_form_with_more_parts_than_the_request_takes_is_refused(client: TestClient) -> None:
+    fields = {f"field{i}": "x" for i in range(50)}
+    assert_error(client.post("/v1/vqa", data=fields), 400, "too many fields")
+    files = {"image": ("x.png", IMAGE, "image/png"), "other": ("y.png", IMAGE, "image/png")}
+    assert_error(client.post("/v1/vqa", files=files, data={"question": "q"}), 400, "too many files")
+    unknown = client.post("/v1/vqa", files={"image": ("x.png", IMAGE, "image/png")}, data={"modle": "m"})
+    assert_error(unknown, 422, "unknown field", "'modle'")
+
+
+def test_many_invalid_fields_get_a_short_error(rank_client: TestClient) -> None:
+    form = {"texts": [" "] * 16}
+    files = [("images", ("x.png", IMAGE, "image/png"))]
+    refused = rank_client.post("/v1/rank", files=files, data=form)
+    assert_error(refused, 422, "blank", "and 11 more errors")
+
+
+def test_a_long_host_header_is_not_echoed(qa_pipelines: dict) -> None:
+    with _client(qa_pipelines, allowed_hosts=("localhost",)) as guarded:
+        refused = guarded.get("/healthz", headers={"host": "h" * 50_000})
+        assert_error(refused, 400, "--allowed-hosts")
+        assert len(refused.content) < 300
 
 
 def test_chunked_oversize_body_is_refused_while_streaming(client: TestClient) -> None:
@@ -433,10 +531,31 @@ def test_the_page_and_its_assets_are_served_and_need_nothing_outside(client: Tes
     for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
         assert client.get(asset).status_code == 200
     static = Path(__file__).parents[1] / "src" / "vilt" / "serve" / "static"
-    for path in static.iterdir():
+    for path in static.glob("*.[hjc]*"):  # the page's HTML, JavaScript and CSS
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", path.read_text()), (
             f"{path.name} loads an outside asset"
         )
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+    assert Image.open(io.BytesIO(icon.content)).format == "ICO"
+    examples = client.get("/samples/examples.json").json()
+    assert len(examples) >= 3 and all(example["question"].strip() for example in examples)
+    for example in examples:
+        image = client.get(f"/samples/{example['image']}")
+        assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).size >= (64, 64)
+    assert client.get("/samples/../serve/app.py").status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_the_api_docs_load_nothing_from_outside(client: TestClient, path: str) -> None:
+    """Swagger UI and ReDoc come with their scripts from the server (the fastapi-offline package), not a
+    CDN, so /docs works without internet; headless Chromium checks that it shows the operations."""
+    page = client.get(path)
+    assert page.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert assets and all(asset.startswith("/") for asset in assets), assets
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
 
 
 # ----------------------------------------------------------------------------- API key
@@ -498,6 +617,13 @@ def test_slow_answer_is_504_and_the_server_recovers(qa_pipelines: dict) -> None:
         assert_error(ask(slow), 504, "0.3 s")
         gated.gate.set()
         assert ask(slow).json() == {"answers": [{"answer": "red", "score": 0.9}]}
+
+
+async def _until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.01)
 
 
 def _wait_until(condition, timeout_s: float = 10.0) -> None:
@@ -584,6 +710,46 @@ def test_batcher_drops_requests_that_timed_out_before_their_batch() -> None:
 
 
 # ----------------------------------------------------------------------------- the command line
+
+
+def test_the_inference_worker_gives_each_task_an_equal_share_of_its_time() -> None:
+    """Explanations (4 time units each, one per pass) and VQA batches (1 unit) both queued: each task
+    gets half the worker, so neither waits behind the other's whole queue (before, the passes took
+    turns: an explanation per VQA batch, however long either was). The clock is the jobs' own."""
+    now = [0.0]
+    ran: list[str] = []
+    gate = threading.Event()
+    worker = FairWorker(clock=lambda: now[0])
+
+    def job(task: str, cost: float) -> str:
+        gate.wait(10)
+        ran.append(task)
+        now[0] += cost
+        return task
+
+    futures = [worker.submit("vqa", job, "vqa", 1.0) for _ in range(12)]
+    futures += [worker.submit("explain", job, "explain", 4.0) for _ in range(3)]
+    gate.set()
+    assert [future.result(10) for future in futures] == ["vqa"] * 12 + ["explain"] * 3
+    worker.shutdown()
+    used = {"vqa": 0.0, "explain": 0.0}
+    for task in ran[:-1]:  # at every point but the end, the shares differ by at most one explanation
+        used[task] += 1.0 if task == "vqa" else 4.0
+        assert abs(used["vqa"] - used["explain"]) <= 4.0, (ran, used)
+    # a task back from an idle spell does not get the time it did not use: after VQA ran alone for 10
+    # units, explanations and VQA batches (1 unit each) queued together take turns
+    ran.clear()
+    worker = FairWorker(clock=lambda: now[0])
+    for _ in range(10):
+        worker.submit("vqa", job, "vqa", 1.0).result(10)
+    gate.clear()
+    futures = [worker.submit("vqa", job, "vqa", 1.0)]  # holds the worker at the gate
+    futures += [worker.submit(task, job, task, 1.0) for task in ("explain", "vqa") * 5]
+    gate.set()
+    [future.result(10) for future in futures]
+    worker.shutdown()
+    after_the_gate = "".join(task[0] for task in ran[11:])
+    assert "eee" not in after_the_gate, after_the_gate
 
 
 def test_loopback_detection() -> None:
@@ -700,8 +866,6 @@ def test_images_wait_in_the_queue_shrunk_to_the_size_the_model_reads(qa_pipeline
 
 def _encode(mode: str, height: int = 150, width: int = 100) -> bytes:
     """A random image of ``mode`` (alpha and transparency included) as PNG, or TIFF where PNG cannot."""
-    from PIL import Image
-
     rng = np.random.default_rng(7)
     rgba = Image.fromarray(rng.integers(0, 256, (height, width, 4), dtype=np.uint8), "RGBA")
     image = rgba.convert(mode) if mode not in ("I;16", "P+transparency") else None
@@ -742,21 +906,39 @@ def test_answers_for_every_image_mode_are_the_pipelines(
     np.testing.assert_allclose([a["score"] for a in got], [e["score"] for e in expected], atol=1e-5)
 
 
-def test_the_request_deadline_covers_decoding(qa_pipelines: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+class EndlessDecoder:
+    """A stand-in for ``fit_image`` that is slow on purpose: it steps until released, so it ends only by
+    being stopped (or released)."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.steps = 0
+
+    def __call__(self, image: object, field: str, fit: object, step) -> object:
+        self.started.set()
+        while not self.release.is_set():
+            step()
+            self.steps += 1
+            time.sleep(0.001)
+        raise AssertionError("released: the decode was not stopped")
+
+
+def test_the_request_deadline_covers_decoding_and_stops_it(
+    qa_pipelines: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import vilt.serve.app
 
-    real_fit = vilt.serve.app.fit_image
-
-    def slow_fit(*args: object) -> object:
-        time.sleep(1.0)
-        return real_fit(*args)
-
-    monkeypatch.setattr(vilt.serve.app, "fit_image", slow_fit)
-    with _client(qa_pipelines, timeout_s=0.3) as slow:
-        start = time.monotonic()
-        assert_error(ask(slow), 504, "0.3 s")
-        assert time.monotonic() - start < 0.9
-        _wait_until(lambda: slow.app.state.server.budget.held == 0)  # the decode's charge comes back
+    endless = EndlessDecoder()
+    monkeypatch.setattr(vilt.serve.app, "fit_image", endless)
+    try:
+        with _client(qa_pipelines, timeout_s=0.3) as slow:
+            assert_error(ask(slow), 504, "0.3 s")  # answered while the decode still runs
+            server = slow.app.state.server
+            _wait_until(lambda: server.decoder.stopped_jobs == 1)  # then stopped at its next step
+            assert server.decoder.active == 0 and server.budget.held == 0
+    finally:
+        endless.release.set()
 
 
 # ----------------------------------------------------------------------------- hosts, headers, key, docs
@@ -825,6 +1007,16 @@ def test_every_operation_has_a_real_summary_and_description(client: TestClient) 
             ), where
 
 
+def test_the_app_is_built_from_a_model_and_settings_alone(tmp_path: Path) -> None:
+    """load_app: the ASGI app any host can mount (uvicorn --factory, Ray Serve)."""
+    directory = save_tiny(tmp_path, "ViltForQuestionAnswering")
+    app = load_app(str(directory), ServeSettings(max_batch_size=4), device="cpu", dtype="float32")
+    with TestClient(app) as client:
+        assert_answers(ask(client))
+        ready = client.get("/readyz").json()
+    assert ready["limits"]["max_batch_size"] == 4 and ready["model_card"]["name"] == str(directory)
+
+
 def test_the_model_card_is_served(qa_pipelines: dict) -> None:
     app = create_app(qa_pipelines, ServeSettings(), model_name="my-org/tiny-vqa")
     with TestClient(app) as client:
@@ -858,44 +1050,183 @@ def test_the_budget_keeps_an_eighth_for_small_charges() -> None:
     assert not budget.try_take(1) and not budget.fits_ever(701) and budget.fits_ever(700)
 
 
-def test_the_decode_pool_runs_the_cheapest_first_and_always_gives_back() -> None:
-    order: list[str] = []
-    given_back: list[str] = []
-    started = threading.Event()
-    release = threading.Event()
+def test_the_decode_pool_shares_its_core_and_stops_what_nobody_waits_for() -> None:
+    """One core, three jobs: a hog that never ends by itself, then two small ones. The small ones run in
+    the hog's slices and finish while it still runs (least service first); the hog is stopped at its next
+    step once its caller stops waiting; a job stopped before it started never runs; memory is trimmed after
+    a job that held a lot."""
+    trimmed: list[str] = []
+    hog_running = threading.Event()
+    never_started: list[str] = []
 
-    def blocker() -> str:
-        started.set()
-        release.wait(5)
-        return "blocker"
+    def hog(step) -> None:
+        step.hold(LARGE_DECODE_BYTES)
+        hog_running.set()
+        while True:  # ends only when a step raises DecodeStopped
+            step()
 
-    async def scenario() -> list[str]:
-        pool = DecodePool(1, release_memory=lambda: order.append("trimmed"))
-        first = asyncio.ensure_future(pool.run(10, blocker, done=lambda: given_back.append("blocker")))
-        await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
-        jobs = [
-            asyncio.ensure_future(
-                pool.run(
-                    cost,
-                    lambda name=name: order.append(name) or name,
-                    done=lambda name=name: given_back.append(name),
-                )
-            )
-            for name, cost in (("large", 2**30), ("small", 1), ("medium", 2**20))
+    async def scenario() -> tuple[list[str], bool]:
+        pool = DecodePool(1, release_memory=lambda: trimmed.append("trimmed"), slice_s=0.0)
+        endless = asyncio.ensure_future(pool.run(hog))
+        await asyncio.get_running_loop().run_in_executor(None, hog_running.wait, 10)
+        smalls = (pool.run(lambda step, n=n: (step(), f"small {n}")[1]) for n in (1, 2))
+        small = await asyncio.wait_for(asyncio.gather(*smalls), 30)  # (without slices: never)
+        still_running = not endless.done()
+        endless.cancel()
+        await asyncio.gather(endless, return_exceptions=True)
+        await _until(lambda: pool.active == 0)  # the hog has seen it is stopped
+        gate, holding = threading.Event(), []
+        blockers = [  # no steps: one holds the core, the other the express slot
+            asyncio.ensure_future(pool.run(lambda step: holding.append(1) or gate.wait(10))) for _ in range(2)
         ]
-        abandoned = asyncio.ensure_future(
-            pool.run(5, lambda: order.append("abandoned"), done=lambda: given_back.append("abandoned"))
-        )
-        await asyncio.sleep(0.05)
-        abandoned.cancel()  # its caller stopped waiting before it started: skipped, but still given back
-        release.set()
-        results = await asyncio.gather(first, *jobs)
+        await _until(lambda: len(holding) == 2)
+        skipped = asyncio.ensure_future(pool.run(lambda step: never_started.append("ran")))
+        await _until(lambda: pool.active == 3)  # waiting for the core or the slot the blockers hold
+        skipped.cancel()
+        await asyncio.gather(skipped, return_exceptions=True)  # its caller has stopped waiting
+        gate.set()
+        await asyncio.gather(*blockers)
         await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
-        return results
+        assert pool.stopped_jobs == 2 and pool.active == 0
+        return small, still_running
 
-    assert asyncio.run(scenario()) == ["blocker", "large", "small", "medium"]
-    assert order == ["small", "medium", "large", "trimmed"]
-    assert sorted(given_back) == ["abandoned", "blocker", "large", "medium", "small"]
+    assert asyncio.run(scenario()) == (["small 1", "small 2"], True)
+    assert never_started == [] and trimmed == ["trimmed"]
+
+
+class ScriptedProcessor:
+    """The decode pool's clock: each decode thread's processor time, advanced by the fake decoders
+    themselves (``work``), so that slices and turns end where the test says, whatever the machine does."""
+
+    def __init__(self) -> None:
+        self._threads = threading.local()
+
+    def __call__(self) -> float:
+        return getattr(self._threads, "seconds", 0.0)
+
+    def work(self, seconds: float) -> None:
+        self._threads.seconds = self() + seconds
+
+
+def test_a_new_image_does_not_wait_for_a_long_piece_of_a_large_decode() -> None:
+    """One core, taken by a large decode in the middle of a long piece of work with no step in it (as
+    Pillow inflates a whole 64 KiB read of a blank 4096 x 4096 PNG, or converts the whole image): a small
+    image sent meanwhile is decoded on the express slot and answered before that piece ends. (Before the
+    express slot it waited for the large decode's next step: the piece here would end only after 10 s,
+    without the small image.)"""
+    cpu = ScriptedProcessor()
+    in_long_piece, small_done = threading.Event(), threading.Event()
+
+    def large(step) -> bool:
+        step.hold(LARGE_DECODE_BYTES)
+        for _ in range(3):
+            cpu.work(SLICE_S)
+            step()
+        in_long_piece.set()
+        small_answered_meanwhile = small_done.wait(10)
+        cpu.work(10 * SLICE_S)
+        step()
+        return small_answered_meanwhile
+
+    def small(step) -> str:
+        step()
+        cpu.work(SLICE_S / 10)
+        step()
+        small_done.set()
+        return "small"
+
+    async def scenario() -> list:
+        pool = DecodePool(1, release_memory=lambda: None, clock=cpu)
+        big = asyncio.ensure_future(pool.run(large))
+        await asyncio.get_running_loop().run_in_executor(None, in_long_piece.wait, 10)
+        answers = await asyncio.gather(pool.run(small), big)
+        await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        return answers
+
+    assert asyncio.run(scenario()) == ["small", True]
+
+
+def test_large_decodes_take_turns_and_hold_their_memory_one_at_a_time() -> None:
+    """One core, three large decodes of ten slices each, all in the pool before the first one's first
+    slice ends: they decode one after another, so that one holds its memory at a time (sharing the core
+    in slices, all three held theirs until they all ended together), and each hands it back as it ends."""
+    cpu = ScriptedProcessor()
+    lock, holding, most_holding = threading.Lock(), [0], [0]
+    all_in = threading.Event()
+
+    def large(step) -> str:
+        step.hold(LARGE_DECODE_BYTES)
+        with lock:
+            holding[0] += 1
+            most_holding[0] = max(most_holding[0], holding[0])
+        all_in.wait(10)
+        for _ in range(10):
+            cpu.work(SLICE_S)
+            step()
+        with lock:
+            holding[0] -= 1
+        return "large"
+
+    async def scenario() -> list:
+        trimmed: list[str] = []
+        pool = DecodePool(1, release_memory=lambda: trimmed.append("trimmed"), clock=cpu)
+        larges = [asyncio.ensure_future(pool.run(large)) for _ in range(3)]
+        await _until(lambda: pool.active == 3)
+        all_in.set()
+        answers = await asyncio.gather(*larges)
+        await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        return [*answers, *trimmed]
+
+    assert asyncio.run(scenario()) == ["large"] * 3 + ["trimmed"] * 3
+    assert most_holding == [1]
+
+
+def test_a_hostile_large_decode_shares_the_core_after_its_turn() -> None:
+    """A large decode that never ends (a progressive JPEG of endless scans) keeps its turn for ``turn_s``
+    of processor time, then shares the core: the next large decode starts beside it and finishes while it
+    still runs. A large decode stopped while it waits for its turn never decodes."""
+    cpu = ScriptedProcessor()
+    endless_started, at_hold, go, decoded = threading.Event(), threading.Event(), threading.Event(), []
+
+    def endless(step) -> None:
+        step.hold(LARGE_DECODE_BYTES)
+        endless_started.set()
+        while True:  # ends only when a step raises DecodeStopped
+            if go.is_set():  # (until then its steps take no processor time: its turn cannot end)
+                cpu.work(SLICE_S)
+            step()
+
+    def waits_for_its_turn(step) -> None:
+        at_hold.set()
+        step.hold(LARGE_DECODE_BYTES)
+        decoded.append("decoded")
+
+    def large(step) -> str:
+        step.hold(LARGE_DECODE_BYTES)
+        for _ in range(10):
+            cpu.work(SLICE_S)
+            step()
+        return "large"
+
+    async def scenario() -> tuple[str, bool]:
+        pool = DecodePool(1, release_memory=lambda: None, turn_s=TURN_S, clock=cpu)
+        hog = asyncio.ensure_future(pool.run(endless))
+        await asyncio.get_running_loop().run_in_executor(None, endless_started.wait, 10)
+        stopped = asyncio.ensure_future(pool.run(waits_for_its_turn))
+        await asyncio.get_running_loop().run_in_executor(None, at_hold.wait, 10)
+        stopped.cancel()
+        await asyncio.gather(stopped, return_exceptions=True)
+        go.set()
+        answer = await asyncio.wait_for(pool.run(large), 30)  # (if turns never ended: never)
+        still_running = not hog.done()
+        hog.cancel()
+        await asyncio.gather(hog, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        assert pool.stopped_jobs == 2
+        return answer, still_running
+
+    assert asyncio.run(scenario()) == ("large", True)
+    assert decoded == []
 
 
 def test_the_openmp_wait_policy_is_set_before_torch_loads() -> None:

@@ -298,6 +298,51 @@ def test_page_answers_an_easy_vqa_question(server: str, browser: Browser, model_
         assert set(answers) <= set(LABELS["ViltForQuestionAnswering"])
 
 
+def test_one_click_answers_an_example(server: str, browser: Browser, model_dir: Path) -> None:
+    """ "Try an example" chooses a sample image the server ships, types its question and asks it."""
+    browser.open(server)
+    wait_for(lambda: browser.evaluate("!document.getElementById('try-example').disabled"), 10, "the examples")
+    browser.click("#try-example")
+    answers = browser.answers()
+    browser.wait_for_heatmap()
+    assert browser.evaluate("document.getElementById('question').value") == "What color is the shape?"
+    assert (
+        browser.evaluate("document.getElementById('file-name').textContent") == "easy-vqa-yellow-circle.png"
+    )
+    assert browser.broken_images() == []
+    browser.screenshot("serve-page-example.png")
+    if model_dir == BUNDLED:
+        assert answers[0] == "yellow"
+    else:
+        assert set(answers) <= set(LABELS["ViltForQuestionAnswering"])
+
+
+def test_the_api_docs_show_every_operation_offline(server: str, browser: Browser) -> None:
+    """/docs (Swagger UI) renders each operation with its summary, loading nothing but from the server."""
+    with urllib.request.urlopen(server + "/openapi.json", timeout=10) as response:
+        schema = json.load(response)
+    summaries = {op["summary"] for path in schema["paths"].values() for op in path.values()}
+    browser.send("Network.enable")
+    browser.events.clear()
+    browser.send("Page.navigate", url=server + "/docs")
+    shown = wait_for(
+        lambda: browser.evaluate(
+            "(() => { const s = [...document.querySelectorAll('.opblock-summary-description')]"
+            ".map(e => e.textContent); return s.length ? s : null; })()"
+        ),
+        60,
+        "Swagger UI's operations",
+    )
+    browser.send("Network.disable")
+    requested = [
+        e["params"]["request"]["url"] for e in browser.events if e["method"] == "Network.requestWillBeSent"
+    ]
+    browser.screenshot("serve-docs.png")
+    assert set(shown) == summaries
+    outside = [url for url in requested if not url.startswith((server, "data:"))]
+    assert requested and not outside, outside
+
+
 def test_choosing_a_second_image_clears_the_first_ones_answers_and_heatmap(
     server: str, browser: Browser, model_dir: Path
 ) -> None:
@@ -385,6 +430,8 @@ def test_the_page_works_400_px_wide_with_the_keyboard_alone(
     assert browser.evaluate("getComputedStyle(document.getElementById('drop')).outlineStyle") != "none"
     browser.choose_file(image)
     browser.wait_for_preview(Path(image).name)
+    browser.press("Tab")
+    assert browser.evaluate("document.activeElement.id") == "try-example"  # (Enter would ask a sample)
     browser.press("Tab")
     assert browser.evaluate("document.activeElement.id") == "question"
     browser.send("Input.insertText", text=question)

@@ -6,10 +6,14 @@ Reads a local directory or a Hugging Face hub id (through ``huggingface_hub``, w
 ``torch.load(weights_only=True)``, so a pickle that would run code is refused, never executed
 (:func:`read_torch_file`). Before anything large is allocated or any weight file opened, the config is
 checked (:meth:`ViltConfig.validate`: types, ranges, memory) and a shard index may only name plain
-files inside the model directory (:func:`find_weight_files`); weights that are not floating point or
-hold NaN or infinity are refused by name (:func:`check_weights`). Keys are adapted between layouts
-(v4/v5 MLM bias, base/head prefixes) and every missing, unexpected or wrong-shaped tensor is reported
-(:func:`load_into`).
+files inside the model directory, as the weight file itself must be, links followed
+(:func:`find_weight_files`). Tensors are mapped from their files, not read (:class:`Weights`): only
+those the model takes are read, and those are refused by name when holding NaN or infinity
+(:func:`check_weights`), or when integers stand where the model has a floating-point weight. A directory
+that a save replaces while it is read is read again, so a load sees one save whole (:func:`_read_one_save`).
+Keys are adapted between layouts (v4/v5 MLM bias, base/head prefixes) and every missing, unexpected or
+wrong-shaped tensor is reported (:func:`load_into`), as transformers reports them: a tensor under a name
+the model does not have is unexpected whatever its dtype.
 
 Writes ``config.json`` + ``model.safetensors`` (sharded above ``max_shard_size``), which
 ``transformers`` loads unchanged, all at once (:func:`vilt.files.atomic_directory`).
@@ -18,12 +22,14 @@ Writes ``config.json`` + ``model.safetensors`` (sharded above ``max_shard_size``
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import pickle
 import re
-from collections.abc import Iterable, Iterator
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +38,18 @@ import torch
 from torch import nn
 
 from .configuration import ViltConfig
-from .devices import dtype_name, parse_dtype
+from .devices import parse_dtype
 from .errors import ViltInputError
-from .files import atomic_directory, read_json
-from .hub import check_inside, is_offline, is_plain_file_name, model_source, resolve_file, split_hub_options
+from .files import atomic_directory, directory_version, read_json
+from .hub import (
+    BUNDLED,
+    check_inside,
+    is_offline,
+    is_plain_file_name,
+    model_source,
+    resolve_file,
+    split_hub_options,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +71,9 @@ _IGNORED_KEYS = re.compile(r"(^|\.)embeddings\.text_embeddings\.(position_ids|to
 def find_weight_files(path_or_repo_id: str | os.PathLike[str], **hub: Any) -> list[str]:
     """The weight files of a checkpoint: one file, or every shard named in an index.
 
-    Shards are checked before any is opened: each must be a plain file name of the index's kind that,
-    links followed, stays inside the model directory (:func:`vilt.hub.check_inside`).
+    Files are checked before any is opened: the weight file or index, and each shard, a plain file name
+    of the index's kind, must, links followed, stay inside the model directory
+    (:func:`vilt.hub.check_inside`).
 
     Raises:
         FileNotFoundError: no weight file exists.
@@ -68,6 +83,7 @@ def find_weight_files(path_or_repo_id: str | os.PathLike[str], **hub: Any) -> li
         found = resolve_file(path_or_repo_id, name, required=False, **hub)
         if found is None:
             continue
+        check_inside(found, Path(found).parent)
         if not name.endswith(".index.json"):
             return [found]
         shards = _shard_names(found, name.removesuffix(".index.json").rsplit(".", 1)[-1])
@@ -162,9 +178,13 @@ def _stand_ins(file: str, err: pickle.UnpicklingError) -> list[Any]:
 
 
 def _torch_load(file: str, stand_ins: list[Any]) -> Any:
+    # a zip archive (what torch.save writes) is mapped, not read: a tensor's bytes are read when used
+    mapped = zipfile.is_zipfile(file)
     try:
         with torch.serialization.safe_globals(stand_ins):
-            return torch.load(file, map_location="cpu", weights_only=True)
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=mapped)
+    except FileNotFoundError:
+        raise
     except (EOFError, RuntimeError, OSError) as err:
         raise ValueError(
             f"{file} is not a readable PyTorch checkpoint ({err}); it may be truncated"
@@ -191,19 +211,56 @@ def read_torch_file(file: str | os.PathLike[str]) -> Any:
         raise _refusal(file, _reason(err)) from None
 
 
-def load_state_dict(file: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read the tensors of one ``.safetensors`` or ``.bin`` file safely; errors name the file.
+class Weights(Mapping[str, torch.Tensor]):
+    """The tensors of a checkpoint's weight files by name: every file opened at once, each tensor made
+    when first asked for, mapped from its file, and read only when used (copied into a model, checked).
 
-    A ``.bin`` may also be a training checkpoint with the weights under ``"state_dict"``.
+    Tensors a model does not take cost nothing: a safetensors file's are never made, and those of a
+    ``.bin`` that ``torch.save`` wrote as a zip archive (as it has since PyTorch 1.6) are never read.
+    The files stay open (mapped) while this object lives, so a save that replaces them meanwhile changes
+    nothing here. A ``.bin`` may also be a training checkpoint with the weights under ``"state_dict"``.
+
+    Raises:
+        FileNotFoundError: a file does not exist (any more).
+        ValueError: a file is not a readable checkpoint of tensors (or its pickle refers to code).
     """
-    file = str(file)
+
+    def __init__(self, files: Iterable[str | os.PathLike[str]] = ()) -> None:
+        # name -> (where it is: a safetensors file's handle or a dict of tensors, its name there)
+        self._where: dict[str, tuple[Any, str]] = {}
+        for file in files:
+            source = _open_weights(str(file))
+            self._where.update((key, (source, key)) for key in source.keys())
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        source, name = self._where[key]
+        return source[name] if isinstance(source, dict) else source.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def renamed(self, names: dict[str, str]) -> Weights:
+        """These tensors under new names ({new name: name here}), none of them made."""
+        view = Weights()
+        view._where = {new: self._where[old] for new, old in names.items()}
+        return view
+
+
+def _open_weights(file: str) -> Any:
+    """A safetensors file's handle, or a ``.bin`` file's dict of tensors (mapped when it can be)."""
     if file.endswith(".safetensors"):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError, safe_open
 
         try:
-            return load_file(file)
+            return safe_open(file, framework="pt")
+        except FileNotFoundError:
+            raise
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            if not os.path.exists(file):  # gone meanwhile (safetensors says so in its own words)
+                raise FileNotFoundError(errno.ENOENT, "no such file", file) from None
             raise ValueError(
                 f"{file} is not a readable safetensors file ({err}); it may be truncated or corrupt: download it again"
             ) from None
@@ -215,36 +272,41 @@ def load_state_dict(file: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_weights(files: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Merge the state dicts of all shards."""
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        state.update(load_state_dict(file))
-    return state
+def load_weights(files: Iterable[str]) -> Weights:
+    """The tensors of all shards, made and read only when used (:class:`Weights`)."""
+    return Weights(files)
 
 
 def check_weights(state: dict[str, torch.Tensor], source: str) -> None:
-    """Refuse tensors that cannot be ViLT weights: not floating point, or holding NaN or infinity.
+    """Refuse floating-point tensors that hold NaN or infinity (tensors of other dtypes are checked against
+    the model's weights when loaded, :func:`load_into`).
 
     One summation per tensor finds any NaN or infinity (they propagate through a sum); only a sum that
     overflows on finite values, which takes weights near the dtype's limit, is checked element by
-    element. The buffers some checkpoints carry (``position_ids``) are skipped.
+    element.
 
     Raises:
         ViltInputError: naming ``source`` and the tensor.
     """
     for key, tensor in state.items():
-        if _IGNORED_KEYS.search(key):
-            continue
-        if not tensor.is_floating_point():
-            raise ViltInputError(
-                f"{source}: tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}, but ViLT weights are "
-                "floating point; the file is corrupt or not a ViLT checkpoint"
-            )
-        if not _finite(tensor):
+        if tensor.is_floating_point() and not _finite(tensor):
             raise ViltInputError(
                 f"{source}: tensor {key!r} holds NaN or infinite values; the checkpoint is corrupt (or was "
                 "saved from a diverged training run): use another one"
+            )
+
+
+def _check_dtypes(usable: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse a tensor of the checkpoint that fills a floating-point weight of the model but is not floating point.
+
+    Raises:
+        ViltInputError: naming ``source`` and the tensor.
+    """
+    for key, tensor in usable.items():
+        if expected[key].is_floating_point() and not tensor.is_floating_point():
+            raise ViltInputError(
+                f"{source}: tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}, but ViLT weights are "
+                "floating point; the file is corrupt or not a ViLT checkpoint"
             )
 
 
@@ -270,42 +332,55 @@ class LoadingInfo:
     # (key, shape in the checkpoint, shape in the model)
     mismatched_keys: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The ``output_loading_info=True`` dict, as transformers v5 gives it: sets of keys, and ``error_msgs``."""
+        return {
+            "missing_keys": set(self.missing_keys),
+            "unexpected_keys": set(self.unexpected_keys),
+            "mismatched_keys": set(self.mismatched_keys),
+            "error_msgs": [],
+        }
 
-def adapt_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Rename checkpoint keys to this model's names.
+
+def adapt_keys(state: Mapping[str, torch.Tensor], model: nn.Module) -> Mapping[str, torch.Tensor]:
+    """Rename checkpoint keys to this model's names (the tensors are not touched: :class:`Weights` stay
+    unread).
 
     * drops the text embedding buffers some checkpoints carry (``position_ids``);
     * maps the v4 MLM bias ``mlm_score.bias`` to ``mlm_score.decoder.bias`` (hf-vilt.md §2.4);
     * adds or strips the ``vilt.`` prefix between base-model and head-model checkpoints (a head
       checkpoint's head keys stay as they are, so loading it into the base model reports them unused).
     """
-    state = {k: v for k, v in state.items() if not _IGNORED_KEYS.search(k)}
-    if "mlm_score.bias" in state:
-        bias = state.pop("mlm_score.bias")
-        state.setdefault("mlm_score.decoder.bias", bias)
+    names = {k: k for k in state if not _IGNORED_KEYS.search(k)}  # new name -> name in the checkpoint
+    if "mlm_score.bias" in names:
+        names.setdefault("mlm_score.decoder.bias", names.pop("mlm_score.bias"))
     prefix = getattr(model, "base_model_prefix", "vilt") + "."
     model_keys = model.state_dict().keys()
     model_is_head = any(k.startswith(prefix) for k in model_keys)
-    ckpt_is_head = any(k.startswith(prefix) for k in state)
-    if model_is_head and not ckpt_is_head:  # base checkpoint into a head model
-        state = {prefix + k: v for k, v in state.items()}
+    ckpt_is_head = any(k.startswith(prefix) for k in names)
+    if model_is_head and not ckpt_is_head:  # base checkpoint into a head model (other keys keep their names)
+        names = {(prefix + k if prefix + k in model_keys else k): v for k, v in names.items()}
     elif ckpt_is_head and not model_is_head:  # head checkpoint into the base model: the head is unused
-        state = {k.removeprefix(prefix): v for k, v in state.items()}
-    return state
+        names = {k.removeprefix(prefix): v for k, v in names.items()}
+    if isinstance(state, Weights):
+        return state.renamed(names)
+    return {new: state[old] for new, old in names.items()}
 
 
 def _sort_keys(
-    model: nn.Module, state: dict[str, torch.Tensor]
+    model: nn.Module, state: Mapping[str, torch.Tensor]
 ) -> tuple[LoadingInfo, dict[str, torch.Tensor]]:
     """Which tensors of an (adapted) checkpoint ``model`` can take, and which keys are missing,
-    unexpected or of the wrong shape."""
+    unexpected or of the wrong shape (only the tensors of the model's keys are made)."""
     expected = model.state_dict()
     info = LoadingInfo()
     usable: dict[str, torch.Tensor] = {}
-    for key, tensor in state.items():
+    for key in state:
         if key not in expected:
             info.unexpected_keys.append(key)
-        elif tuple(tensor.shape) != tuple(expected[key].shape):
+            continue
+        tensor = state[key]
+        if tuple(tensor.shape) != tuple(expected[key].shape):
             info.mismatched_keys.append((key, tuple(tensor.shape), tuple(expected[key].shape)))
         else:
             usable[key] = tensor
@@ -316,7 +391,7 @@ def _sort_keys(
 
 def load_into(
     model: nn.Module,
-    state: dict[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
     ignore_mismatched_sizes: bool = False,
     source: str = "checkpoint",
 ) -> LoadingInfo:
@@ -330,10 +405,14 @@ def load_into(
 
     Raises:
         ValueError: a tensor has the wrong shape and ``ignore_mismatched_sizes`` is False.
+        ViltInputError: a tensor the model takes is not floating point or not finite
+            (:func:`check_weights`); tensors it does not take are not read.
     """
     state = adapt_keys(state, model)
     _untie_if_checkpoint_differs(model, state)
     info, usable = _sort_keys(model, state)
+    _check_dtypes(usable, model.state_dict(), source)
+    check_weights(usable, source)  # only what the model takes is read
     if info.mismatched_keys and not ignore_mismatched_sizes:
         shapes = "; ".join(
             f"tensor {key!r} has shape {got}, the model {want}" for key, got, want in info.mismatched_keys
@@ -357,7 +436,7 @@ def _tied_keys(model: nn.Module) -> set[str]:
     return tied
 
 
-def _untie_if_checkpoint_differs(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def _untie_if_checkpoint_differs(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Keep a checkpoint's own MLM decoder: never tie it to the word embeddings when they differ."""
     decoder = state.get("mlm_score.decoder.weight")
     words = state.get("vilt.embeddings.text_embeddings.word_embeddings.weight")
@@ -371,9 +450,10 @@ def _untie_if_checkpoint_differs(model: nn.Module, state: dict[str, torch.Tensor
         logger.info("the checkpoint's MLM decoder differs from its word embeddings: keeping them untied")
 
 
-def _foreign_head(key: str, model: nn.Module) -> bool:
-    """Whether ``key`` belongs to a module this model does not have at all (another task's head)."""
-    return key.split(".", 1)[0] not in dict(model.named_children())
+def _foreign_heads(keys: Iterable[str], model: nn.Module) -> list[str]:
+    """The keys that belong to a module this model does not have at all (another task's head)."""
+    children = set(dict(model.named_children()))
+    return [key for key in keys if key.split(".", 1)[0] not in children]
 
 
 def _report(info: LoadingInfo, model: nn.Module, source: str) -> None:
@@ -387,8 +467,9 @@ def _report(info: LoadingInfo, model: nn.Module, source: str) -> None:
             source,
             info.missing_keys,
         )
-    dropped = [k for k in info.unexpected_keys if _foreign_head(k, model)]
-    unused = [k for k in info.unexpected_keys if k not in dropped]
+    dropped = _foreign_heads(info.unexpected_keys, model)
+    foreign = set(dropped)  # a set: a checkpoint may hold hundreds of thousands of keys
+    unused = [k for k in info.unexpected_keys if k not in foreign]
     if dropped:
         logger.info("%s has heads that %s does not use, dropped: %s", source, name, dropped)
     if unused:
@@ -430,7 +511,7 @@ def _skip_weight_init() -> Iterator[None]:
             setattr(nn.init, name, function)
 
 
-def _build(cls: type[Any], config: ViltConfig, state: dict[str, torch.Tensor]) -> Any:
+def _build(cls: type[Any], config: ViltConfig, state: Mapping[str, torch.Tensor]) -> Any:
     """``cls(config)``, without drawing random weights when ``state`` fills every one of them.
 
     Random initialisation is most of the time of loading a checkpoint; when the checkpoint turns out
@@ -447,7 +528,7 @@ def _build(cls: type[Any], config: ViltConfig, state: dict[str, torch.Tensor]) -
 def _as_dtype(torch_dtype: str | torch.dtype | None, config: ViltConfig) -> torch.dtype | None:
     """The dtype ``from_pretrained`` casts to: None keeps the weights', "auto" is the config's ``torch_dtype``."""
     if torch_dtype == "auto":
-        return parse_dtype(config.extra.get("torch_dtype") or config.extra.get("dtype") or "float32")
+        return config.dtype or torch.float32
     return None if torch_dtype is None else parse_dtype(torch_dtype)
 
 
@@ -461,41 +542,104 @@ def read_config(file: str | os.PathLike[str]) -> ViltConfig:
         raise ViltInputError(f"{file}: {err}") from None
 
 
+_READ_ATTEMPTS = 10  # reads of a directory that saves keep replacing, before giving up
+
+
+def _read_one_save(
+    path_or_repo_id: str | os.PathLike[str] | None, config: ViltConfig | None, hub: dict[str, Any]
+) -> tuple[ViltConfig, list[str], Weights]:
+    """The config, the weight files and their tensors (mapped, not read) of one save of a model.
+
+    A save replaces a model directory whole (:func:`vilt.files.atomic_directory`), so a directory that
+    is replaced while it is read is read again: the files then all come from the new save, never some
+    from each, and a file of the old save that vanished is no error.
+    """
+    local = Path(model_source(path_or_repo_id), hub.get("subfolder") or "")
+    for attempt in range(_READ_ATTEMPTS):
+        version = directory_version(local)
+        try:
+            found = config or read_config(resolve_file(path_or_repo_id, "config.json", **hub))  # type: ignore[arg-type]
+            files = find_weight_files(path_or_repo_id, **hub)
+            state = load_weights(files)
+        except FileNotFoundError:
+            if version is None or directory_version(local) == version:
+                raise
+            continue  # the directory was replaced by a save meanwhile
+        if directory_version(local) == version:
+            return found, files, state
+        logger.info("%s was saved again while it was read; reading it again (%d)", local, attempt + 1)
+    raise OSError(
+        f"{local} was saved again {_READ_ATTEMPTS} times while it was read; load it when it is not being written"
+    )
+
+
 def load_pretrained(
     cls: type[Any],
-    pretrained_model_name_or_path: str | os.PathLike[str],
+    pretrained_model_name_or_path: str | os.PathLike[str] | None,
     *,
     config: ViltConfig | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
     torch_dtype: str | torch.dtype | None = None,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     ignore_mismatched_sizes: bool = False,
     output_loading_info: bool = False,
+    attn_implementation: str | None = None,
     **kwargs: Any,
 ) -> Any:
     """Build ``cls`` from a checkpoint directory, ``bundled`` or a hub id (the body of ``from_pretrained``).
 
     Args:
         cls: the model class to build.
-        pretrained_model_name_or_path: a local directory, ``bundled`` or a hub id (see :mod:`vilt.hub`).
+        pretrained_model_name_or_path: a local directory, ``bundled`` or a hub id (see :mod:`vilt.hub`);
+            None with ``state_dict`` (and ``config``) to load tensors in memory, None alone for ``bundled``.
         config: use this config instead of the checkpoint's ``config.json``.
+        state_dict: the tensors to load, instead of a checkpoint's files (pass ``config`` too).
         torch_dtype: dtype of the returned weights ("auto" uses the config's ``torch_dtype``);
             ``dtype`` is the transformers v5 name of the same option.
         device: device to move the model to.
         ignore_mismatched_sizes: re-initialise tensors whose shape differs (e.g. a new answer head).
-        output_loading_info: also return a dict of missing/unexpected/mismatched keys.
+        output_loading_info: also return a dict of the missing, unexpected and mismatched keys (sets, as
+            transformers v5 gives them) and ``error_msgs``.
+        attn_implementation: "sdpa" or "eager" (stored in the config).
         **kwargs: the hub options (``revision``, ``cache_dir``, ``local_files_only``, ``token``...,
             see :data:`vilt.hub.HUB_OPTIONS`), and config fields to change, e.g. ``num_labels=13``.
+
+    Raises:
+        ValueError: ``state_dict`` was passed with a model name, or without a config.
+        RuntimeError: called under ``with torch.device("meta")``, where no weight could be loaded.
     """
+    if torch.get_default_device().type == "meta":
+        raise RuntimeError(
+            "You are using `from_pretrained` with a meta device context manager or torch.set_default_device('meta'): "
+            "the model would be built without its weights. Load it outside the context, then move it"
+        )
     hub, config_overrides = split_hub_options(kwargs)
-    if config is None:
-        config = read_config(resolve_file(pretrained_model_name_or_path, "config.json", **hub))  # type: ignore[arg-type]
+    if state_dict is not None:
+        if pretrained_model_name_or_path is not None:
+            raise ValueError(
+                "state_dict cannot be passed together with a model name: pass pretrained_model_name_or_path=None "
+                "to load the state_dict, or leave state_dict out to load the model's files"
+            )
+        if config is None:
+            raise ValueError(
+                "from_pretrained(None, state_dict=...) needs config=: the tensors do not say the model's sizes"
+            )
+    state: Mapping[str, torch.Tensor]
+    if state_dict is not None:
+        source = "the state_dict argument"
+        state = dict(state_dict)
+    else:
+        read_config_here = config is None
+        config, files, state = _read_one_save(pretrained_model_name_or_path, config, hub)
+        if read_config_here:
+            config.name_or_path = os.fspath(pretrained_model_name_or_path or BUNDLED)
+        source = files[0] if len(files) == 1 else f"{Path(files[0]).parent} ({len(files)} shards)"
+    assert config is not None  # read from the files, or required with state_dict above
     if config_overrides:
         config = config.replace(**config_overrides)
-    files = find_weight_files(pretrained_model_name_or_path, **hub)
-    source = files[0] if len(files) == 1 else f"{Path(files[0]).parent} ({len(files)} shards)"
-    state = load_weights(files)
-    check_weights(state, source)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
     model = _build(cls, config, state)
     info = load_into(model, state, ignore_mismatched_sizes, source=source)
     _report(info, model, source)
@@ -506,11 +650,7 @@ def load_pretrained(
         model.to(device=device)
     model.eval()
     if output_loading_info:
-        return model, {
-            "missing_keys": info.missing_keys,
-            "unexpected_keys": info.unexpected_keys,
-            "mismatched_keys": info.mismatched_keys,
-        }
+        return model, info.to_dict()
     return model
 
 
@@ -589,8 +729,9 @@ def save_state_dict(
     """
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     floating = [t.dtype for t in state.values() if t.is_floating_point()]
-    config.extra.pop("dtype", None)  # the v5 name; torch_dtype is read by both versions
-    config.extra["torch_dtype"] = dtype_name(floating[0] if floating else torch.float32)
+    config.dtype = (
+        floating[0] if floating else torch.float32
+    )  # written as torch_dtype, which both versions read
     limit = _parse_size(max_shard_size)
     with atomic_directory(save_directory, keep_old=lambda name: not is_weight_file(name)) as staging:
         config.to_json_file(staging / "config.json")
@@ -604,6 +745,8 @@ def save_pretrained(
     model: nn.Module,
     save_directory: str | os.PathLike[str],
     *,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    is_main_process: bool = True,
     max_shard_size: int | str = "5GB",
     safe_serialization: bool = True,
 ) -> None:
@@ -612,12 +755,19 @@ def save_pretrained(
     Args:
         model: a ViLT model (anything with a ``config``).
         save_directory: created if needed.
+        state_dict: the tensors to write instead of ``model.state_dict()`` (transformers' ``Trainer``
+            passes the one it gathered).
+        is_main_process: write only when True (in a distributed run, the process that saves).
         max_shard_size, safe_serialization: see :func:`save_state_dict`.
     """
+    if not is_main_process:
+        return
     config: ViltConfig = model.config  # type: ignore[assignment]
     config.architectures = [type(model).__name__]
     tied = _tied_keys(model)
-    state = {k: v for k, v in model.state_dict().items() if k not in tied}
+    state = {
+        k: v for k, v in (model.state_dict() if state_dict is None else state_dict).items() if k not in tied
+    }
     save_state_dict(
         state, config, save_directory, max_shard_size=max_shard_size, safe_serialization=safe_serialization
     )

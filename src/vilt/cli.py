@@ -5,8 +5,13 @@ Each sub-command lives in the module that owns it and registers itself through a
 top, and only the module of the command given is imported, so ``vilt COMMAND --help`` is fast and works
 without the optional extras; heavy imports happen inside the handlers.
 
-Every failure is one line on stderr, ``vilt COMMAND: error: ...``, and exit code 2 (``vilt --verbose
-COMMAND ...`` shows the traceback instead). Ctrl-C exits with 130, and a closed output pipe
+Before a command's handler runs, the checks it declared (``set_defaults(checks=[...])``, see
+:mod:`vilt.arguments`) look at every argument (files, images, texts, the model, the device, outputs, the
+extra it needs), so that what is wrong is said at once, not after the model loaded.
+
+Every failure is one line on stderr, ``vilt COMMAND: error: ...`` (usage errors too: an unknown option
+is named with its command), and exit code 2 (``vilt --verbose COMMAND ...`` shows the traceback
+instead). Ctrl-C exits with 130, and a closed output pipe
 (``vilt info MODEL | head -3``) with 141 (128 + SIGPIPE, as a shell reports other tools), both quietly.
 """
 
@@ -16,6 +21,9 @@ import argparse
 import importlib
 import os
 import sys
+from typing import Any
+
+from .arguments import run_checks
 
 # sub-command -> the module that registers it, in --help order
 COMMANDS = {
@@ -30,6 +38,7 @@ COMMANDS = {
     "train": "vilt.train.cli",
     "evaluate": "vilt.train.cli",
     "serve": "vilt.serve.cli",
+    "batch": "vilt.scale.cli",
     "export": "vilt.export.cli",
 }
 EXIT_USAGE = 2
@@ -40,11 +49,18 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line: ``vilt COMMAND: error: ...``, exit code 2."""
 
+    # the parser that parsed last: a sub-command's parses after its parent's, so this is the command given
+    last: _Parser | None = None
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        _Parser.last = self
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> _Parser:
     """The ``vilt`` parser with every sub-command, or only the modules that ``command`` needs.
 
     Args:
@@ -86,9 +102,16 @@ def _one_line(err: BaseException) -> str:
 
 def _run(argv: list[str]) -> int:
     parser = build_parser(_command_of(argv))
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's parser (the innermost: `vilt batch vqa`), naming the command
+        (_Parser.last or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "handler", None):
         parser.print_help()
+        return EXIT_USAGE
+    problems = run_checks(args)
+    if problems:
+        listed = problems if len(problems) == 1 else [f"({i}) {p}" for i, p in enumerate(problems, 1)]
+        print(f"vilt {args.command}: error: {' '.join(listed)}", file=sys.stderr)
         return EXIT_USAGE
     try:
         return int(args.handler(args) or 0)

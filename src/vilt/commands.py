@@ -15,11 +15,15 @@ An image argument is
 * ``-``: one image file's bytes read from standard input (``vilt vqa - -q ... < photo.jpg``); a list of
   paths goes on the command line instead (``find ... -print0 | xargs -0 vilt vqa -q ...``).
 
-Errors (a missing or unreadable image, an empty question, an unknown model, a model without the task's
-head) reach :func:`vilt.cli.main` as exceptions and are printed as one line with exit code 2; the
-command line is checked before the library is called, so messages name the flags (``--top-k``), not
-Python arguments. Only argparse and the standard library are imported at the top; the model code is
-imported by the handlers.
+Each command declares what its arguments must be (:mod:`vilt.arguments`): images that exist and are
+images, texts that are not empty, a model directory with its config, a device this PyTorch has, an
+output file that can be written, the extra the command needs. :func:`vilt.cli.main` checks them all
+before the handler runs, so a wrong argument is reported in well under a second, not after seconds of
+loading, and messages name the flags (``--top-k``), not Python arguments. Errors found later (an
+unreachable URL, a model without the task's head) reach :func:`vilt.cli.main` as exceptions; both are
+printed as one line with exit code 2. Loading a model that takes over a second says so on standard
+error. Only argparse and the standard library are imported at the top; the model code is imported by
+the handlers.
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import arguments as check
+from .arguments import IMAGE_EXTENSIONS, STDIN, announce_slow, folder_images
 from .errors import ViltInputError
 from .tasks import find_task
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")  # what a folder offers
-STDIN = "-"
+# what `vilt explain -o` writes: matplotlib's savefig formats
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".eps", ".ps", ".tif", ".tiff", ".webp")
 IMAGE_HELP = "image file, folder of images, http(s) URL, or - (an image on standard input)"
 ONE_IMAGE_HELP = "image file, http(s) URL, or - (an image on standard input)"
 # --dtype of the commands and of `vilt serve`: vilt.devices.PRECISION_NAMES (named here: help imports no torch)
@@ -93,7 +99,16 @@ def _options(model_help: str, *, batched: bool = True, images: bool = True) -> a
 
 def _needs(task: str) -> str:
     """The --model help of a command whose task the bundled model cannot do."""
-    return f"hub id or model directory of a {' or '.join(find_task(task).architectures)} (required)"
+    return f"hub id or model directory of {_architectures(task)} (required)"
+
+
+def _architectures(task: str) -> str:
+    return "a " + " or ".join(find_task(task).architectures)
+
+
+def _checks(*checks: check.Check, needs: str = "") -> list[check.Check]:
+    """The checks of a task command: its own, then those of the options every task command shares."""
+    return [*checks, check.model(needed=needs), check.device()]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -109,7 +124,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     vqa.add_argument("images", nargs="+", metavar="IMAGE", help=IMAGE_HELP)
     vqa.add_argument("-q", "--question", required=True, help="the question")
     vqa.add_argument("--top-k", type=_positive(int), default=5, help="answers per image (default 5)")
-    vqa.set_defaults(handler=run_vqa)
+    vqa.set_defaults(
+        handler=run_vqa, checks=_checks(check.images("images"), check.text("question", "-q", "question"))
+    )
 
     nlvr2 = subparsers.add_parser(
         "nlvr2",
@@ -121,7 +138,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     nlvr2.add_argument("image_a", metavar="IMG_A", help=f"the left image: {ONE_IMAGE_HELP}")
     nlvr2.add_argument("image_b", metavar="IMG_B", help=f"the right image: {ONE_IMAGE_HELP}")
     nlvr2.add_argument("-s", "--statement", required=True, help="the statement to check")
-    nlvr2.set_defaults(handler=run_nlvr2)
+    nlvr2.set_defaults(
+        handler=run_nlvr2,
+        checks=_checks(
+            check.images("image_a", single="nlvr2"),
+            check.images("image_b", single="nlvr2"),
+            check.text("statement", "-s", "statement"),
+            needs=_architectures("nlvr2"),
+        ),
+    )
 
     rank = subparsers.add_parser(
         "rank",
@@ -138,7 +163,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=5,
         help="best matches listed per image and per text (default 5)",
     )
-    rank.set_defaults(handler=run_rank)
+    rank.set_defaults(
+        handler=run_rank,
+        checks=_checks(
+            check.images("images"), check.text("texts", "--texts", "text"), needs=_architectures("retrieval")
+        ),
+    )
 
     fill = subparsers.add_parser(
         "fill-mask",
@@ -149,7 +179,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     fill.add_argument("image", metavar="IMAGE", help=ONE_IMAGE_HELP)
     fill.add_argument("-t", "--text", required=True, help="text with one or more [MASK]")
-    fill.set_defaults(handler=run_fill_mask)
+    fill.set_defaults(
+        handler=run_fill_mask,
+        checks=_checks(
+            check.images("image", single="fill-mask"),
+            check.text("text", "-t", "text", must_hold="[MASK]"),
+            needs=_architectures("fill-mask"),
+        ),
+    )
 
     explain = subparsers.add_parser(
         "explain",
@@ -162,14 +199,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     explain.add_argument("image", metavar="IMAGE", help=ONE_IMAGE_HELP)
     explain.add_argument("-q", "--text", "--question", dest="text", required=True, help="the text to explain")
-    explain.add_argument("-o", "--output", required=True, help="where to save the picture (.png, .jpg, .pdf)")
+    explain.add_argument(
+        "-o", "--output", required=True, help="where to save the picture (.png, .jpg, .pdf, .svg...)"
+    )
     explain.add_argument(
         "--method",
         choices=["rollout", "ipot"],
         default="rollout",
         help="rollout (default) or ipot (word-patch alignment, as the original ViLT demo)",
     )
-    explain.set_defaults(handler=run_explain)
+    explain.set_defaults(
+        handler=run_explain,
+        checks=_checks(
+            check.extra("explain", "matplotlib"),
+            check.images("image", single="explain"),
+            check.text("text", "-q", "text"),
+            check.output_file("output", "-o", PICTURE_SUFFIXES),
+        ),
+    )
 
     demo = subparsers.add_parser(
         "demo",
@@ -180,7 +227,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--n", type=_positive(int), default=20, help="questions to answer (default 20)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the question choice (default 0)")
-    demo.set_defaults(handler=run_demo)
+    demo.set_defaults(handler=run_demo, checks=_checks(check.extra("train", "easy_vqa")))
 
     info = subparsers.add_parser(
         "info",
@@ -195,16 +242,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="hub id, model directory, or 'bundled' (the default: the bundled easy-VQA model)",
     )
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
-    info.set_defaults(handler=run_info)
+    info.set_defaults(handler=run_info, checks=[check.model()])
 
 
 # ----------------------------------------------------------------------------- inputs
 
 
-def _read_images(
-    arguments: Sequence[str], timeout: float | None, *, single: str = ""
-) -> list[tuple[str, Any]]:
-    """The images that command-line arguments name, each as (its name in the output, what the pipeline takes).
+def _read_images(arguments: Sequence[str], timeout: float | None) -> list[tuple[str, Any]]:
+    """The images that command-line arguments name (checked by :func:`vilt.arguments.images`), each as
+    (its name in the output, what the pipeline takes).
 
     Files stay paths (the pipeline loads them); folders become their image files in name order; URLs are
     fetched now (so that a bad one fails before the model loads); ``-`` becomes standard input's bytes.
@@ -212,17 +258,12 @@ def _read_images(
     Args:
         arguments: the image arguments, as given.
         timeout: seconds to wait for each URL; None for :data:`vilt.images.DEFAULT_TIMEOUT`.
-        single: the command's name when each argument must be one image (a folder is then refused).
 
     Raises:
-        FileNotFoundError: an argument that is no file, folder, URL or ``-``.
-        ViltInputError: a folder without images (or a folder where one image is needed), an unreachable
-            URL, ``-`` twice or with nothing (or a terminal) on standard input.
+        ViltInputError: an unreachable URL, or nothing on standard input.
     """
-    from .images import describe, is_url, load_image
+    from .images import is_url, load_image
 
-    if sum(argument == STDIN for argument in arguments) > 1:
-        raise ViltInputError("standard input can be read once: pass '-' for one image only")
     images: list[tuple[str, Any]] = []
     for argument in arguments:
         if argument == STDIN:
@@ -230,41 +271,14 @@ def _read_images(
         elif is_url(argument):
             images.append((argument, load_image(argument, timeout)))
         elif os.path.isdir(argument):
-            if single:
-                raise ViltInputError(
-                    f"{argument!r} is a folder; {single} takes one image: pass one of its files"
-                )
-            images.extend((path, path) for path in _folder_images(argument))
-        elif os.path.exists(argument):
-            images.append((argument, argument))
+            images.extend((path, path) for path in folder_images(argument))
         else:
-            raise FileNotFoundError(f"{describe(argument)}: no such file; check the path.")
+            images.append((argument, argument))
     return images
-
-
-def _folder_images(folder: str) -> list[str]:
-    """The image files directly in ``folder``, sorted by name."""
-    names = sorted(
-        name
-        for name in os.listdir(folder)
-        if not name.startswith(".")
-        and name.lower().endswith(IMAGE_EXTENSIONS)
-        and os.path.isfile(os.path.join(folder, name))
-    )
-    if not names:
-        raise ViltInputError(
-            f"folder {folder!r} holds no images (files ending {', '.join(IMAGE_EXTENSIONS)}); pass image files"
-        )
-    return [os.path.join(folder, name) for name in names]
 
 
 def _read_stdin() -> bytes:
     """The image file piped into standard input."""
-    if sys.stdin is None or sys.stdin.isatty():
-        raise ViltInputError(
-            "'-' reads an image from standard input, but standard input is a terminal: pipe an image into "
-            "it (vilt vqa - -q QUESTION < photo.jpg)"
-        )
     data = sys.stdin.buffer.read()
     if not data:
         raise ViltInputError(
@@ -276,20 +290,20 @@ def _read_stdin() -> bytes:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _require_model(task: str, args: argparse.Namespace) -> None:
-    """Refuse a command without ``--model`` whose task the bundled model cannot do."""
-    if args.model is None:
-        architectures = " or ".join(find_task(task).architectures)
-        raise ViltInputError(
-            f"{args.command} needs a model: pass --model with a hub id or a directory holding a "
-            f"{architectures} (the bundled model only answers easy-VQA questions)"
-        )
+def _loading(args: argparse.Namespace, model: str | None) -> Any:
+    """Say on standard error that the model is loading, when that takes over a second."""
+    return announce_slow(
+        f"vilt {args.command}: loading {model or 'the bundled model'} (torch, then the weights)..."
+    )
 
 
 def _pipeline(task: str, args: argparse.Namespace) -> Any:
-    from .pipelines import pipeline
+    with _loading(args, args.model):
+        from .pipelines import pipeline
 
-    return pipeline(task, model=args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+        return pipeline(
+            task, model=args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size
+        )
 
 
 def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
@@ -317,8 +331,7 @@ def run_vqa(args: argparse.Namespace) -> int:
 
 def run_nlvr2(args: argparse.Namespace) -> int:
     """``vilt nlvr2 IMG_A IMG_B -s STATEMENT``: true or false, with its probability."""
-    _require_model("nlvr2", args)
-    (_, image_a), (_, image_b) = _read_images([args.image_a, args.image_b], args.timeout, single="nlvr2")
+    (_, image_a), (_, image_b) = _read_images([args.image_a, args.image_b], args.timeout)
     nlvr2 = _pipeline("nlvr2", args)
     result = nlvr2((image_a, image_b), args.statement)
     _emit(args, result, f"{result['label']}  ({result['score']:.3f})  {args.statement}")
@@ -327,7 +340,6 @@ def run_nlvr2(args: argparse.Namespace) -> int:
 
 def run_rank(args: argparse.Namespace) -> int:
     """``vilt rank --images ... --texts ...``: the score matrix and the best matches each way."""
-    _require_model("image-text-retrieval", args)
     images = _read_images(args.images, args.timeout)
     names = [name for name, _ in images]
     rank = _pipeline("image-text-retrieval", args)
@@ -353,8 +365,7 @@ def run_rank(args: argparse.Namespace) -> int:
 
 def run_fill_mask(args: argparse.Namespace) -> int:
     """``vilt fill-mask IMAGE -t TEXT``: the filled text and each filled token's probability."""
-    _require_model("fill-mask", args)
-    [(_, image)] = _read_images([args.image], args.timeout, single="fill-mask")
+    [(_, image)] = _read_images([args.image], args.timeout)
     fill = _pipeline("fill-mask", args)
     result = fill(image, args.text)
     filled = ", ".join(f"{t} ({s:.3f})" for t, s in zip(result["tokens"], result["scores"]))
@@ -364,12 +375,13 @@ def run_fill_mask(args: argparse.Namespace) -> int:
 
 def run_explain(args: argparse.Namespace) -> int:
     """``vilt explain IMAGE -q TEXT -o OUT``: draw one heatmap per word (any ViLT model; bundled by default)."""
-    [(_, image)] = _read_images([args.image], args.timeout, single="explain")
-    from .explain import draw, explain
-    from .heads import ViltForQuestionAnswering
-    from .pipelines import load_model, pipeline
+    [(_, image)] = _read_images([args.image], args.timeout)
+    with _loading(args, args.model):
+        from .explain import draw, explain
+        from .heads import ViltForQuestionAnswering
+        from .pipelines import load_model, pipeline
 
-    model, processor = load_model(args.model, args.device, args.dtype)
+        model, processor = load_model(args.model, args.device, args.dtype)
     explanation = explain(model, processor, image, args.text, method=args.method)
     title = f"{args.text} ({explanation.method})"
     payload: dict[str, Any] = {"output": args.output, "words": explanation.words, "method": args.method}
@@ -377,6 +389,7 @@ def run_explain(args: argparse.Namespace) -> int:
         vqa = pipeline("vqa", model=model, processor=processor)
         payload["answer"] = vqa(image, args.text, top_k=1)[0]
         title = f"{args.text} -> {payload['answer']['answer']} ({explanation.method})"
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     draw(explanation, args.output, title=title)
     answer = f", answer {payload['answer']['answer']!r}" if "answer" in payload else ""
     _emit(args, payload, f"saved {args.output}: {len(explanation.words)} words{answer}")
@@ -419,9 +432,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_info(args: argparse.Namespace) -> int:
     """``vilt info MODEL``: architecture, head, labels, sizes, parameter count and image preprocessing."""
-    from .pipelines import load_model
+    with _loading(args, args.model):
+        from .pipelines import load_model
 
-    model, processor = load_model(args.model, "cpu", "float32")
+        model, processor = load_model(args.model, "cpu", "float32")
     config = model.config
     id2label = config.id2label or {}
     labels = [id2label[i] for i in sorted(id2label)]

@@ -2,7 +2,9 @@
 
 Field names, defaults and meaning follow ``transformers.ViltConfig`` exactly, so a reference
 ``config.json`` loads here and the ``config.json`` written here loads in ``transformers`` to an
-equal config. Keys this class does not know are kept in ``extra`` and written back unchanged.
+equal config. As in transformers, keys this class does not know are kept as attributes (listed in
+``extra``) and written back unchanged, ``num_labels`` follows ``id2label``, and the checks that only
+concern a model (heads dividing the hidden size) run when a model is built.
 """
 
 from __future__ import annotations
@@ -10,15 +12,19 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import logging
 import math
 import os
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import ViltInputError
 from .files import atomic_write, read_json
 from .hub import resolve_file, split_hub_options
+
+logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 # count field -> smallest value
@@ -34,7 +40,6 @@ _COUNTS = {
     "num_hidden_layers": 1,
     "num_attention_heads": 1,
     "intermediate_size": 1,
-    "num_labels": 1,
 }
 # float field -> (lowest, highest)
 _FLOATS = {
@@ -45,15 +50,42 @@ _FLOATS = {
 }
 _FLAGS = ("qkv_bias", "tie_word_embeddings", "output_attentions", "output_hidden_states", "return_dict")
 _ACTIVATIONS = ("gelu", "relu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish")
+_PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+_DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
+# the settings every transformers config has, at their defaults: config.json leaves them out (to_diff_dict)
+_COMMON_DEFAULTS: dict[str, Any] = {
+    "output_attentions": False,
+    "output_hidden_states": False,
+    "return_dict": True,
+    "chunk_size_feed_forward": 0,
+    "is_encoder_decoder": False,
+    "problem_type": None,
+    "id2label": {"0": "LABEL_0", "1": "LABEL_1"},
+    "label2id": {"LABEL_0": 0, "LABEL_1": 1},
+}
+# transformers' bookkeeping keys that describe a loading, not the model: read and dropped
+_NOT_KEPT = (
+    "_commit_hash",
+    "_attn_implementation_internal",
+    "_experts_implementation_internal",
+    "experts_implementation",
+)
 
 
-@dataclass
+@dataclass(init=False, eq=False, repr=False)
 class ViltConfig:
     """Configuration of a ViLT model and its heads (same fields and defaults as the reference).
 
+    Built as transformers builds its configs: keyword arguments only; every keyword the class does not
+    know (``is_decoder``, ``use_cache``, a key of some other tool) is kept as an attribute, listed in
+    :attr:`extra`, and saved with the config. ``num_labels`` is the length of ``id2label``; setting it
+    rebuilds ``id2label`` and ``label2id``. ``dtype`` (``torch_dtype``) is a ``torch.dtype`` or None.
+
     Raises:
         ViltInputError: (a ValueError) when a field has an impossible type or value, or the model would not
-            fit in this machine's memory (see :meth:`validate`).
+            fit in this machine's memory (see :meth:`validate`). Whether ``hidden_size`` splits evenly into
+            ``num_attention_heads`` is checked when a model is built (:meth:`validate_for_model`), as the
+            reference checks it, so a config can be edited in between.
     """
 
     # --- text ---
@@ -81,30 +113,179 @@ class ViltConfig:
     # --- heads ---
     num_images: int = -1  # images per example for ViltForImagesAndTextClassification (NLVR2: 2)
     tie_word_embeddings: bool = False  # share the MLM decoder weight with the word embeddings
-    num_labels: int = 2  # classifier outputs; set from id2label when that is given
-    id2label: dict[int, str] | None = None  # class index -> name; defaults to LABEL_0..LABEL_{n-1}
+    id2label: dict[int, str] | None = None  # class index -> name (num_labels is its length)
     label2id: dict[str, int] | None = None  # name -> class index; defaults to the inverse of id2label
+    problem_type: str | None = None  # transformers' loss switch; kept, ViLT's heads fix their losses
     # --- outputs ---
     output_attentions: bool = False  # return the attention probabilities of every layer
     output_hidden_states: bool = False  # return the input and output of every layer
     return_dict: bool = True  # return output dataclasses (False: plain tuples)
+    chunk_size_feed_forward: int = 0  # transformers' feed-forward chunking; the result is the same unchunked
+    is_encoder_decoder: bool = False  # ViLT is an encoder
     # --- bookkeeping ---
     architectures: list[str] | None = None  # class names the weights were saved from
-    extra: dict[str, Any] = field(default_factory=dict)  # unknown config.json keys, kept verbatim
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this class does not know, kept verbatim
 
-    model_type = "vilt"
+    model_type: ClassVar[str] = "vilt"
+    sub_configs: ClassVar[dict[str, type]] = {}  # transformers' composite configs; ViLT has none
+    attribute_map: ClassVar[dict[str, str]] = {}
+    base_config_key: ClassVar[str] = ""
 
-    def __post_init__(self) -> None:
+    def __init__(self, **kwargs: Any) -> None:
+        known = {f.name: f for f in fields(self)}
+        for name, spec in known.items():
+            if name in kwargs:
+                value = kwargs.pop(name)
+            elif spec.default_factory is not MISSING:
+                value = spec.default_factory()
+            else:
+                value = copy.deepcopy(spec.default)
+            object.__setattr__(self, name, value)
+        if not isinstance(self.extra, dict):
+            raise ViltInputError(f"ViltConfig.extra must be a dict, got {type(self.extra).__name__}")
+        self.extra = dict(self.extra)
+        model_type = kwargs.pop("model_type", self.model_type)
+        if model_type != self.model_type:
+            raise ViltInputError(
+                f"this config has model_type={model_type!r}, not 'vilt': it describes another model; "
+                "point vilt at a ViLT checkpoint"
+            )
+        dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
+        self._dtype: str | None = None
+        self.dtype = dtype if dtype is not None else torch_dtype
+        self._attn_implementation: str | None = kwargs.pop("attn_implementation", None)
+        self._name_or_path = str(kwargs.pop("name_or_path", kwargs.pop("_name_or_path", "")))
+        for internal in _NOT_KEPT:
+            kwargs.pop(internal, None)
+        num_labels = kwargs.pop("num_labels", None)
+        self.extra.update(kwargs)  # the keys of other tools and versions, kept as attributes
+        self._set_labels(num_labels)
+
+    def _set_labels(self, num_labels: Any) -> None:
+        """id2label (int keys) and label2id from what was passed (id2label wins over num_labels, whose
+        default is 2), after every field is checked: the label names are made last, as num_labels may be absurd."""
         if self.id2label is not None:
             self.id2label = _id2label(self.id2label)
-            self.num_labels = len(self.id2label)
-        if self.label2id is not None:
-            self.label2id = _label2id(self.label2id)
-        self.validate()  # before the default label names are made: num_labels may be absurd
+            if num_labels is not None and num_labels != len(self.id2label):
+                logger.warning(
+                    "num_labels=%s does not match the %d entries of id2label; id2label is kept",
+                    num_labels,
+                    len(self.id2label),
+                )
+            num_labels = len(self.id2label)
+        elif num_labels is None:
+            num_labels = 2
+        self._validate(num_labels)
         if self.id2label is None:
-            self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+            self.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
         if self.label2id is None:
-            self.label2id = {v: k for k, v in self.id2label.items()}
+            self.label2id = {name: index for index, name in self.id2label.items()}
+        _check_label2id(self.label2id)
+
+    # ------------------------------------------------------------------ attributes as transformers has them
+    def __getattr__(self, name: str) -> Any:
+        """Keys of :attr:`extra` read as attributes (only called when normal lookup fails)."""
+        extra = self.__dict__.get("extra")
+        if extra is not None and name in extra:
+            return extra[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Fields, properties and private names are set as usual; any other name is an extra key."""
+        if name.startswith("_") or name in self.__dict__ or hasattr(type(self), name) or _is_field(name):
+            object.__setattr__(self, name, value)
+        else:
+            self.extra[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        if name in self.__dict__.get("extra", {}):
+            del self.extra[name]
+        else:
+            object.__delattr__(self, name)
+
+    def __iter__(self) -> Iterator[str]:
+        """The names of the settings (fields, then extra keys), as iterating a transformers config gives."""
+        yield from (f.name for f in fields(self) if f.name != "extra")
+        yield from list(self.extra)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ViltConfig) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string(use_diff=False)}"
+
+    @property
+    def num_labels(self) -> int:
+        """The number of classifier outputs: the length of ``id2label``. Setting a different number rebuilds
+        ``id2label`` (``LABEL_i``) and ``label2id``, as transformers does."""
+        return len(self.id2label or {})
+
+    @num_labels.setter
+    def num_labels(self, num_labels: int) -> None:
+        if self.id2label is None or num_labels != self.num_labels:
+            self._validate(num_labels)  # before the label names are made
+            self.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+            self.label2id = {name: index for index, name in self.id2label.items()}
+
+    @property
+    def dtype(self) -> Any:
+        """The dtype the weights are stored in (``torch.float32``...), or None; torch is imported on use."""
+        if self._dtype is None:
+            return None
+        import torch
+
+        return getattr(torch, self._dtype)
+
+    @dtype.setter
+    def dtype(self, value: Any) -> None:
+        if value is None or value == "auto":
+            self._dtype = None
+            return
+        name = str(value).removeprefix("torch.")
+        if name not in _DTYPE_NAMES:
+            raise ViltInputError(
+                f"ViltConfig.dtype must be a floating-point dtype name such as 'float32', got {value!r}"
+            )
+        self._dtype = name
+
+    @property
+    def torch_dtype(self) -> Any:
+        """The transformers v4 name of :attr:`dtype`."""
+        return self.dtype
+
+    @torch_dtype.setter
+    def torch_dtype(self, value: Any) -> None:
+        self.dtype = value
+
+    @property
+    def name_or_path(self) -> str:
+        """The directory or hub id the config was loaded from ("" for a new one)."""
+        return self._name_or_path
+
+    @name_or_path.setter
+    def name_or_path(self, value: Any) -> None:
+        self._name_or_path = str(value)
+
+    @property
+    def use_return_dict(self) -> bool:
+        """Alias of ``return_dict`` (the name transformers v4 used)."""
+        return self.return_dict
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.hidden_size // self.num_attention_heads
+
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> ViltConfig:
+        """The config of the text part: ViLT has one config for everything, this one."""
+        return self
+
+    def update(self, config_dict: dict[str, Any]) -> None:
+        """Set the attributes of ``config_dict`` (unknown names become extra keys)."""
+        for key, value in config_dict.items():
+            setattr(self, key, value)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -114,6 +295,13 @@ class ViltConfig:
         Raises:
             ViltInputError: naming the field that is wrong and what it must be.
         """
+        self._validate(self.num_labels)
+        _id2label(self.id2label)
+        _check_label2id(self.label2id)
+
+    def _validate(self, num_labels: Any) -> None:
+        """:meth:`validate` of the fields, with ``num_labels`` classifier outputs."""
+        _check_count("num_labels", num_labels, 1)
         for name, minimum in _COUNTS.items():
             _check_count(name, getattr(self, name), minimum)
         for name in ("max_image_length", "num_images"):  # -1 means "all patches" / "not an NLVR2 model"
@@ -137,9 +325,14 @@ class ViltConfig:
         for name in _FLAGS:
             if not isinstance(getattr(self, name), bool):
                 raise ViltInputError(f"ViltConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        _check_count("chunk_size_feed_forward", self.chunk_size_feed_forward, 0)
         if self.hidden_act not in _ACTIVATIONS:
             raise ViltInputError(
                 f"ViltConfig.hidden_act {self.hidden_act!r} is not supported; use one of {', '.join(_ACTIVATIONS)}"
+            )
+        if self.problem_type not in _PROBLEM_TYPES:
+            raise ViltInputError(
+                f"ViltConfig.problem_type must be one of {', '.join(map(str, _PROBLEM_TYPES))}, got {self.problem_type!r}"
             )
         if self.architectures is not None and (
             not isinstance(self.architectures, list)
@@ -155,24 +348,37 @@ class ViltConfig:
                 f"ViltConfig.image_size ({self.image_size}) must be divisible by patch_size "
                 f"({self.patch_size}); pick sizes such as image_size=384, patch_size=32"
             )
+        self._check_memory(num_labels)
+
+    def validate_for_model(self) -> None:
+        """:meth:`validate`, and what only a model needs: ``hidden_size`` split evenly into heads.
+
+        Raises:
+            ViltInputError: naming the field that is wrong.
+        """
+        self.validate()
         if self.hidden_size % self.num_attention_heads:
             raise ViltInputError(
                 f"ViltConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                f"num_attention_heads ({self.num_attention_heads})"
+                f"num_attention_heads ({self.num_attention_heads}): the hidden size is not a multiple of "
+                "the number of attention heads"
             )
-        self._check_memory()
 
-    def parameter_estimate(self) -> dict[tuple[str, ...], int]:
+    def parameter_estimate(self, num_labels: int | None = None) -> dict[tuple[str, ...], int]:
         """An upper bound of the parameters of any model of this config, by the fields that size each part.
 
         The base model plus every head at once (an untied MLM decoder and the classifier of
         ``num_images`` pooled outputs): within 2% of the largest class for ViLT-B/32.
+
+        Args:
+            num_labels: the classifier outputs to count (default: this config's).
         """
+        labels = self.num_labels if num_labels is None else num_labels
         h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
         grid = (self.image_size // self.patch_size) ** 2 + 1  # patch positions + the image CLS token
         wide = max(self.num_images, 1) * h  # the NLVR2 classifier reads num_images pooled outputs
         inner = max(2 * h, wide)  # the classifier's hidden width: 2h for VQA, wide for NLVR2
-        classifier = wide * inner + 3 * inner + (inner + 1) * self.num_labels  # Linear, LayerNorm, Linear
+        classifier = wide * inner + 3 * inner + (inner + 1) * labels  # Linear, LayerNorm, Linear
         return {
             ("vocab_size", "hidden_size"): 2 * v * h + v,  # word embeddings, MLM decoder and its bias
             ("max_position_embeddings", "hidden_size"): self.max_position_embeddings * h,
@@ -188,15 +394,18 @@ class ViltConfig:
             ("num_images", "num_labels", "hidden_size"): classifier,
         }
 
-    def _check_memory(self) -> None:
+    def _check_memory(self, num_labels: int | None = None) -> None:
         """Refuse a config whose float32 parameters alone need more memory than the machine has."""
-        parts = self.parameter_estimate()
+        parts = self.parameter_estimate(num_labels)
         needed = 4 * sum(parts.values())
         available = machine_memory()
         if needed <= available:
             return
         fields_of_largest = max(parts, key=parts.__getitem__)
-        values = ", ".join(f"{name}={getattr(self, name)}" for name in fields_of_largest)
+        values = ", ".join(
+            f"{name}={num_labels if name == 'num_labels' and num_labels is not None else getattr(self, name)}"
+            for name in fields_of_largest
+        )
         raise ViltInputError(
             f"ViltConfig: {values} make a model of about {sum(parts.values()):.3g} parameters "
             f"({needed / 2**30:.3g} GiB in float32), more than this machine's memory ({available / 2**30:.3g} GiB); "
@@ -216,53 +425,50 @@ class ViltConfig:
                 f"num_images + 1 ({self.num_images + 1}): each image gets its own modality embedding"
             )
 
-    # ------------------------------------------------------------------ derived values
-    @property
-    def head_dim(self) -> int:
-        """Width of one attention head."""
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def use_return_dict(self) -> bool:
-        """Alias of ``return_dict`` (the name transformers v4 used)."""
-        return self.return_dict
-
     # ------------------------------------------------------------------ dict / json
     @classmethod
-    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> ViltConfig:
-        """Build a config from a reference ``config.json`` dict; unknown keys go to ``extra``.
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """Build a config from a ``config.json`` dict, as transformers does; keyword arguments override it.
 
         Args:
-            config_dict: the parsed JSON.
-            **kwargs: fields that override the dict.
+            config_dict: the parsed JSON. Keys this class does not know are kept (:attr:`extra`).
+            **kwargs: settings that override the dict, and ``return_unused_kwargs`` (then the result is
+                ``(config, {})``: every setting is used).
         """
+        return_unused = kwargs.pop("return_unused_kwargs", False)
         merged = {**config_dict, **kwargs}
-        model_type = merged.pop("model_type", "vilt")
-        if model_type != "vilt":
-            raise ViltInputError(
-                f"this config.json has model_type={model_type!r}, not 'vilt': it describes another model; "
-                "point vilt at a ViLT checkpoint"
-            )
-        known = {f.name for f in fields(cls)} - {"extra"}
-        values = {k: v for k, v in merged.items() if k in known}
-        extra = dict(merged.get("extra") or {})
-        extra.update({k: v for k, v in merged.items() if k not in known and k != "extra"})
-        if "id2label" in values and "num_labels" in values and values["id2label"] is not None:
-            values.pop("num_labels")  # id2label wins, as in the reference
-        return cls(**values, extra=extra)
+        if "id2label" in kwargs and "num_labels" not in kwargs:
+            merged.pop("num_labels", None)
+        if "id2label" in kwargs and "label2id" not in kwargs:  # new label names: their inverse
+            merged.pop("label2id", None)
+        if "num_labels" in kwargs and "id2label" not in kwargs:  # a new head size: new label names
+            merged.pop("id2label", None)
+            merged.pop("label2id", None)
+        config = cls(**merged)
+        return (config, {}) if return_unused else config
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict in the reference layout (id2label keys as strings)."""
+        """Every setting, JSON-ready, in the reference layout (id2label keys as strings, extra keys included)."""
         out: dict[str, Any] = {}
         for f in fields(self):
-            if f.name == "extra":
-                continue
-            out[f.name] = copy.deepcopy(getattr(self, f.name))
+            if f.name != "extra":
+                out[f.name] = copy.deepcopy(getattr(self, f.name))
         out["id2label"] = {str(k): v for k, v in (self.id2label or {}).items()}
         if out["architectures"] is None:
             out.pop("architectures")
+        if self._dtype is not None:
+            out["torch_dtype"] = self._dtype  # the name both transformers v4 and v5 read
         out.update(copy.deepcopy(self.extra))
         out["model_type"] = self.model_type
+        return out
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the settings every transformers config has that are at their defaults
+        (``output_attentions=False``, two ``LABEL_i`` labels...), as transformers writes ``config.json``."""
+        out = self.to_dict()
+        for name, default in _COMMON_DEFAULTS.items():
+            if name in out and out[name] == default:
+                del out[name]
         return out
 
     @classmethod
@@ -270,40 +476,49 @@ class ViltConfig:
         """Read a ``config.json`` file."""
         return cls.from_dict(read_json(path))
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """The config as JSON text (``use_diff``: :meth:`to_diff_dict`, else :meth:`to_dict`)."""
+        return (
+            json.dumps(self.to_diff_dict() if use_diff else self.to_dict(), indent=2, sort_keys=True) + "\n"
+        )
 
-    def to_json_file(self, path: str | os.PathLike[str]) -> None:
+    def to_json_file(self, path: str | os.PathLike[str], use_diff: bool = True) -> None:
         """Write a ``config.json`` that transformers reads back to an equal config."""
         with open(path, "w", encoding="utf-8") as fh:
-            fh.write(self.to_json_string())
+            fh.write(self.to_json_string(use_diff))
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str], **kwargs: Any) -> ViltConfig:
+    def from_pretrained(cls, path: str | os.PathLike[str], **kwargs: Any) -> Any:
         """Load ``config.json`` from a local directory, ``bundled`` or a hub id (see :mod:`vilt.hub`).
 
-        Keyword arguments are the hub options (``revision``, ``cache_dir``...) and fields to override
-        (unknown ones are kept in ``extra``, as transformers keeps them as attributes).
+        Keyword arguments are the hub options (``revision``, ``cache_dir``, ``subfolder``...) and settings
+        to override (unknown ones are kept, as transformers keeps them as attributes); with
+        ``return_unused_kwargs=True`` the result is ``(config, {})``.
         """
         hub, overrides = split_hub_options(kwargs)
+        return_unused = overrides.pop("return_unused_kwargs", False)
         config_file = resolve_file(path, CONFIG_NAME, **hub)
         config = cls.from_json_file(config_file)
-        return config.replace(**overrides) if overrides else config
+        if overrides:
+            config = config.replace(**overrides)
+        config.name_or_path = path
+        return (config, {}) if return_unused else config
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+    def save_pretrained(self, directory: str | os.PathLike[str], **_: Any) -> None:
         """Write ``config.json`` into ``directory`` (created if needed), all or nothing."""
         os.makedirs(directory, exist_ok=True)
         atomic_write(os.path.join(directory, CONFIG_NAME), self.to_json_file)
 
     def replace(self, **changes: Any) -> ViltConfig:
-        """A copy with some fields changed (labels are re-derived when id2label changes)."""
-        data = self.to_dict()
-        if "id2label" in changes or "num_labels" in changes:
-            data.pop("label2id", None)
-            if "num_labels" in changes and "id2label" not in changes:
-                data.pop("id2label", None)
-        data.update(changes)
-        return ViltConfig.from_dict(data)
+        """A copy with some settings changed (the labels follow a new ``id2label`` or ``num_labels``)."""
+        config = ViltConfig.from_dict(self.to_dict(), **changes)
+        config._attn_implementation = self._attn_implementation
+        config._name_or_path = self._name_or_path
+        return config
+
+
+def _is_field(name: str) -> bool:
+    return name in {f.name for f in fields(ViltConfig)}
 
 
 def _is_number(value: Any) -> bool:
@@ -343,7 +558,8 @@ def _id2label(id2label: Any) -> dict[int, str]:
     return labels
 
 
-def _label2id(label2id: Any) -> dict[str, int]:
+def _check_label2id(label2id: Any) -> None:
+    """``{name: index}``; indices may be ints or digit strings (kept as given, as transformers keeps them)."""
     if not isinstance(label2id, dict) or not all(
         isinstance(k, str)
         and isinstance(v, (int, str))
@@ -354,7 +570,6 @@ def _label2id(label2id: Any) -> dict[str, int]:
         raise ViltInputError(
             f'ViltConfig.label2id must map names to class indices ({{"name": 0, ...}}), got {label2id!r:.200}'
         )
-    return {k: int(v) for k, v in label2id.items()}
 
 
 @functools.cache

@@ -33,8 +33,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from . import arguments as check
+from .arguments import announce_slow
 from .errors import ViltInputError
-from .files import atomic_directory
+from .files import atomic_directory, check_output_directory
 
 logger = logging.getLogger(__name__)
 
@@ -411,16 +413,16 @@ def convert_original_checkpoint(
     Raises:
         FileNotFoundError: ``src_ckpt`` does not exist.
         FileExistsError: ``dest_dir`` is not empty and ``overwrite`` is False.
+        ViltInputError: ``dest_dir`` is the current directory (or holds it), or holds ``src_ckpt``
+            (:func:`vilt.files.check_output_directory`).
         ValueError: the file is unsafe, not an original ViLT checkpoint, or not of ``kind``.
     """
     from .checkpoint import is_weight_file, save_state_dict
 
     dest = Path(dest_dir)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not overwrite:
-        raise FileExistsError(
-            f"{dest} already exists and is not empty: choose another directory, or replace its files with "
-            "overwrite=True (--force on the command line)"
-        )
+    check_output_directory(
+        dest, force=overwrite, inputs=[src_ckpt], replaced="the weights and config of an earlier conversion"
+    )
     state, training_config = read_original_checkpoint(src_ckpt)
     detected = (
         detect_kind(state, str(src_ckpt), training_config)
@@ -483,13 +485,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--answers", metavar="JSON", help="VQA answer list: vqa_dict.json or an id2label JSON file"
     )
     parser.add_argument("--force", action="store_true", help="overwrite DEST_DIR if it is not empty")
-    parser.set_defaults(handler=run_convert)
+    parser.set_defaults(
+        handler=run_convert,
+        checks=[
+            check.input_file("src", "SRC.ckpt"),
+            check.input_file("answers", "--answers"),
+            check.output_directory("dest", inputs=lambda args: [args.src]),
+        ],
+    )
 
 
 def run_convert(args: argparse.Namespace) -> int:
     """Handler of ``vilt convert``."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model = convert_original_checkpoint(args.src, args.dest, args.kind, args.answers, overwrite=args.force)
+    with announce_slow(f"vilt convert: reading {args.src} (torch, then the checkpoint)..."):
+        model = convert_original_checkpoint(
+            args.src, args.dest, args.kind, args.answers, overwrite=args.force
+        )
     names = " and ".join(model.config.architectures)
     print(f"wrote {args.dest}: load it with {names}.from_pretrained({str(args.dest)!r})")
     return 0

@@ -276,7 +276,10 @@ def select_device_and_dtype(
     except RuntimeError as err:
         raise ViltInputError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ViltInputError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+        raise ViltInputError(
+            f"device {str(device)!r} was asked for but no CUDA GPU is available; run on the CPU: "
+            "--device cpu (device='cpu' in Python)"
+        )
     if dtype is None or dtype == "auto":
         if device.type == "cuda":  # GPUs before Ampere lack bfloat16: float16 there
             return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

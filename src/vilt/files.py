@@ -7,7 +7,14 @@ whenever the process is killed.
   over the target: a reader sees the old file or the new one, never a torn one.
 * :func:`atomic_directory` stages a whole directory (a model: config, weights, shards, processor files)
   next to the target and swaps it in with one atomic exchange (``renameat2(RENAME_EXCHANGE)`` on Linux),
-  so the target is always either the old complete directory or the new complete one.
+  so the target is always either the old complete directory or the new complete one. Two processes
+  saving to the same place both succeed, the last to swap winning whole; a link to a directory is
+  written through (the directory it points to is replaced, the link stays); the current directory and
+  those holding it are refused (:func:`output_directory`).
+* :func:`check_output_directory` checks an output directory before any work: not a file, not the
+  current directory, not holding what is read, empty unless forced, and possible to make.
+* :func:`directory_version` tells whether a directory was replaced while it was read, so that a reader
+  can read one save whole, never files of two.
 
 Temporary files and staging directories carry the writer's process id; those of dead processes (a save
 killed half-way) are removed by the next write to the same place, so nothing stale stays for long.
@@ -28,7 +35,7 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +121,99 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
         tmp.unlink(missing_ok=True)
 
 
+def output_directory(path: str | os.PathLike[str]) -> Path:
+    """The directory a save to ``path`` replaces: ``path`` with links followed (a link to a directory is
+    written through, not replaced) and ``.`` and ``..`` resolved.
+
+    Raises:
+        ViltInputError: it is the current directory or one that holds it: a save replaces the directory
+            whole, which would pull the working directory from under this process (and the shell that
+            started it).
+    """
+    target = Path(path).resolve()
+    here = Path.cwd().resolve()
+    if target == here or target in here.parents:
+        where = "the current directory" if target == here else f"{target}, which holds the current directory"
+        raise ViltInputError(
+            f"cannot write a model to {os.fspath(path)!r} ({where}): a save replaces its directory whole. "
+            f"Name a new directory for it, e.g. {os.path.join(os.fspath(path), 'model')!r}"
+        )
+    return target
+
+
+def check_holds_no_input(output: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]]) -> None:
+    """Refuse an output directory that is, or holds, one of ``inputs`` (a model directory, a checkpoint
+    file): writing it would replace or delete what is being read.
+
+    Raises:
+        ViltInputError: naming the output and the input.
+    """
+    target = Path(output).resolve()
+    for source in inputs:
+        resolved = Path(source).resolve()
+        if resolved == target or target in resolved.parents:
+            what = "is" if resolved == target else "holds"
+            raise ViltInputError(
+                f"the output directory {os.fspath(output)!r} {what} the input {os.fspath(source)!r}: writing it "
+                "would replace what is being read, so it is refused (--force included); choose another directory"
+            )
+
+
+def check_output_directory(
+    path: str | os.PathLike[str],
+    *,
+    force: bool,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+    replaced: str = "the files of an earlier save",
+) -> Path:
+    """Refuse, before any work, an output directory that a save cannot or should not write: the current
+    directory or one holding it (:func:`output_directory`); a file; a directory that is or holds one of
+    ``inputs`` (:func:`check_holds_no_input`); a directory that is not empty, unless ``force``; one that
+    cannot be made (the nearest existing folder above it is a file, or not writable).
+
+    Args:
+        path: the output directory.
+        force: writing into a non-empty directory is allowed.
+        inputs: what the save reads (a model directory, a checkpoint file).
+        replaced: what a forced save replaces there, for the message.
+
+    Returns:
+        The directory a save replaces (links followed).
+
+    Raises:
+        FileExistsError: ``path`` is a file, or a non-empty directory without ``force``.
+        ViltInputError: any other reason, naming it.
+    """
+    target = output_directory(path)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(
+            f"{os.fspath(path)} exists and is not a directory; choose another output directory"
+        )
+    check_holds_no_input(path, inputs)
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise FileExistsError(
+            f"{os.fspath(path)} already exists and is not empty; pass --force (force=True) to replace {replaced} "
+            "in it (other files are kept), or choose another directory"
+        )
+    existing = next(folder for folder in (target, *target.parents) if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        problem = "is a file" if not existing.is_dir() else "is not writable"
+        raise ViltInputError(
+            f"cannot make {os.fspath(path)}: {existing} {problem}; choose another output directory"
+        )
+    return target
+
+
+def directory_version(path: str | os.PathLike[str]) -> tuple[int, int, int] | None:
+    """An identity of the directory now at ``path`` that a swap by :func:`atomic_directory` changes
+    (device, inode and change time); None when ``path`` is not a directory."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino, stat.st_ctime_ns) if os.path.isdir(path) else None
+
+
 @contextlib.contextmanager
 def atomic_directory(
     path: str | os.PathLike[str], keep_old: Callable[[str], bool] = lambda name: True
@@ -122,22 +222,29 @@ def atomic_directory(
 
     Yields an empty staging directory next to ``path``. When the block ends without an exception, the
     files written get the permissions of any new file (some writers, e.g. safetensors, make them
-    owner-only) and are synced to disk; the entries of the old ``path`` that were not written again, and for which ``keep_old(name)`` is true, are
-    added to it (hard links, no copying), so writing behaves like writing into ``path``; then the staging
-    directory takes the place of ``path`` in one atomic step, and the old directory is deleted.
+    owner-only) and are synced to disk; the entries of the old ``path`` that were not written again, and
+    for which ``keep_old(name)`` is true, are added to it (hard links, no copying), so writing behaves
+    like writing into ``path``; then the staging directory takes the place of ``path`` in one atomic
+    step, and the old directory is deleted. When another process swaps its own directory in meanwhile,
+    this one still takes the place whole (the last swap wins).
 
     Args:
-        path: the directory to write (created if missing, with its parents).
+        path: the directory to write (created if missing, with its parents); a link to a directory is
+            written through: the directory it points to is replaced and the link kept.
         keep_old: which entries of the old directory to carry over (e.g. not the weight files of an
             earlier save, which would shadow the new ones).
+
+    Raises:
+        ViltInputError: ``path`` is the current directory or holds it (:func:`output_directory`).
+        FileExistsError: ``path`` is a file.
     """
-    target = Path(path)
-    if _staged_by_this_process(target):  # inside an outer atomic_directory: that one swaps it in
-        yield target
+    if _staged_by_this_process(Path(path)):  # inside an outer atomic_directory: that one swaps it in
+        yield Path(path)
         return
+    target = output_directory(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not target.is_dir():
-        raise FileExistsError(f"{target} exists and is not a directory")
+        raise FileExistsError(f"{path} exists and is not a directory")
     remove_stale(target)
     staging = _temporary_name(target, _STAGING)
     staging.mkdir()
@@ -186,16 +293,46 @@ def _link_or_copy(source: str, destination: str) -> None:
         shutil.copy2(source, destination)
 
 
+_SWAP_ATTEMPTS = 100  # each lost only to another writer's swap at the same moment
+
+
 def _swap_in(staging: Path, target: Path) -> None:
-    """Put ``staging`` at ``target`` atomically; afterwards ``staging`` holds the old directory (if any)."""
-    if not target.exists():
-        os.rename(staging, target)
-    elif not _exchange(staging, target):
+    """Put ``staging`` at ``target`` atomically; afterwards ``staging`` holds the old directory (if any).
+
+    A rename puts it where nothing (or an empty directory) is; where a directory is, an exchange swaps
+    them. Another writer may swap its own directory in between the two (two saves to a new directory):
+    then the other branch is taken, until one holds.
+    """
+    for _ in range(_SWAP_ATTEMPTS):
+        try:
+            os.rename(staging, target)
+            break
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        try:
+            if _exchange(staging, target):
+                break
+        except FileNotFoundError:  # the directory there was taken away meanwhile: rename again
+            continue
         # No atomic exchange on this platform: two renames, with a moment where only the old copy exists.
         old = _temporary_name(target, _STAGING)
-        os.rename(target, old)
-        os.rename(staging, target)
+        try:
+            os.rename(target, old)
+        except FileNotFoundError:
+            continue
+        try:
+            os.rename(staging, target)
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                os.rename(old, target)  # the old directory back in its place
+                raise
+            shutil.rmtree(old, ignore_errors=True)  # another writer's directory took the place meanwhile
+            continue
         os.rename(old, staging)
+        break
+    else:
+        raise OSError(errno.EBUSY, f"{target} kept changing while this save swapped it in; save again")
     _fsync_directory(target.parent)
 
 

@@ -189,6 +189,10 @@ class ViltForMaskedLM(_HeadModel):
     """Masked language modelling over the text tokens (the pretraining MLM objective)."""
 
     output_class = MaskedLMOutput
+    # the decoder shares the word embeddings when config.tie_word_embeddings is on
+    _tied_weights_keys = {
+        "mlm_score.decoder.weight": "vilt.embeddings.text_embeddings.word_embeddings.weight"
+    }
 
     def __init__(self, config: ViltConfig) -> None:
         super().__init__(config)

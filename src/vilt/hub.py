@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 BUNDLED = "bundled"
 BUNDLED_MODEL_DIR = Path(__file__).parent / "data" / "easy-vqa"
+SAMPLES_DIR = Path(__file__).parent / "data" / "samples"  # sample images (their sources: README.md there)
 # the keyword arguments of from_pretrained that say where files come from, as transformers names them
 HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "token", "force_download", "subfolder")
 # transformers options that change nothing here (accepted so that drop-in calls keep working)
@@ -139,7 +140,7 @@ def resolve_file(
                 f"{candidate} does not exist (the directory holds: {', '.join(present) or 'nothing'})"
             )
         return None
-    if path.exists() or not _HUB_ID.match(source) or source.startswith((".", "/")):
+    if not is_hub_id(source):
         raise FileNotFoundError(
             f"{source!r} is neither a local directory nor a Hugging Face hub id (like 'dandelin/vilt-b32-mlm')"
         )
@@ -151,6 +152,11 @@ def resolve_file(
         "subfolder": subfolder,
     }
     return _hub_file(source, filename, options, is_offline(local_files_only), required)
+
+
+def is_hub_id(source: str) -> bool:
+    """Whether ``source`` (not ``bundled``) can only be a hub id: no such path, and a name like ``org/name``."""
+    return not Path(source).exists() and bool(_HUB_ID.match(source)) and not source.startswith((".", "/"))
 
 
 def _check_filename(filename: str) -> None:
@@ -177,18 +183,22 @@ def containing_root(directory: str | os.PathLike[str]) -> Path:
     return directory
 
 
-def check_inside(file: str | os.PathLike[str], directory: str | os.PathLike[str], named_in: str) -> None:
+def check_inside(
+    file: str | os.PathLike[str], directory: str | os.PathLike[str], named_in: str | None = None
+) -> None:
     """Raise unless ``file``, symlinks followed, lies inside :func:`containing_root` of ``directory``.
 
     Raises:
-        ViltInputError: the file resolves outside (``named_in`` is the file that named it, for the message).
+        ViltInputError: the file resolves outside (``named_in`` is the file that named it, for the
+            message; None for a file the model directory holds under a fixed name).
     """
     root = containing_root(directory).resolve()
     target = Path(file).resolve()
     if not target.is_relative_to(root):
+        named = f"{named_in} names {Path(file).name!r}" if named_in else f"{os.fspath(file)} is a link"
         raise ViltInputError(
-            f"{named_in} names {Path(file).name!r}, which resolves to {target}, outside the model directory "
-            f"{root}; a model's files must stay inside its directory. Refusing to read it"
+            f"{named}, which resolves to {target}, outside the model directory {root}; a model's files must "
+            "stay inside its directory. Refusing to read it"
         )
 
 

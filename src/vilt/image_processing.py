@@ -37,6 +37,11 @@ a list of equal-length lists of images (NLVR2: one pair per text) gives ``pixel_
   come out as ``normalize(level / 255)`` whatever ``do_rescale`` says, which with ``do_rescale=False``
   is the reference's output.
 
+**Channels.** ``do_convert_rgb`` (transformers' switch) None or True gives RGB, as above. False keeps an
+array's channels (1, 3 or 4) or a PIL image's (modes L, LA, RGB, RGBA; other modes are converted to RGB
+all the same), resized as PIL resizes those modes, normalised with one
+``image_mean``/``image_std`` value per channel; every image of a batch must have the same count.
+
 **Deviations from the reference**, each where it fails or gives garbage:
 
 * Float images in [0, 1] with ``do_rescale=True``: the reference rescales them a second time, which
@@ -45,7 +50,9 @@ a list of equal-length lists of images (NLVR2: one pair per text) gives ``pixel_
   ``do_rescale=False``). Without resizing, float images are quantised all the same (the reference
   normalises the float values themselves).
 * Non-RGB PIL images (L, LA, P, RGBA, CMYK, I;16, F...) are converted with ``convert("RGB")``;
-  grayscale and 4-channel arrays become RGB the same way (gray repeated, alpha dropped).
+  grayscale and 4-channel arrays become RGB the same way (gray repeated, alpha dropped), unless
+  ``do_convert_rgb=False`` (the reference converts nothing unless ``do_convert_rgb=True``, and fails at
+  normalisation on anything but 3 channels).
 * Integer arrays with values above 255 are read as 16-bit and scaled with ``round(v / 257)``.
 * Extreme aspect ratios: the reference rounds a side to 0 and PIL raises; here every side is at least
   one ``size_divisor`` (one patch), so a 37x1200 image becomes 32x608 instead of crashing.
@@ -67,7 +74,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 import numpy as np
 import torch
@@ -160,17 +167,20 @@ def _integer_to_uint8(array: np.ndarray, label: str) -> np.ndarray:
     return ((array.astype(np.uint32) * 2 + 257) // 514).astype(np.uint8)  # round(v / 257)
 
 
-def _array_pixels(image: Any, input_data_format: str | None, label: str) -> tuple[np.ndarray, bool]:
+def _array_pixels(
+    image: Any, input_data_format: str | None, label: str, keep_channels: bool = False
+) -> tuple[np.ndarray, bool]:
     """An array or tensor as uint8 pixels, and whether it held floats in [0, 1].
 
     Gray stays one channel, (h, w); alpha is dropped, as PIL's ``convert("RGB")`` drops it: (h, w, 3).
+    ``keep_channels``: every channel is kept, (h, w, C) for C > 1.
     """
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
         image = (image.float() if image.dtype == torch.bfloat16 else image).numpy()
     if array_layout(image.shape, input_data_format, name=label) == "channels_first":
         image = image.transpose(1, 2, 0)
-    if image.ndim == 3:
+    if image.ndim == 3 and (image.shape[2] == 1 or not keep_channels):
         image = image[:, :, 0] if image.shape[2] == 1 else image[:, :, :3]
     if np.issubdtype(image.dtype, np.floating):
         return _float_to_uint8(image, label)
@@ -182,8 +192,36 @@ def _array_pixels(image: Any, input_data_format: str | None, label: str) -> tupl
 class _Pixels(NamedTuple):
     """One loaded and resized image."""
 
-    pixels: np.ndarray  # (h, w, 3) RGB or (h, w) grayscale, uint8
+    pixels: np.ndarray  # (h, w, 3) RGB or (h, w) grayscale, uint8; (h, w, C) when channels are kept
     unit_float: bool  # from a float image in [0, 1], so rescaled already
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.pixels.ndim == 2 else self.pixels.shape[2]
+
+
+# PIL modes whose channels do_convert_rgb=False keeps (other modes are converted to RGB)
+_KEPT_MODES = ("L", "LA", "RGB", "RGBA")
+
+
+class ViltImageProcessorKwargs(TypedDict, total=False):
+    """The keyword arguments ``ViltImageProcessor.preprocess`` takes besides ``images`` (transformers names
+    its processors' equivalent ``valid_kwargs``)."""
+
+    do_resize: bool
+    size: int | dict[str, int]
+    size_divisor: int
+    resample: int
+    do_rescale: bool
+    rescale_factor: float
+    do_normalize: bool
+    image_mean: float | Sequence[float]
+    image_std: float | Sequence[float]
+    do_pad: bool
+    do_convert_rgb: bool | None
+    return_tensors: str | None
+    data_format: str
+    input_data_format: str | None
 
 
 def _is_single_image(item: Any) -> bool:
@@ -247,38 +285,60 @@ class ViltImageProcessor:
         image_mean: Three channel means (or one for all), 0.5 by default.
         image_std: Three channel standard deviations (or one for all), 0.5 by default.
         do_pad: Pad a batch to its largest height and width and return ``pixel_mask``.
+        do_convert_rgb: None or True: RGB output; False: each image keeps its channels (module docstring),
+            with ``image_mean`` and ``image_std`` giving one value per channel.
     """
 
     model_input_names = ["pixel_values", "pixel_mask"]
+    valid_kwargs = ViltImageProcessorKwargs
     _type_name = "ViltImageProcessor"
+    # the defaults, readable on the class as on transformers' processors
+    do_resize: bool | None = True
+    size_divisor = 32
+    resample = Image.Resampling.BICUBIC
+    do_rescale: bool | None = True
+    rescale_factor = 1 / 255
+    do_normalize: bool | None = True
+    image_mean = (0.5, 0.5, 0.5)
+    image_std = (0.5, 0.5, 0.5)
+    do_pad: bool | None = True
+    do_convert_rgb: bool | None = None
 
     def __init__(
         self,
-        do_resize: bool = True,
+        do_resize: bool | None = True,
         size: int | dict[str, int] | None = None,
         size_divisor: int = 32,
         resample: int = Image.Resampling.BICUBIC,
-        do_rescale: bool = True,
+        do_rescale: bool | None = True,
         rescale_factor: float = 1 / 255,
-        do_normalize: bool = True,
+        do_normalize: bool | None = True,
         image_mean: float | Sequence[float] | None = None,
         image_std: float | Sequence[float] | None = None,
-        do_pad: bool = True,
+        do_pad: bool | None = True,
+        do_convert_rgb: bool | None = None,
     ) -> None:
-        self.do_resize = bool(do_resize)
+        # a switch set to None stays None (off), and is saved so, as transformers keeps an explicit None
+        self.do_resize = _switch(do_resize)
         self.size = _size_dict(384 if size is None else size)
         self.size_divisor = int(size_divisor)
         if self.size_divisor < 1:
             raise ViltInputError(f"size_divisor must be a positive integer, got {size_divisor}.")
-        self.resample = int(resample)
-        self.do_rescale = bool(do_rescale)
+        try:
+            self.resample = Image.Resampling(int(resample))
+        except ValueError:
+            raise ViltInputError(
+                f"resample must be a PIL.Image.Resampling filter, got {resample!r}."
+            ) from None
+        self.do_convert_rgb = _switch(do_convert_rgb)
+        self.do_rescale = _switch(do_rescale)
         self.rescale_factor = float(rescale_factor)
-        self.do_normalize = bool(do_normalize)
+        self.do_normalize = _switch(do_normalize)
         self.image_mean = _channel_values(0.5 if image_mean is None else image_mean, "image_mean")
         self.image_std = _channel_values(0.5 if image_std is None else image_std, "image_std")
         if 0 in self.image_std:
             raise ViltInputError(f"image_std must not contain 0, got {self.image_std}.")
-        self.do_pad = bool(do_pad)
+        self.do_pad = _switch(do_pad)
 
     # -- preprocessing --------------------------------------------------------------------------------
 
@@ -299,6 +359,7 @@ class ViltImageProcessor:
         image_mean: float | Sequence[float] | None = None,
         image_std: float | Sequence[float] | None = None,
         do_pad: bool | None = None,
+        do_convert_rgb: bool | None = None,
         return_tensors: str | None = None,
         data_format: str = "channels_first",
         input_data_format: str | None = None,
@@ -309,7 +370,7 @@ class ViltImageProcessor:
             images: A PIL image, numpy array, torch tensor, file path or encoded bytes; a list of them; or
                 a list of equal-length lists of them (one group per text, for NLVR2).
             do_resize, size, size_divisor, resample, do_rescale, rescale_factor, do_normalize, image_mean,
-                image_std, do_pad: Override the processor's settings for this call.
+                image_std, do_pad, do_convert_rgb: Override the processor's settings for this call.
             return_tensors: None for lists of numpy arrays (one per image or group), "np" for arrays,
                 "pt" for torch tensors.
             data_format: "channels_first" (B, 3, H, W) or "channels_last" (B, H, W, 3) pixel_values.
@@ -332,6 +393,7 @@ class ViltImageProcessor:
                 image_mean=image_mean,
                 image_std=image_std,
                 do_pad=do_pad,
+                do_convert_rgb=do_convert_rgb,
             ).items()
             if value is not None
         }
@@ -366,13 +428,16 @@ class ViltImageProcessor:
 
     def _prepare_one(self, image: Any, input_data_format: str | None, label: str) -> _Pixels:
         """Load and resize one image (module docstring's loading rules)."""
+        keep = self.do_convert_rgb is False
         if is_array(image):
-            pixels, unit_float = _array_pixels(image, input_data_format, label)
+            pixels, unit_float = _array_pixels(image, input_data_format, label, keep_channels=keep)
             return _Pixels(self._resized(Image.fromarray(np.ascontiguousarray(pixels))), unit_float)
         opened = open_image(image, name=label)  # a PIL image as it is; the other inputs opened lazily
         try:
             # EXIF orientation for what was loaded from a file, URL or bytes; not for a given PIL image.
             decoded = load_pixels(opened, apply_exif=opened is not image, name=label)
+            if keep and decoded.mode in _KEPT_MODES:
+                return _Pixels(self._resized(decoded), False)
             return _Pixels(self._resized(to_rgb(decoded, keep_gray=True, name=label)), False)
         finally:
             if opened is not image:
@@ -387,13 +452,15 @@ class ViltImageProcessor:
             image = image.resize((width, height), resample=self.resample, reducing_gap=None)
         return np.asarray(image)
 
-    def _value_table(self, rescale_factor: float | None) -> np.ndarray:
-        """(3, 256) float32: the output value of every uint8 level per channel, computed the reference's way.
+    def _value_table(self, rescale_factor: float | None, channels: int) -> np.ndarray:
+        """(channels, 256) float32: the output value of every uint8 level per channel, computed the
+        reference's way.
 
         Args:
             rescale_factor: The factor levels are rescaled by, or None for no rescaling.
+            channels: The output channels (3 for RGB).
         """
-        levels = np.tile(np.arange(256, dtype=np.uint8), (3, 1))
+        levels = np.tile(np.arange(256, dtype=np.uint8), (channels, 1))
         if rescale_factor is not None:
             values = (levels.astype(np.float64) * rescale_factor).astype(np.float32)
         else:
@@ -404,21 +471,41 @@ class ViltImageProcessor:
             values = (values - mean) / std
         return values
 
+    def _output_channels(self, images: list[_Pixels]) -> int:
+        """3 (RGB), or with ``do_convert_rgb=False`` the images' own channel count, which
+        ``image_mean`` and ``image_std`` must match."""
+        channels = 3
+        if self.do_convert_rgb is False:
+            counts = sorted({image.channels for image in images})
+            if len(counts) > 1:
+                raise ViltInputError(
+                    f"with do_convert_rgb=False every image must have the same number of channels, got {counts}; "
+                    "convert them (do_convert_rgb=True) or pass them in separate calls."
+                )
+            channels = counts[0]
+        if self.do_normalize and (len(self.image_mean), len(self.image_std)) != (channels, channels):
+            raise ViltInputError(
+                f"the images have {channels} channel(s) but image_mean has {len(self.image_mean)} value(s) and "
+                f"image_std {len(self.image_std)}; give one value per channel."
+            )
+        return channels
+
     def _normalize_and_pad(self, images: list[_Pixels]) -> tuple[np.ndarray, np.ndarray]:
-        """Write every image's table values into a zero-padded (B, 3, H, W) float32 array; build the mask."""
+        """Write every image's table values into a zero-padded (B, C, H, W) float32 array; build the mask."""
         height = max(image.pixels.shape[0] for image in images)
         width = max(image.pixels.shape[1] for image in images)
+        channels = self._output_channels(images)
         tables = {  # float images in [0, 1] are rescaled already (module docstring)
-            False: self._value_table(self.rescale_factor if self.do_rescale else None),
-            True: self._value_table(_UNIT_FLOAT_RESCALE),
+            False: self._value_table(self.rescale_factor if self.do_rescale else None, channels),
+            True: self._value_table(_UNIT_FLOAT_RESCALE, channels),
         }
-        pixel_values = np.zeros((len(images), 3, height, width), dtype=np.float32)
+        pixel_values = np.zeros((len(images), channels, height, width), dtype=np.float32)
         pixel_mask = np.zeros((len(images), height, width), dtype=np.int64)
 
         def write(index: int) -> None:
             array, table = images[index].pixels, tables[images[index].unit_float]
             h, w = array.shape[:2]
-            for channel in range(3):
+            for channel in range(channels):
                 np.take(
                     table[channel],
                     array if array.ndim == 2 else array[:, :, channel],
@@ -441,14 +528,20 @@ class ViltImageProcessor:
             "do_rescale": self.do_rescale,
             "rescale_factor": self.rescale_factor,
             "do_normalize": self.do_normalize,
-            "image_mean": list(self.image_mean),
-            "image_std": list(self.image_std),
+            "image_mean": self.image_mean,
+            "image_std": self.image_std,
             "do_pad": self.do_pad,
+            "do_convert_rgb": self.do_convert_rgb,
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as saved in ``preprocessor_config.json`` (the reference's keys)."""
-        return {**self._init_kwargs(), "image_processor_type": self._type_name}
+        """The settings as saved in ``preprocessor_config.json`` (the reference's keys), with the reference's
+        types: ``image_mean`` and ``image_std`` tuples, ``resample`` a ``PIL.Image.Resampling`` member, and
+        ``do_convert_rgb`` only when set."""
+        settings = self._init_kwargs()
+        if settings["do_convert_rgb"] is None:
+            del settings["do_convert_rgb"]
+        return {**settings, "image_processor_type": self._type_name}
 
     def to_json_string(self) -> str:
         """The settings as the JSON text of ``preprocessor_config.json``."""
@@ -481,6 +574,15 @@ class ViltImageProcessor:
         if unknown:
             raise TypeError(f"unknown image processor settings: {sorted(unknown)}")
         return cls(**{**{key: value for key, value in config.items() if key in known}, **kwargs})
+
+    @classmethod
+    def from_json_file(cls, json_file: str | os.PathLike) -> ViltImageProcessor:
+        """Build from a JSON file of settings (as :meth:`to_json_file` writes).
+
+        Args:
+            json_file: The file.
+        """
+        return cls.from_dict(read_json(json_file))
 
     @classmethod
     def from_pretrained(
@@ -548,6 +650,11 @@ class ViltFeatureExtractor(ViltImageProcessor):
         super().__init__(*args, **kwargs)
 
 
+def _switch(value: Any) -> bool | None:
+    """A setting's on/off value: a bool, or None (off, kept as None)."""
+    return None if value is None else bool(value)
+
+
 def _size_dict(size: int | dict[str, int]) -> dict[str, int]:
     if isinstance(size, dict):
         if set(size) != {"shortest_edge"}:
@@ -558,10 +665,11 @@ def _size_dict(size: int | dict[str, int]) -> dict[str, int]:
     return {"shortest_edge": int(size)}
 
 
-def _channel_values(values: float | Sequence[float], name: str) -> list[float]:
-    values = [float(values)] * 3 if isinstance(values, (int, float)) else [float(v) for v in values]
-    if len(values) != 3:
-        raise ViltInputError(f"{name} must have 3 values (one per RGB channel), got {values}.")
+def _channel_values(values: float | Sequence[float], name: str) -> tuple[float, ...]:
+    """One value per channel: three for a single number (RGB), or as many as given."""
+    values = (float(values),) * 3 if isinstance(values, (int, float)) else tuple(float(v) for v in values)
+    if not values:
+        raise ViltInputError(f"{name} must have one value per channel (3 for RGB), got none.")
     return values
 
 

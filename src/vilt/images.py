@@ -10,7 +10,11 @@ Who loads how (transformers' split, kept):
   processor). So a PIL object is turned upright by a pipeline, not by the processor.
 * **The server** takes uploaded bytes and base64 text only, never paths or URLs:
   :func:`open_untrusted_image`, which also refuses formats outside :data:`SAFE_FORMATS` and images of
-  more than a given number of pixels (read from the header, before decoding).
+  more than a given number of pixels (read from the header, before decoding), and can be stopped: given
+  a ``step`` callable, it calls it before every read of the file, while the header is parsed and while
+  the pixels are decoded, and a JPEG is fed to the decoder a scan at a time (a progressive JPEG of
+  100,000 tiny scans, each a pass over the whole image, is thus read 100,000 times, not 26). ``step`` may
+  raise to stop the decoding, or wait to share the processor.
 
 :func:`load_image` takes, as ``transformers.image_utils.load_image`` does:
 
@@ -43,6 +47,7 @@ import os
 import struct
 import sys
 import zlib
+from collections.abc import Callable
 from typing import IO, Any
 
 import numpy as np
@@ -153,10 +158,54 @@ def _open_file(path: str, name: str) -> Image.Image:
     return _open(path, name)
 
 
-def _open_bytes(data: bytes, name: str, formats: tuple[str, ...] | None = None) -> Image.Image:
+def _open_bytes(
+    data: bytes,
+    name: str,
+    formats: tuple[str, ...] | None = None,
+    step: Callable[[], None] | None = None,
+) -> Image.Image:
     if not data:
         raise ViltInputError(f"{name} is empty (0 bytes); pass the contents of an image file.")
-    return _open(io.BytesIO(data), name, formats)
+    if step is None:
+        return _open(io.BytesIO(data), name, formats)
+    stepped = _SteppedFile(data, step)
+    image = _open(stepped, name, formats)
+    stepped.cut_at_scans = image.format == "JPEG"
+    return image
+
+
+class _SteppedFile(io.BytesIO):
+    """An image file in memory that calls ``step`` before every read; once opened as a JPEG, no read
+    crosses the start of a scan, so that every read is followed by the decoding of at most about one scan.
+
+    Pillow's decoders decode all they are given before the next read. Most formats cost about the same
+    per byte, so Pillow's reads (64 KiB) take milliseconds to decode; a progressive JPEG does not: each
+    scan, a dozen bytes at the least, costs a pass over the blocks of its component (16 ms on a 4096 x
+    4096 image), so one read could hold thousands of passes. ``FF DA`` (start of scan) never occurs in
+    a JPEG's coded data (an ``FF`` byte there is followed by ``00``); where it occurs inside a header's
+    payload it only makes a read shorter.
+    """
+
+    def __init__(self, data: bytes, step: Callable[[], None]) -> None:
+        super().__init__(data)
+        self.data = data
+        self.step = step
+        self.cut_at_scans = False
+        self._next_scan = 0  # the next start of scan at or after the position; -1: none left
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.step()
+        if self.cut_at_scans and self._next_scan >= 0:
+            position = self.tell()
+            if self._next_scan <= position:
+                self._next_scan = self.data.find(_START_OF_SCAN, position + 1)
+            if self._next_scan >= 0:
+                until = self._next_scan - position
+                size = until if size is None or size < 0 else min(size, until)
+        return super().read(size)
+
+
+_START_OF_SCAN = b"\xff\xda"
 
 
 def _open_base64_or_missing(text: str, name: str) -> Image.Image:
@@ -410,6 +459,7 @@ def open_untrusted_image(
     *,
     name: str = "image",
     formats: tuple[str, ...] = SAFE_FORMATS,
+    step: Callable[[], None] | None = None,
 ) -> Image.Image:
     """Open an image that came from outside (an upload) lazily, refusing harm from its header alone.
 
@@ -423,6 +473,8 @@ def open_untrusted_image(
         max_pixels: The most pixels (width x height) accepted.
         name: How error messages call the input (e.g. the request field).
         formats: The Pillow formats accepted.
+        step: Called before every read of the file, now and when the pixels are decoded (see the
+            module docstring); what it raises stops the opening or decoding and propagates.
 
     Raises:
         ImageTooLargeError: More than ``max_pixels`` pixels (or Pillow's own limit).
@@ -435,7 +487,7 @@ def open_untrusted_image(
         data = decode_base64(data, name=name)
     if not isinstance(data, (bytes, bytearray)):
         raise TypeError(f"{name} is a {type(data).__name__}; pass the image file's bytes or base64 text.")
-    image = _open_bytes(bytes(data), name, formats)
+    image = _open_bytes(bytes(data), name, formats, step)
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLargeError(

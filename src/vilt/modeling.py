@@ -24,9 +24,10 @@ N = Hp * Wp, G = image_size // patch_size (the trained position grid).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -269,6 +270,12 @@ def _bilinear_axis(size: torch.Tensor, out_len: int, grid_len: int) -> tuple[tor
     return i0, i1, 1.0 - w1, w1, valid
 
 
+def _tracing() -> bool:
+    """Whether ``torch.compile`` or ``torch.export`` is tracing the call: then the graph must not depend
+    on values (no host sync), so padded tokens stay in the sequence, masked, instead of being dropped."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 class ViltEmbeddings(nn.Module):
     """Text and image embeddings, each plus its modality embedding, concatenated."""
 
@@ -389,7 +396,7 @@ class ViltEmbeddings(nn.Module):
             width = patch_mask[:, 0, :].sum(dim=1)  # (B,) valid columns, counted along row 0
             valid = patch_mask.flatten(1)  # (B, N)
             counts = valid.sum(dim=1)  # (B,)
-            if torch.compiler.is_exporting():  # an exported graph keeps every patch; padding stays masked
+            if _tracing():  # a compiled or exported graph keeps every patch; padding stays masked
                 most = least = n
             else:
                 most, least = torch.stack([counts.max(), counts.min()]).tolist()  # the one host sync
@@ -400,7 +407,7 @@ class ViltEmbeddings(nn.Module):
                     "each patch); every image needs at least one real patch. Pass the pixel_mask the "
                     "processor returns, or None when the images are not padded."
                 )
-            if least == n and not torch.compiler.is_exporting():  # no padding: one shared grid
+            if least == n and not _tracing():  # no padding: one shared grid
                 pos = self.unpadded_position_embeddings(hp, wp).to(x.dtype)  # (1, N, D)
             else:
                 pos = (
@@ -466,31 +473,75 @@ class ViltEmbeddings(nn.Module):
 # Longest sequence whose CPU backward takes the explicit softmax instead of SDPA (its probabilities take
 # B x H x L x L memory per layer; ViLT-B/32 at 384x640 with 40 tokens is L = 281).
 EXPLICIT_TRAINING_MAX_LENGTH = 512
+# the attention implementations, as transformers spells them (``attn_implementation=``)
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def check_attn_implementation(name: Any) -> str:
+    """``name`` if it is one of :data:`ATTENTION_IMPLEMENTATIONS`.
+
+    Raises:
+        ViltInputError: naming the implementations there are.
+    """
+    if name not in ATTENTION_IMPLEMENTATIONS:
+        raise ViltInputError(
+            f"attention implementation must be 'sdpa' or 'eager', got {name!r} (ViLT has no flash, flex or "
+            "kernel-hub attention: 'sdpa' runs PyTorch's fused kernels)"
+        )
+    return name
+
+
+def explicit_softmax(
+    implementation: str, x: torch.Tensor, model: nn.Module, probabilities_needed: bool
+) -> bool:
+    """Whether the attention of a call runs the explicit softmax instead of SDPA: the one place this is decided.
+
+    * ``"eager"`` (the reference's arithmetic), or the call needs the probabilities (``output_attentions``,
+      a head mask): the explicit softmax.
+    * ``"sdpa"``: SDPA, except on CPU when a backward follows (an input or a parameter of ``model`` needs a
+      gradient) on a sequence of at most :data:`EXPLICIT_TRAINING_MAX_LENGTH` tokens: there the flash
+      kernel's backward is ~3x slower (``benchmarks/bench_train.py``); the explicit path keeps (B, H, L, L)
+      probabilities, so long sequences and GPUs stay on SDPA.
+
+    Args:
+        implementation: the model's ``config._attn_implementation``.
+        x: (B, L, D) the encoder's input.
+        model: the module whose parameters may need gradients.
+        probabilities_needed: the call asks for attention probabilities or masks heads.
+    """
+    if implementation == "eager" or probabilities_needed:
+        return True
+    if x.device.type != "cpu" or x.shape[1] > EXPLICIT_TRAINING_MAX_LENGTH or not torch.is_grad_enabled():
+        return False
+    return x.requires_grad or any(p.requires_grad for p in model.parameters())
 
 
 @dataclass
 class AttentionMask:
-    """The key-padding mask in the two forms the attention paths use (None when nothing is masked)."""
+    """The key-padding mask of every attention path: one additive (B, 1, 1, L) bias, 0 where a key is
+    attended and the dtype's lowest value where it is padding (None when nothing is masked). The explicit
+    softmax adds it to the scores, SDPA takes it as ``attn_mask`` (a float mask, which SDPA does not
+    convert in every layer as it would a bool mask)."""
 
-    sdpa: torch.Tensor | None  # (B, 1, 1, L) for SDPA: bool, True = attend; additive on the fast path
-    additive: torch.Tensor | None  # (B, 1, 1, L) 0 / finfo.min, for the explicit softmax
+    additive: torch.Tensor | None  # (B, 1, 1, L)
 
     @classmethod
     def from_padding(cls, mask: torch.Tensor, dtype: torch.dtype, any_padding: bool) -> AttentionMask:
+        """From the (B, L) 1/0 token mask; ``any_padding`` False when no token is padding."""
         if not any_padding:
-            return cls(None, None)
-        keep = mask[:, None, None, :].bool()  # (B, 1, 1, L)
-        additive = (1.0 - keep.to(dtype)) * torch.finfo(dtype).min
-        return cls(keep, additive)
+            return cls(None)
+        keep = mask[:, None, None, :].to(dtype)  # (B, 1, 1, L)
+        return cls((1.0 - keep) * torch.finfo(dtype).min)
 
     @classmethod
     def additive_only(cls, additive: torch.Tensor | None) -> AttentionMask:
-        """The additive form for both paths (the fast path's: SDPA would convert a bool mask in every layer)."""
-        return cls(additive, additive)
+        """From an additive (B, 1, 1, L) bias, or None."""
+        return cls(additive)
 
 
 class ViltAttention(nn.Module):
-    """Multi-head self-attention: SDPA by default, explicit softmax when probabilities are needed."""
+    """Multi-head self-attention: SDPA, or the explicit softmax (``eager``, decided by
+    :func:`explicit_softmax`)."""
 
     def __init__(self, config: ViltConfig) -> None:
         super().__init__()
@@ -512,30 +563,19 @@ class ViltAttention(nn.Module):
         fast: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attention over x (B, L, D), projected, plus ``residual``; returns it and the (B, H, L, L)
-        probabilities when the explicit softmax ran (``eager``, a head mask, or a CPU backward)."""
+        probabilities when the explicit softmax ran (``eager``)."""
         b, length, d = x.shape
         q, k, v = self.attention(x, fast)  # each (B, H, L, Dh)
         probs = None
-        if eager or head_mask is not None or self._explicit_trains_faster(x):
+        if eager:
             context, probs = self._explicit_attention(q, k, v, mask, head_mask)
         else:
             drop = self.attention.dropout.p if self.training else 0.0
             context = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask.sdpa, dropout_p=drop
+                q, k, v, attn_mask=mask.additive, dropout_p=drop
             )  # (B, H, L, Dh)
         context = context.transpose(1, 2).reshape(b, length, d)  # (B, L, D)
         return self.output(context, residual=residual, fast=fast), probs
-
-    @staticmethod
-    def _explicit_trains_faster(x: torch.Tensor) -> bool:
-        """Whether a backward follows and the explicit softmax beats SDPA for it: on CPU, for sequences
-        that are not long.
-
-        There the flash kernel's backward is ~3x slower (``benchmarks/bench_train.py``); the explicit
-        path keeps (B, H, L, L) probabilities, so long sequences and GPUs stay on SDPA.
-        """
-        backward = torch.is_grad_enabled() and x.requires_grad
-        return backward and x.device.type == "cpu" and x.shape[1] <= EXPLICIT_TRAINING_MAX_LENGTH
 
     def _explicit_attention(
         self,
@@ -560,8 +600,13 @@ class ViltLayer(nn.Module):
     """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
 
     ``fast`` runs every product on its cached weights, with the GELU and both residual adds inside the
-    products (:class:`ViltModel` decides when; see :mod:`vilt.layers`).
+    products (:class:`ViltModel` decides when; see :mod:`vilt.layers`). With ``gradient_checkpointing``
+    on (:meth:`ViltPreTrainedModel.gradient_checkpointing_enable`), the encoder runs the layer through
+    ``_gradient_checkpointing_func`` in training, so that backward recomputes its activations.
     """
+
+    gradient_checkpointing = False
+    _gradient_checkpointing_func: Callable[..., Any] = functools.partial(checkpoint, use_reentrant=False)
 
     def __init__(self, config: ViltConfig) -> None:
         super().__init__()
@@ -600,7 +645,6 @@ class ViltEncoder(nn.Module):
     def __init__(self, config: ViltConfig) -> None:
         super().__init__()
         self.layer = nn.ModuleList(ViltLayer(config) for _ in range(config.num_hidden_layers))
-        self.gradient_checkpointing = False
         self.layer_sizes = (config.hidden_size, config.num_attention_heads, config.intermediate_size)
 
     def forward(
@@ -639,8 +683,8 @@ class ViltEncoder(nn.Module):
         for layer, layer_head_mask in zip(self.layer, head_mask):
             if output_hidden_states:
                 hidden_states.append(x)
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, probs = checkpoint(layer, x, mask, layer_head_mask, eager, use_reentrant=False)
+            if layer.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x, probs = layer._gradient_checkpointing_func(layer, x, mask, layer_head_mask, eager)
             else:
                 x, probs = layer(x, mask, layer_head_mask, eager)
             attentions.append(probs)
@@ -714,40 +758,113 @@ class ViltPooler(nn.Module):
 
 
 class ViltPreTrainedModel(nn.Module):
-    """Shared init, loading and saving of every ViLT model class."""
+    """Shared init, loading and saving of every ViLT model class, and the part of transformers'
+    ``PreTrainedModel`` interface that tools read (``transformers.Trainer``, PEFT, accelerate):
+    the class attributes below, ``_from_config``, ``init_weights``, gradient checkpointing, input and
+    output embeddings and their resizing, ``num_parameters``, ``set_attn_implementation``."""
 
     config_class = ViltConfig
     base_model_prefix = "vilt"
+    main_input_name = "input_ids"  # the first argument of forward
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True  # attn_implementation "sdpa" (the default) or "eager"
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+    _no_split_modules = ["ViltEmbeddings", "ViltLayer"]  # modules a device map must keep whole
+    _skip_keys_device_placement: list[str] | None = None
+    _keep_in_fp32_modules: frozenset[str] = frozenset()  # none: every weight follows the model's dtype
+    _keep_in_fp32_modules_strict: frozenset[str] = frozenset()
+    _keys_to_ignore_on_load_missing: list[str] | None = None
+    _keys_to_ignore_on_load_unexpected: list[str] | None = None
+    _keys_to_ignore_on_save: list[str] | None = None
+    _tied_weights_keys: dict[str, str] = {}  # tied parameter -> the parameter it shares (when tying is on)
+    is_parallelizable = False
+    model_tags: list[str] | None = None
 
-    def __init__(self, config: ViltConfig) -> None:
+    def __init__(self, config: ViltConfig, *args: Any, **kwargs: Any) -> None:
         super().__init__()
         if not isinstance(config, ViltConfig):
             raise TypeError(f"expected a vilt.ViltConfig, got {type(config).__name__}")
-        config.validate()
+        config.validate_for_model()
+        config._attn_implementation = check_attn_implementation(config._attn_implementation or "sdpa")
         self.config = config
+        self.name_or_path = config.name_or_path
+        self.warnings_issued: dict[str, bool] = {}
 
     def post_init(self) -> None:
-        """Initialise every weight as the reference does, then tie weights if configured."""
-        self.apply(self._init_weights)
+        """Initialise the weights as the reference does (:meth:`init_weights`), and apply the reference's
+        ``gradient_checkpointing`` config switch."""
+        self.init_weights()
+        if getattr(self.config, "gradient_checkpointing", False):
+            self.gradient_checkpointing_enable()
+            del self.config.gradient_checkpointing  # consumed, so that it is not saved
+
+    def init_weights(self) -> None:
+        """Initialise every module not initialised yet (:meth:`_init_weights`), then tie weights if configured.
+
+        Nothing is drawn while the model is built on the meta device; ``model.to_empty(device=...)``
+        followed by ``init_weights()`` initialises it then, buffers included.
+        """
+        if torch.get_default_device().type != "meta":
+            for module in self.modules():
+                if not getattr(module, "_is_hf_initialized", False):
+                    self._init_weights(module)
+                    module._is_hf_initialized = True
         self.tie_weights()
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.padding_idx is not None:
-                with torch.no_grad():
+        with torch.no_grad():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.padding_idx is not None:
                     module.weight[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, ViltEmbeddings):  # the reference creates these zero, and keeps them so
+                nn.init.zeros_(module.cls_token)
+                nn.init.zeros_(module.position_embeddings)
+            elif isinstance(module, TextEmbeddings):
+                module.position_ids.copy_(torch.arange(module.position_ids.shape[-1]))
+                module.token_type_ids.zero_()
 
     def tie_weights(self) -> None:
         """Share output embeddings with the input embeddings (only heads with a decoder do this)."""
+
+    @classmethod
+    def _from_config(cls, config: ViltConfig, **kwargs: Any) -> Any:
+        """A new model of ``config``, as transformers' ``_from_config``: ``attn_implementation`` and
+        ``dtype`` (``torch_dtype``) are applied to ``config``; other keyword arguments go to the class."""
+        if "attn_implementation" in kwargs:
+            config._attn_implementation = check_attn_implementation(kwargs.pop("attn_implementation"))
+        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+        model = cls(config, **kwargs)
+        if dtype is not None:
+            config.dtype = dtype
+            model.to(dtype=config.dtype)
+        return model
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        """ViLT classifies and fills masks; it does not generate text."""
+        return False
+
+    @property
+    def tp_plan(self) -> dict[str, str]:
+        """transformers' tensor-parallel plan: empty, ViLT shards no layer across devices."""
+        return {}
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The :class:`ViltModel` inside a head model (the model itself for ``ViltModel``)."""
+        return getattr(self, self.base_model_prefix, self)
 
     # -- conveniences -----------------------------------------------------------------------
     @property
@@ -756,24 +873,189 @@ class ViltPreTrainedModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
 
-    def num_parameters(self, only_trainable: bool = False) -> int:
-        """Number of (unique) parameters."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Number of (unique) parameters: only those that need gradients (``only_trainable``), or without
+        the ``nn.Embedding`` weights (``exclude_embeddings``)."""
+        embeddings = {
+            f"{name}.weight" for name, module in self.named_modules() if isinstance(module, nn.Embedding)
+        }
+        return sum(
+            p.numel()
+            for name, p in self.named_parameters()
+            if (p.requires_grad or not only_trainable) and not (exclude_embeddings and name in embeddings)
+        )
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each layer's activations in backward to save memory (non-reentrant)."""
-        base = self if isinstance(self, ViltModel) else getattr(self, self.base_model_prefix)
-        base.encoder.gradient_checkpointing = enable
+    # -- gradient checkpointing ---------------------------------------------------------------
+    def gradient_checkpointing_enable(
+        self,
+        gradient_checkpointing_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> None:
+        """Recompute layers' activations in backward to save memory.
 
-    def gradient_checkpointing_enable(self, **_: Any) -> None:
-        """transformers-style alias of ``set_grad_checkpointing(True)``."""
-        self.set_grad_checkpointing(True)
+        Args:
+            gradient_checkpointing_kwargs: arguments of ``torch.utils.checkpoint.checkpoint``
+                (default ``{"use_reentrant": False}``).
+            every_n_layers: checkpoint layers 0, n, 2n...; the others keep their activations.
+            offload: keep the checkpointed inputs in (pinned, on a GPU) host memory.
+
+        As transformers does, the input embeddings' output is then made to require gradients
+        (:meth:`enable_input_require_grads`), which the reentrant variant needs when they are frozen.
+        """
+        if not isinstance(every_n_layers, int) or every_n_layers < 1:
+            raise ViltInputError(f"every_n_layers must be a positive integer, got {every_n_layers!r}")
+        options = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        function: Callable[..., Any] = functools.partial(checkpoint, **options)
+        if offload:
+            function = functools.partial(_offloaded, function)
+        for index, layer in enumerate(self._layers()):
+            layer.gradient_checkpointing = index % every_n_layers == 0
+            layer._gradient_checkpointing_func = function
+        self.enable_input_require_grads()
 
     def gradient_checkpointing_disable(self) -> None:
-        self.set_grad_checkpointing(False)
+        """Turn gradient checkpointing off."""
+        for layer in self._layers():
+            layer.gradient_checkpointing = False
+        if getattr(self, "_hf_peft_config_loaded", False):
+            self.disable_input_require_grads()
 
+    def activation_checkpointing_enable(
+        self,
+        activation_checkpointing_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> None:
+        """The transformers v5 name of :meth:`gradient_checkpointing_enable`."""
+        self.gradient_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers, offload)
+
+    def activation_checkpointing_disable(self) -> None:
+        """The transformers v5 name of :meth:`gradient_checkpointing_disable`."""
+        self.gradient_checkpointing_disable()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each layer's activations in backward to save memory (non-reentrant), or stop."""
+        if enable:
+            self.gradient_checkpointing_enable()
+        else:
+            self.gradient_checkpointing_disable()
+
+    def _layers(self) -> list[ViltLayer]:
+        return [module for module in self.modules() if isinstance(module, ViltLayer)]
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether gradient checkpointing is on."""
+        return any(layer.gradient_checkpointing for layer in self._layers())
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        """The transformers v5 name of :attr:`is_gradient_checkpointing`."""
+        return self.is_gradient_checkpointing
+
+    # -- embeddings ------------------------------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Embedding:
+        base = self if isinstance(self, ViltModel) else getattr(self, self.base_model_prefix)
+        return base.embeddings.text_embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        base = self if isinstance(self, ViltModel) else getattr(self, self.base_model_prefix)
+        base.embeddings.text_embeddings.word_embeddings = value
+
+    def get_output_embeddings(self) -> nn.Linear | None:
+        """The decoder onto the vocabulary: None, except for the masked-LM head."""
+        return None
+
+    def enable_input_require_grads(self) -> None:
+        """Make the word embeddings' output require gradients (for adapters on a frozen model, and for
+        reentrant gradient checkpointing)."""
+        self.disable_input_require_grads()
+
+        def require_grads(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            output.requires_grad_(True)
+
+        self._require_grads_hook = self.get_input_embeddings().register_forward_hook(require_grads)
+
+    def disable_input_require_grads(self) -> None:
+        """Undo :meth:`enable_input_require_grads`."""
+        hook = self.__dict__.pop("_require_grads_hook", None)
+        if hook is not None:
+            hook.remove()
+
+    def resize_token_embeddings(
+        self,
+        new_num_tokens: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        mean_resizing: bool = True,
+    ) -> nn.Embedding:
+        """Give the word embeddings (and the MLM decoder) ``new_num_tokens`` rows, as transformers does.
+
+        Rows are kept from the start; added rows are the mean of the old ones (``mean_resizing``) or
+        drawn as new weights are. ``config.vocab_size`` follows.
+
+        Args:
+            new_num_tokens: the new vocabulary size (None: the current one).
+            pad_to_multiple_of: round the size up to a multiple of this.
+            mean_resizing: initialise added rows (and decoder biases) with the mean of the old ones.
+        Returns:
+            The word embedding module (the same object, resized).
+        """
+        embeddings = self.get_input_embeddings()
+        if pad_to_multiple_of is not None:
+            if not isinstance(pad_to_multiple_of, int) or isinstance(pad_to_multiple_of, bool):
+                raise ValueError(
+                    f"Asking to pad the embedding matrix to a multiple of `{pad_to_multiple_of}`, which is not "
+                    "and integer. Please make sure to pass an integer"
+                )
+            rows = embeddings.weight.shape[0] if new_num_tokens is None else new_num_tokens
+            new_num_tokens = -(-rows // pad_to_multiple_of) * pad_to_multiple_of
+        if new_num_tokens is None:
+            return embeddings
+        _check_vocab_size(new_num_tokens)
+        decoder = self.get_output_embeddings()
+        tied = decoder is not None and decoder.weight is embeddings.weight
+        with torch.no_grad():
+            embeddings.weight = _resized_parameter(
+                embeddings.weight, new_num_tokens, mean_resizing, self._init_weights
+            )
+            embeddings.num_embeddings = new_num_tokens
+            if embeddings.padding_idx is not None and embeddings.padding_idx >= new_num_tokens:
+                embeddings.padding_idx = None
+                self.config.pad_token_id = None
+            if decoder is not None:
+                if not tied:
+                    decoder.weight = _resized_parameter(
+                        decoder.weight, new_num_tokens, mean_resizing, self._init_weights
+                    )
+                if decoder.bias is not None:
+                    decoder.bias = _resized_parameter(
+                        decoder.bias, new_num_tokens, mean_resizing, nn.init.zeros_
+                    )
+                decoder.out_features = new_num_tokens
+        self.config.vocab_size = new_num_tokens
+        self.vocab_size = new_num_tokens
+        self.tie_weights()
+        return embeddings
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names the original recipe does not decay: biases and LayerNorm weights."""
+        return {
+            n
+            for n, p in self.named_parameters()
+            if n.endswith("bias") or "LayerNorm" in n or "layernorm" in n
+        }
+
+    # -- attention -------------------------------------------------------------------------------
+    def set_attn_implementation(self, name: str) -> None:
+        """``"sdpa"`` (the default: PyTorch's fused kernels; see :func:`explicit_softmax` for when a CPU
+        backward takes the explicit softmax) or ``"eager"`` (the explicit softmax everywhere, the
+        reference's arithmetic). Stored as ``config._attn_implementation``, as transformers stores it."""
+        self.config._attn_implementation = check_attn_implementation(name)
+
+    # -- the fast path ---------------------------------------------------------------------------
     def set_fast_path(self, enabled: bool = True) -> ViltPreTrainedModel:
         """Turn the inference fast path on or off; returns the model.
 
@@ -804,40 +1086,66 @@ class ViltPreTrainedModel(nn.Module):
                 module.packed()
         return self
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        base = self if isinstance(self, ViltModel) else getattr(self, self.base_model_prefix)
-        return base.embeddings.text_embeddings.word_embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        base = self if isinstance(self, ViltModel) else getattr(self, self.base_model_prefix)
-        base.embeddings.text_embeddings.word_embeddings = value
-
-    def no_weight_decay(self) -> set[str]:
-        """Parameter names the original recipe does not decay: biases and LayerNorm weights."""
-        return {
-            n
-            for n, p in self.named_parameters()
-            if n.endswith("bias") or "LayerNorm" in n or "layernorm" in n
-        }
-
     # -- weights I/O --------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
-        """Load a model from a local directory or a Hugging Face hub id.
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike[str] | None, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Load a model from a local directory or a Hugging Face hub id, or (``None`` with ``config`` and
+        ``state_dict``) from tensors in memory.
 
-        See :func:`vilt.checkpoint.load_pretrained` for the keyword arguments (``config``,
-        ``revision``, ``cache_dir``, ``local_files_only``, ``torch_dtype``, ``device``,
-        ``ignore_mismatched_sizes``, and config overrides such as ``num_labels``).
+        See :func:`vilt.checkpoint.load_pretrained` for the keyword arguments (``config``, ``state_dict``,
+        ``revision``, ``cache_dir``, ``local_files_only``, ``dtype``/``torch_dtype``, ``device``,
+        ``ignore_mismatched_sizes``, ``output_loading_info``, ``attn_implementation``, and config
+        overrides such as ``num_labels``).
         """
         from .checkpoint import load_pretrained
 
+        if args:  # transformers passes model arguments positionally after the name
+            raise TypeError(
+                f"{cls.__name__}.from_pretrained takes the model name and keyword arguments only, got "
+                f"{len(args)} positional argument(s) more"
+            )
         return load_pretrained(cls, pretrained_model_name_or_path, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (sharded above ``max_shard_size``)."""
+        """Write ``config.json`` and ``model.safetensors`` (sharded above ``max_shard_size``); see
+        :func:`vilt.checkpoint.save_pretrained` for the keyword arguments (``state_dict``,
+        ``is_main_process``, ``max_shard_size``, ``safe_serialization``)."""
         from .checkpoint import save_pretrained
 
         save_pretrained(self, save_directory, **kwargs)
+
+
+def _offloaded(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)`` with the tensors autograd saves kept in host memory (pinned on a GPU)."""
+    with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+        return function(*args, **kwargs)
+
+
+def _check_vocab_size(rows: Any) -> None:
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
+        raise ViltInputError(f"new_num_tokens must be a positive integer, got {rows!r}")
+
+
+def _resized_parameter(
+    old: nn.Parameter, rows: int, mean_resizing: bool, init: Callable[..., Any]
+) -> nn.Parameter:
+    """``old`` (N, ...) with ``rows`` rows: its first ones kept, added ones the mean of the old rows
+    (``mean_resizing``) or initialised by ``init`` (given a module holding them, or the tensor)."""
+    new = torch.empty(rows, *old.shape[1:], dtype=old.dtype, device=old.device)
+    kept = min(rows, old.shape[0])
+    new[:kept] = old[:kept]
+    if rows > kept:
+        if mean_resizing:
+            new[kept:] = old.float().mean(dim=0).to(old.dtype)
+        elif new.dim() == 2:
+            added = nn.Embedding(rows - kept, new.shape[1], dtype=old.dtype, device=old.device)
+            init(added)
+            new[kept:] = added.weight
+        else:
+            new[kept:] = init(new[kept:].clone())
+    return nn.Parameter(new, requires_grad=old.requires_grad)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -852,9 +1160,13 @@ class ViltModel(ViltPreTrainedModel):
         self.encoder = ViltEncoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pooler = ViltPooler(config) if add_pooling_layer else None
-        self.attn_implementation = "sdpa"
         self.fast_path = fast_path_default()
         self.post_init()
+
+    @property
+    def attn_implementation(self) -> str:
+        """``config._attn_implementation``: "sdpa" or "eager" (see :meth:`set_attn_implementation`)."""
+        return self.config._attn_implementation  # type: ignore[return-value]
 
     def takes_fast_path(self, *inputs: torch.Tensor | None, exact: bool = False) -> bool:
         """Whether a call on these input tensors takes the fast path: the switch is on (see
@@ -862,13 +1174,6 @@ class ViltModel(ViltPreTrainedModel):
         (``exact``: it needs one of them), and :func:`vilt.layers.inference_only` holds (eval mode, no
         autocast, not compiling or exporting)."""
         return self.fast_path and not exact and inference_only(self, *inputs)
-
-    def set_attn_implementation(self, name: str) -> None:
-        """ "sdpa" (default: fused kernels; CPU backward passes take the explicit softmax, faster there)
-        or "eager" (explicit softmax everywhere, as the reference)."""
-        if name not in ("sdpa", "eager"):
-            raise ViltInputError(f"attention implementation must be 'sdpa' or 'eager', got {name!r}")
-        self.attn_implementation = name
 
     # -- input checks ---------------------------------------------------------------------------
     def _check_inputs(
@@ -1044,9 +1349,12 @@ class ViltModel(ViltPreTrainedModel):
         device = (input_ids if input_ids is not None else inputs_embeds).device
         if attention_mask is None:
             attention_mask = torch.ones(batch, length, dtype=torch.long, device=device)
-        eager = output_attentions or self.attn_implementation == "eager"
+        probabilities_needed = output_attentions or head_mask is not None
         fast = self.takes_fast_path(
-            pixel_values, inputs_embeds, image_embeds, exact=eager or head_mask is not None
+            pixel_values,
+            inputs_embeds,
+            image_embeds,
+            exact=probabilities_needed or self.attn_implementation == "eager",
         )
         embeddings, mask, image = self.embeddings(
             input_ids,
@@ -1060,10 +1368,11 @@ class ViltModel(ViltPreTrainedModel):
             generator,
             fast,
         )
-        any_padding = torch.compiler.is_exporting() or (  # an exported graph must serve padded batches
+        any_padding = _tracing() or (  # a compiled or exported graph must serve padded batches
             bool((mask == 0).any()) if (attention_mask is not None or pixel_mask is not None) else False
         )
         attention = AttentionMask.from_padding(mask, embeddings.dtype, any_padding)
+        eager = explicit_softmax(self.attn_implementation, embeddings, self.encoder, probabilities_needed)
         x, hidden_states, attentions = self.encoder(
             embeddings,
             attention,

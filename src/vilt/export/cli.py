@@ -7,9 +7,11 @@ is imported by the handler.
 from __future__ import annotations
 
 import argparse
+import os
 
+from .. import arguments as check
 from ..tasks import task_names
-from .graph import FORMATS, QUANTIZATIONS
+from .graph import FORMATS, OPSETS, QUANTIZATIONS, missing_extra
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,18 +42,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="int8 weights: onnxruntime dynamic quantization (onnx) or NNCF weight compression (openvino)",
     )
     parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
-    parser.set_defaults(handler=run_export)
+    parser.set_defaults(
+        handler=run_export,
+        checks=[
+            lambda args: [message for message in [missing_extra(args.format)] if message],
+            check.model(),
+            _opset,
+            check.output_directory("output", inputs=_model_directory),
+        ],
+    )
+
+
+def _opset(args: argparse.Namespace) -> list[str]:
+    if args.opset is None or args.opset in OPSETS:
+        return []
+    return [f"--opset {args.opset} is not supported; choose {OPSETS[0]}..{OPSETS[-1]}"]
+
+
+def _model_directory(args: argparse.Namespace) -> list[str]:
+    """The model directory exported, when it is one (the output must not be or hold it)."""
+    from ..hub import model_source
+
+    try:
+        source = model_source(args.model)
+    except FileNotFoundError:  # the model check says so
+        return []
+    return [source] if os.path.isdir(source) else []
 
 
 def run_export(args: argparse.Namespace) -> int:
     """Export, then print what was written."""
     import logging
 
-    from .exporter import export_model
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("vilt").setLevel(logging.INFO)  # our progress lines, not the exporter's internals
     opset = {} if args.opset is None else {"opset": args.opset}
+    with check.announce_slow(f"vilt export: loading {args.model} (torch, then the weights)..."):
+        from .exporter import export_model
     result = export_model(
         args.model,
         args.output,

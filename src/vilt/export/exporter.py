@@ -49,18 +49,20 @@ from torch import nn
 from ..checkpoint import read_config
 from ..configuration import ViltConfig
 from ..errors import ViltInputError
-from ..files import atomic_directory
+from ..files import atomic_directory, check_output_directory
 from ..heads import MODEL_CLASSES
 from ..hub import model_source, resolve_file
 from ..modeling import ViltModel, ViltPreTrainedModel
 from ..tasks import BASE_ARCHITECTURE
 from .graph import (
     BACKEND_OF_FORMAT,
+    DEFAULT_OPSET,
     EXPORTABLE,
     FORMATS,
     GRAPH_FILES,
     INPUT_NAMES,
     ONNX_FILE,
+    OPSETS,
     QUANTIZATIONS,
     TASKS,
     output_name,
@@ -69,10 +71,6 @@ from .graph import (
 
 logger = logging.getLogger(__name__)
 
-# the dynamo exporter writes opset 18 and converts down to 17; onnxruntime's opset-23 Attention
-# kernel rejects the (batch, 1, 1, L) padding mask, so 22 is the newest that runs
-OPSETS = range(17, 23)
-DEFAULT_OPSET = 18
 PROCESSOR_FILES = (
     "preprocessor_config.json",
     "processor_config.json",
@@ -127,17 +125,6 @@ def _check_options(format: str, task: str | None, opset: int, quantize: str | No
         )
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ViltInputError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
-
-
-def _check_output_dir(output_dir: Path, force: bool) -> None:
-    """Refuse a file, or a non-empty directory unless ``force``."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"{output_dir} exists and is not a directory; choose another --output")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not force:
-        raise FileExistsError(
-            f"{output_dir} already exists and is not empty; pass --force (force=True) to overwrite it "
-            "or choose another --output"
-        )
 
 
 # ----------------------------------------------------------------------------- the model to export
@@ -394,13 +381,16 @@ def export_model(
         ViltInputError: unknown format, task or quantization, unsupported opset, a model without the
             task's head, or a float32 graph that disagrees with PyTorch.
         FileExistsError: ``output_dir`` exists and is not empty, without ``force``.
+        ViltInputError: ``output_dir`` is the current directory (or holds it), or is (or holds) the
+            model directory exported (:func:`vilt.files.check_output_directory`).
         ImportError: the format's extra is not installed.
     """
     _check_options(format, task, opset, quantize)
     require(format)
     output_dir = Path(output_dir)
-    _check_output_dir(output_dir, force)
     source = None if isinstance(model_or_path, nn.Module) else model_source(model_or_path)
+    local = [source] if source is not None and Path(source).is_dir() else []
+    check_output_directory(output_dir, force=force, inputs=local, replaced="the files of an earlier export")
     model = _check_instance(model_or_path, task) if source is None else _load_model(source, task)  # type: ignore[arg-type]
     architecture = type(model).__name__
     config = model.config.replace(architectures=[architecture])

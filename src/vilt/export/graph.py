@@ -16,6 +16,10 @@ GRAPH_FILES = {"onnx": ONNX_FILE, "openvino": OPENVINO_FILE}
 BACKEND_OF_FORMAT = {"onnx": "onnxruntime", "openvino": "openvino"}
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "pixel_mask")
 QUANTIZATIONS = ("int8",)
+# the dynamo exporter writes opset 18 and converts down to 17; onnxruntime's opset-23 Attention
+# kernel rejects the (batch, 1, 1, L) padding mask, so 22 is the newest that runs
+OPSETS = range(17, 23)
+DEFAULT_OPSET = 18
 # export --task NAME -> the class exported (the task's preferred head)
 TASKS = {name: find_task(name).architectures[0] for name in task_names("export")}
 EXPORTABLE = (*TASKS.values(), BASE_ARCHITECTURE)
@@ -32,9 +36,15 @@ def output_name(architecture: str) -> str:
     return "pooler_output" if architecture == BASE_ARCHITECTURE else "logits"
 
 
-def require(what: str) -> None:
-    """Raise ImportError with the install command when what ``what`` (a format or backend) needs is missing."""
+def missing_extra(what: str) -> str | None:
+    """What to install for ``what`` (a format or backend) when a module it needs is missing, else None."""
     extra, modules = _EXTRAS[what]
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ImportError(f"{what} needs {', '.join(missing)}: pip install 'vilt[{extra}]'")
+    return f"{what} needs {', '.join(missing)}: pip install 'vilt[{extra}]'" if missing else None
+
+
+def require(what: str) -> None:
+    """Raise ImportError with the install command when what ``what`` (a format or backend) needs is missing."""
+    message = missing_extra(what)
+    if message:
+        raise ImportError(message)

@@ -1,8 +1,8 @@
 """HTTP serving: ``vilt serve`` runs a batched FastAPI server and a web page around a ViLT model.
 
-Needs the ``serve`` extra (``pip install 'vilt[serve]'``: fastapi, uvicorn, python-multipart,
-prometheus-client). Nothing here is imported by ``import vilt``; :func:`create_app` and
-:func:`load_pipelines` load the server modules on first use.
+Needs the ``serve`` extra (``pip install 'vilt[serve]'``: fastapi, fastapi-offline, uvicorn,
+python-multipart, prometheus-client). Nothing here is imported by ``import vilt``; :func:`create_app`,
+:func:`load_app` and :func:`load_pipelines` load the server modules on first use.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 _LAZY = {
     "create_app": "vilt.serve.app",
+    "load_app": "vilt.serve.app",
     "ConnectionLimits": "vilt.serve.settings",
     "ServeSettings": "vilt.serve.settings",
     "load_pipelines": "vilt.serve.tasks",
@@ -30,6 +31,7 @@ def __getattr__(name: str) -> Any:
     except ModuleNotFoundError as err:
         if err.name in (
             "fastapi",
+            "fastapi_offline",
             "starlette",
             "uvicorn",
             "multipart",

@@ -8,14 +8,18 @@
   :data:`.tasks.TASKS`; a task whose head the model lacks answers 404 saying so.
 * ``GET /v1/model``: the model card (name, task, number of answers, what it knows).
 * ``GET /healthz`` (the process is up), ``GET /readyz`` (the batchers run; the model card, tasks and
-  limits), ``GET /metrics`` (Prometheus text), ``GET /openapi.json`` and ``GET /docs``.
-* ``GET /``: the page (``static/``), which calls the API from the browser.
+  limits), ``GET /metrics`` (Prometheus text), ``GET /openapi.json``.
+* ``GET /``: the page (``static/``), which calls the API from the browser; ``GET /samples/...``: the
+  sample images of its "Try an example" button (:data:`vilt.hub.SAMPLES_DIR`); ``GET /favicon.ico``.
+* ``GET /docs`` (Swagger UI) and ``GET /redoc``, with their scripts served by the server itself
+  (the ``fastapi-offline`` package), so they work without internet.
 
 A task request goes through, each step bounded: the body (charged to the memory budget before it is
 read, within ``body_timeout_s``), validation, each image's header (its decoded size charged to the
-budget before it is decoded), decoding and shrinking (on the decode pool, smallest first; images of at
-most :data:`INLINE_DECODE_BYTES` at once), the batch queue, inference.
-The whole request must finish within ``timeout_s``: 408 while the body is still arriving, else 504.
+budget before it is decoded), decoding and shrinking (on the decode pool, each read of the file a step
+at which the pool stops the job once the request stops waiting, or hands its core to another request),
+the batch queue, inference. The whole request must finish within ``timeout_s``: 408 while the body is
+still arriving, else 504. A client that goes away once its body is read stops its request.
 
 Every error is ``{"error": "..."}`` with a 4xx or 5xx status and never a traceback. Input the caller
 can fix is a 4xx (:class:`.errors.APIError`, :class:`vilt.errors.ViltInputError`); anything else is a
@@ -32,7 +36,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -44,18 +47,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vilt.errors import ViltInputError
+from vilt.hub import SAMPLES_DIR
 
-from .admission import DecodePool, MemoryBudget
-from .batching import DynamicBatcher, QueueFullError
-from .errors import APIError
+from .admission import DecodePool, DecodeStep, MemoryBudget
+from .batching import DynamicBatcher, FairWorker, QueueFullError
+from .errors import APIError, shown
 from .images import (
+    Fit,
     LongestSide,
     decode_cost,
     fit_image,
@@ -67,21 +72,22 @@ from .images import (
 from .metrics import ServerMetrics
 from .schemas import ErrorResponse, ModelCard, describe_validation_errors, read_request, request_body_openapi
 from .settings import ServeSettings
-from .tasks import EXPLAIN_SIDE, TASKS, Task, Work, model_card
+from .tasks import EXPLAIN_SIDE, TASKS, Task, Work, load_pipelines, model_card
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATIC_DIR = Path(__file__).parent / "static"
+DOCS_ASSETS_URL = "/static-docs"  # Swagger UI's and ReDoc's scripts, from the fastapi-offline package
 API_KEY_HEADER = "X-API-Key"
 RETRY_AFTER_S = 1
 CLIENT_CLOSED = 499  # nginx's status for a client that went away before the answer
-INLINE_DECODE_BYTES = 2**20  # images that decode to at most this are decoded at once, not in the decode pool
 # A request answered before its body was read (a refusal), whose body is at most DRAIN_BYTES, has the body
 # read and dropped first, for at most DRAIN_S: closing a connection with unread bytes makes the kernel reset
 # it, and the client may then never see the answer (nor reuse the connection).
 DRAIN_BYTES = 64 * 1024
 DRAIN_S = 1.0
+JSON_HELD_FACTOR = 3  # a JSON body is held as bytes, as text and as the values parsed from it
 _ERROR_STATUSES = {
     400: "The body or an image in it cannot be read, or the model refused the input",
     401: "Missing or wrong API key",
@@ -206,7 +212,7 @@ class HostAllowList:
             if not host_allowed(host, self.allowed):
                 refused = APIError(
                     400,
-                    f"this server does not answer to the host {host!r}; use one of {', '.join(self.allowed)} "
+                    f"this server does not answer to the host {shown(host)}; use one of {', '.join(self.allowed)} "
                     "(vilt serve --allowed-hosts)",
                 )
                 await error_response(refused)(scope, receive, send)
@@ -233,28 +239,42 @@ def host_allowed(host_header: str, allowed: tuple[str, ...]) -> bool:
 
 
 class RequestBodyLimits:
-    """Refuse a body larger than ``max_bytes`` (413), and charge bodies to the memory budget (503).
+    """Refuse a body larger than its limit (413), and charge bodies to the memory budget (503).
 
-    A declared Content-Length over the limit is refused at once, and one the budget cannot hold now is
-    refused before it is read; a chunked body is counted and charged as it streams. The charge is given
-    back when the request ends. Before any answer to a request whose body is not read yet (these
-    refusals, or the app's own early ones) a body of at most :data:`DRAIN_BYTES` is read and dropped, for
-    at most :data:`DRAIN_S`, so that the client gets the answer and may keep the connection.
+    A JSON body, which is parsed whole, has a limit of its own (``max_json_bytes``) and is charged
+    :data:`JSON_HELD_FACTOR` times its size: while it is parsed the server holds its bytes, their text
+    and the values parsed from it. A declared Content-Length over the limit is refused at once, and one
+    the budget cannot hold now is refused before it is read; a chunked body is counted and charged as it
+    streams. The charge is given back when the request ends. Before any answer to a request whose body
+    is not read yet (these refusals, or the app's own early ones) a body of at most :data:`DRAIN_BYTES`
+    is read and dropped, for at most :data:`DRAIN_S`, so that the client gets the answer and may keep
+    the connection.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, budget: MemoryBudget) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_json_bytes: int, budget: MemoryBudget) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_json_bytes = max_json_bytes
         self.budget = budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = APIError(413, f"the request body is larger than the limit of {self.max_bytes} bytes")
+        content_type = (_header(scope, b"content-type") or b"").split(b";")[0].strip().lower()
+        if content_type == b"application/json":
+            limit, factor = min(self.max_bytes, self.max_json_bytes), JSON_HELD_FACTOR
+            too_large = APIError(
+                413,
+                f"the JSON body is larger than the limit of {limit} bytes (--max-json-mb); upload images as "
+                "multipart/form-data",
+            )
+        else:
+            limit, factor = self.max_bytes, 1
+            too_large = APIError(413, f"the request body is larger than the limit of {limit} bytes")
         declared = _header(scope, b"content-length") or b""
-        charged = int(declared) if declared.isdigit() else 0
-        received, unread = 0, charged > 0 or _header(scope, b"transfer-encoding") is not None
+        length = int(declared) if declared.isdigit() else 0
+        received, unread = 0, length > 0 or _header(scope, b"transfer-encoding") is not None
 
         async def drain() -> None:
             nonlocal received, unread
@@ -264,14 +284,15 @@ class RequestBodyLimits:
                 unread = part["type"] == "http.request" and part.get("more_body", False)
 
         async def draining_send(message: Message) -> None:
-            if message["type"] == "http.response.start" and unread and charged <= DRAIN_BYTES:
+            if message["type"] == "http.response.start" and unread and length <= DRAIN_BYTES:
                 with contextlib.suppress(asyncio.TimeoutError):  # a slow body: answer and close
                     await asyncio.wait_for(drain(), DRAIN_S)
             await send(message)
 
-        if charged > self.max_bytes:
+        if length > limit:
             await error_response(too_large)(scope, receive, send)
             return
+        charged = length * factor
         if not self.budget.try_take(charged):
             await error_response(_unavailable("the server holds as many request bodies as it may"))(
                 scope, receive, draining_send
@@ -283,12 +304,12 @@ class RequestBodyLimits:
             message = await receive()
             unread = message["type"] == "http.request" and message.get("more_body", False)
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
+            if received > limit:
                 raise too_large
-            if received > charged:  # chunked, or longer than declared
-                if not self.budget.try_take(received - charged):
+            if received * factor > charged:  # chunked, or longer than declared
+                if not self.budget.try_take(received * factor - charged):
                     raise _unavailable("the server holds as many request bodies as it may")
-                charged = received
+                charged = received * factor
             return message
 
         try:
@@ -370,14 +391,17 @@ class Server:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """Start the decode pool and one batcher per served task, all feeding one inference thread."""
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vilt-inference")
-        self.decoder = DecodePool(self.settings.decode_threads, release_free_memory)
+        """Start the decode pool and one batcher per served task, sharing one inference thread fairly."""
+        worker = FairWorker()
+        self.decoder = DecodePool(
+            self.settings.decode_threads, release_free_memory, on_stopped=self.metrics.decodes_stopped.inc
+        )
+        self.metrics.decodes.set_function(lambda: self.decoder.active if self.decoder else 0)
         for task in self.tasks:
             self.batchers[task.name] = DynamicBatcher(
                 task.name,
                 partial(task.run, self.pipelines[task.pipeline_task]),
-                executor,
+                worker.lane(task.name),
                 max_batch_size=self.settings.max_batch_size if task.batched else 1,
                 max_wait_ms=self.settings.max_wait_ms,
                 max_queue=self.settings.max_queue,
@@ -391,7 +415,7 @@ class Server:
             for batcher in self.batchers.values():
                 await batcher.stop()
             self.batchers.clear()
-            executor.shutdown(wait=True)
+            worker.shutdown(wait=True)
             self.decoder.shutdown()
             self.decoder = None
 
@@ -414,51 +438,67 @@ class Server:
             raise _unavailable(f"the {task.name} queue is full")
         deadline = time.monotonic() + self.settings.timeout_s
         body = await self._read(request, task, deadline)
-        kept = 0  # the bytes of the shrunk images, charged to the budget while the request waits
         try:
-            images = await _within(deadline, self._decode(task, body))
-            kept = sum(held_bytes(image) for image in images)
-            self.budget.charge(kept)
-            return await batcher.submit(Work(body, images), max(deadline - time.monotonic(), 0.0))
+            return await _unless_client_leaves(request, self._decode_and_wait(task, batcher, body, deadline))
         except asyncio.TimeoutError:
             raise APIError(
                 504, f"no answer within {self.settings.timeout_s:g} s; the server is overloaded, retry later"
             ) from None
         except QueueFullError as err:
             raise _unavailable(str(err)) from None
-        except (APIError, ViltInputError):
+        except (APIError, ViltInputError, ClientDisconnect):
             raise
         except task.input_errors as err:  # the pipeline refused this input (e.g. no [MASK] to fill)
             raise APIError(400, str(err)) from None
         except Exception:
             logger.exception("/v1/%s failed", task.name)
             raise APIError(500, "internal server error; the server log has the details") from None
+
+    async def _decode_and_wait(
+        self, task: Task, batcher: DynamicBatcher[Work, dict[str, Any]], body: Any, deadline: float
+    ) -> dict[str, Any]:
+        """Decode the request's images, then queue it and wait for its answer, until ``deadline``."""
+        images = await _within(deadline, self._decode(task, body))
+        kept = sum(held_bytes(image) for image in images)  # the shrunk images, held while the request waits
+        self.budget.charge(kept)
+        try:
+            return await batcher.submit(Work(body, images), max(deadline - time.monotonic(), 0.0))
         finally:
             self.budget.give_back(kept)
 
     async def _read(self, request: Request, task: Task, deadline: float) -> Any:
         """The validated request body; 408 (and the connection closed) if it does not arrive in time."""
-        seconds = min(self.settings.body_timeout_s, deadline - time.monotonic())
+        left = deadline - time.monotonic()
+        seconds = min(self.settings.body_timeout_s, left)
+        limit = (
+            f"the body timeout of {self.settings.body_timeout_s:g} s"
+            if self.settings.body_timeout_s <= left
+            else f"the request deadline of {self.settings.timeout_s:g} s"
+        )
         try:
             return await asyncio.wait_for(read_request(request, task.request), seconds)
         except asyncio.TimeoutError:
             raise APIError(
                 408,
-                f"the request body did not arrive within {seconds:g} s; send it faster or make it smaller",
+                f"the request body did not arrive within {limit}; send it faster or make it smaller",
                 {"Connection": "close"},
             ) from None
 
     async def _decode(self, task: Task, body: Any) -> list[Image.Image]:
-        """Decode the ``image`` or ``images`` of a request, each charged to the memory budget first."""
+        """Decode the ``image`` or ``images`` of a request in the decode pool, one after another."""
+        assert self.decoder is not None
         uploads = [("image", body.image)] if hasattr(body, "image") else list(enumerate(body.images))
         decoded = []
         for key, data in uploads:
             field = key if isinstance(key, str) else f"images[{key}]"
-            opened = await run_in_threadpool(open_image, data, field, self.settings.max_image_pixels)
-            decoded.append(await self._decode_one(opened, field, task))
+            job = partial(self._decode_one, data, field, self.fits[task.name])
+            decoded.append(await self.decoder.run(job, priority=len(data)))
         return decoded
 
-    async def _decode_one(self, image: Image.Image, field: str, task: Task) -> Image.Image:
+    def _decode_one(self, data: bytes, field: str, fit: Fit | None, step: DecodeStep) -> Image.Image:
+        """One upload's header read, its decoding charged to the memory budget, then decoded and shrunk:
+        a job of the decode pool, stopped at its next ``step`` once the request stops waiting."""
+        image = open_image(data, field, self.settings.max_image_pixels, step)
         cost = decode_cost(image)
         if not self.budget.fits_ever(cost):
             raise APIError(
@@ -468,21 +508,43 @@ class Server:
             )
         if not self.budget.try_take(cost):
             raise _unavailable("the server is decoding as many images as its memory budget allows")
-        decode = partial(fit_image, image, field, self.fits[task.name])
-        if cost <= INLINE_DECODE_BYTES:  # a millisecond's work: no need to queue behind large images
-            try:  # (if the request is cancelled meanwhile, at most this much is given back a little early)
-                fitted = await run_in_threadpool(decode)
-            finally:
-                self.budget.give_back(cost)
-        else:
-            assert self.decoder is not None
-            fitted = await self.decoder.run(cost, decode, done=partial(self.budget.give_back, cost))
+        try:
+            step.hold(cost)  # a large decode waits here for its turn
+            fitted = fit_image(image, field, fit, step)
+        except BaseException:
+            image.close()  # a stopped or failed decode frees its pixels now, not when the traceback goes
+            raise
+        finally:
+            self.budget.give_back(cost)
         logger.debug("%s: %s %s -> %s", field, image.size, image.mode, fitted.size)
         return fitted
 
 
 async def _within(deadline: float, work: Awaitable[T]) -> T:
     return await asyncio.wait_for(work, max(deadline - time.monotonic(), 0.0))
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """``work``'s result, or :class:`ClientDisconnect` as soon as the client closes the connection (its
+    body is read: the next message it can send is the disconnect); the work is cancelled then, which
+    stops its image decoding and takes it out of the queue."""
+    working = asyncio.ensure_future(work)
+    leaving = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({working, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        leaving.cancel()
+        if not working.done():
+            working.cancel()
+            await asyncio.gather(working, return_exceptions=True)
+    if working.cancelled():
+        raise ClientDisconnect()
+    return working.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _api_key_check(expected: str) -> Callable[..., Awaitable[None]]:
@@ -524,7 +586,10 @@ def create_app(
         async with server.running():
             yield
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc with their scripts served from the fastapi-offline package
+        static_url=DOCS_ASSETS_URL,
+        favicon_url="/favicon.ico",
+        swagger_ui_parameters={"validatorUrl": None},  # Swagger UI's online validator: nothing outside
         title="vilt",
         summary="ViLT (Vision-and-Language Transformer): visual question answering and friends",
         description="Ask questions about images, check statements against image pairs, rank captions and "
@@ -535,7 +600,12 @@ def create_app(
     )
     app.state.server = server
     _install_error_handlers(app)
-    app.add_middleware(RequestBodyLimits, max_bytes=settings.max_body_bytes, budget=server.budget)
+    app.add_middleware(
+        RequestBodyLimits,
+        max_bytes=settings.max_body_bytes,
+        max_json_bytes=settings.max_json_bytes,
+        budget=server.budget,
+    )
     if settings.allowed_hosts is not None:
         app.add_middleware(HostAllowList, allowed=settings.allowed_hosts)
     app.add_middleware(SecurityHeaders)
@@ -617,8 +687,36 @@ def create_app(
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
 
+    @app.api_route("/favicon.ico", methods=["GET", "HEAD"], include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC_DIR / "favicon.ico", media_type="image/x-icon")
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/samples", StaticFiles(directory=SAMPLES_DIR), name="samples")  # the page's examples
     return app
+
+
+def load_app(
+    model: str | None = None,
+    settings: ServeSettings | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    backend: str = "torch",
+) -> FastAPI:
+    """Load ``model`` and build the server around it: a plain ASGI app, for any host (``vilt serve``'s
+    uvicorn, ``uvicorn --factory vilt.serve.app:load_app``, Ray Serve).
+
+    Args:
+        model: a hub id or a model directory; None = the bundled easy-VQA model.
+        settings: limits, timeouts, batching, hosts and key (default :class:`ServeSettings`).
+        device, dtype, backend: as :func:`.tasks.load_pipelines` takes them.
+
+    The connection limits (:class:`.settings.ConnectionLimits`) are not the app's: they live in the HTTP
+    protocol uvicorn runs (:mod:`.protocol`); another host applies its own.
+    """
+    pipelines = load_pipelines(model, device=device, dtype=dtype, backend=backend)
+    return create_app(pipelines, settings, model_name=model)
 
 
 def _task_endpoint(server: Server, task: Task) -> Callable[[Request], Awaitable[dict[str, Any]]]:

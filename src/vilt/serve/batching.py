@@ -9,14 +9,21 @@ so under load every forward pass is full and the wait costs nothing; a lone requ
 Requests are bounded twice: a full queue refuses new work at once (:class:`QueueFullError`, the server
 answers 503 with Retry-After) and each request waits at most its timeout (:class:`asyncio.TimeoutError`, 504).
 A request that timed out is dropped from its batch if the batch has not started yet.
+
+The batchers of all tasks share one :class:`FairWorker`, a thread that runs one forward pass at a time
+and gives each task an equal share of its time: a task whose requests are slow (an explanation is one
+request per pass, with its attention) gets as much of the worker as one whose batches of 32 are quick.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -24,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
+T = TypeVar("T")
 
 
 class QueueFullError(Exception):
@@ -44,8 +52,8 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         run_batch: a blocking function mapping a list of items to a list of results, one each, in
             order. It runs in ``executor``. When it raises on a batch of several items, each item is
             retried alone, so one bad input fails only its own request.
-        executor: where ``run_batch`` runs; share one single-thread executor between batchers so only
-            one forward pass runs at a time.
+        executor: where ``run_batch`` runs: a :meth:`FairWorker.lane`, so that the batchers of all tasks
+            share one thread (one forward pass at a time) fairly.
         max_batch_size: the most items in one call of ``run_batch``.
         max_wait_ms: how long the first request of a batch waits for company.
         max_queue: the most requests waiting; more are refused with :class:`QueueFullError`.
@@ -174,3 +182,91 @@ def settle(future: asyncio.Future[Any], result: Any = None, error: BaseException
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+# ----------------------------------------------------------------------------- the shared worker
+
+
+class FairWorker:
+    """One thread that runs the batches of several tasks, one at a time, sharing its time fairly.
+
+    Each task submits through its own :meth:`lane`. When batches of several tasks wait, the task that
+    has used the least of the worker's time runs next; a task that was idle starts level with the one
+    running (it cannot spend time saved while idle). So when every task is busy each gets an equal share
+    of the time, whatever its batches cost: neither a flood of quick requests nor one of slow ones
+    starves the other.
+
+    Args:
+        clock: measures the time each batch takes.
+        name: the thread's name.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter, name: str = "vilt-inference") -> None:
+        self.clock = clock
+        self._used: dict[str, float] = {}  # each task's time on the worker (seconds, caught up when idle)
+        self._virtual = 0.0  # the used time of the task that ran last, when it started
+        self._waiting: dict[str, deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]]] = {}
+        self._lock = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def lane(self, task: str) -> Executor:
+        """The executor through which ``task`` submits its batches."""
+        return _Lane(self, task)
+
+    def submit(self, task: str, fn: Callable[..., T], *args: Any) -> Future[T]:
+        future: Future[T] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the inference worker is stopped")
+            waiting = self._waiting.setdefault(task, deque())
+            if not waiting:  # busy again after an idle spell
+                self._used[task] = max(self._used.get(task, 0.0), self._virtual)
+            waiting.append((future, fn, args))
+            self._lock.notify()
+        return future
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Run the batches already submitted, then stop the thread."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        if wait:
+            self._thread.join()
+
+    def _next(self) -> tuple[str, Future[Any], Callable[..., Any], tuple[Any, ...]] | None:
+        with self._lock:
+            while not any(self._waiting.values()):
+                if self._closed:
+                    return None
+                self._lock.wait()
+            task = min((t for t, waiting in self._waiting.items() if waiting), key=self._used.__getitem__)
+            self._virtual = self._used[task]
+            return (task, *self._waiting[task].popleft())
+
+    def _work(self) -> None:
+        while (job := self._next()) is not None:
+            task, future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            start = self.clock()
+            try:
+                future.set_result(fn(*args))
+            except BaseException as err:  # handed to the batcher, which answers or logs it
+                future.set_exception(err)
+            finally:
+                with self._lock:
+                    self._used[task] += self.clock() - start
+
+
+class _Lane(Executor):
+    """One task's way into a :class:`FairWorker` (an executor for ``loop.run_in_executor``)."""
+
+    def __init__(self, worker: FairWorker, task: str) -> None:
+        self.worker = worker
+        self.task = task
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        assert not kwargs, "a batch runner takes positional arguments"
+        return self.worker.submit(self.task, fn, *args)

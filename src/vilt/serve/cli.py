@@ -62,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--decode-threads",
         type=int,
         default=default.decode_threads,
-        help="image decoding threads (default: a quarter of the cores, 1 to 4: %(default)s here)",
+        help="image decodes running at once, sharing their cores in slices (default: a quarter of the "
+        "cores, 1 to 4: %(default)s here)",
     )
     batching = parser.add_argument_group("batching")
     batching.add_argument(
@@ -100,6 +101,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="largest body, MiB (%(default)s)",
     )
     requests.add_argument(
+        "--max-json-mb",
+        type=float,
+        default=default.max_json_bytes / MIB,
+        help="largest JSON body, MiB; it is parsed whole, images as base64 (%(default)s)",
+    )
+    requests.add_argument(
         "--max-image-pixels",
         type=int,
         default=default.max_image_pixels,
@@ -116,7 +123,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-connections",
         type=int,
         default=connection.max_connections,
-        help="open connections; one more gets 503 (%(default)s)",
+        help="open connections; past it a new one replaces an idle one, else gets 503 (%(default)s)",
+    )
+    connections.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=connection.max_connections_per_client,
+        help="open connections of one client address (IPv6: /64); 0 = no cap, as behind a reverse proxy "
+        "(%(default)s)",
     )
     connections.add_argument(
         "--header-timeout",
@@ -141,6 +155,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=connection.shutdown_timeout_s,
         help="seconds requests in flight get to finish after SIGTERM (%(default)s)",
+    )
+    replicas = parser.add_argument_group("replicas on Ray Serve (pip install 'vilt[scale]'; docs/scale.md)")
+    replicas.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="run N replicas of this server on Ray Serve (default: one process)",
+    )
+    replicas.add_argument(
+        "--address", default=None, help="with --replicas: join this Ray cluster (default: embedded)"
+    )
+    replicas.add_argument(
+        "--replica-cpus", type=float, default=1.0, help="with --replicas: CPUs per replica (1)"
     )
     add("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(handler=serve)
@@ -209,6 +236,7 @@ def serve(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         body_timeout_s=args.body_timeout,
         max_body_bytes=int(args.max_upload_mb * MIB),
+        max_json_bytes=int(args.max_json_mb * MIB),
         max_image_pixels=args.max_image_pixels,
         memory_budget_bytes=int(args.memory_budget_mb * MIB),
         decode_threads=args.decode_threads,
@@ -217,17 +245,27 @@ def serve(args: argparse.Namespace) -> int:
     )
     connection_limits = ConnectionLimits(
         max_connections=args.max_connections,
+        max_connections_per_client=args.max_connections_per_client,
         header_timeout_s=args.header_timeout,
         max_header_bytes=int(args.max_header_kb * 1024),
         keep_alive_timeout_s=args.keep_alive_timeout,
         shutdown_timeout_s=args.shutdown_timeout,
     )
+    if args.replicas is not None or args.address is not None:
+        from ..scale.replicas import serve_replicas
+
+        logging.basicConfig(
+            level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        serve_replicas(args.model, settings, host=args.host, port=args.port, address=args.address,
+                       replicas=args.replicas or 1, replica_cpus=args.replica_cpus, device=args.device,
+                       dtype=args.dtype, backend=args.backend, threads=args.threads)  # fmt: skip
+        return 0
     try:
         import uvicorn
 
-        from .app import create_app
+        from .app import load_app
         from .protocol import GuardedHttpToolsProtocol
-        from .tasks import load_pipelines
     except ModuleNotFoundError as err:
         raise ImportError(
             f"vilt serve needs the serve extra: pip install 'vilt[serve]' ({err.name} is missing)"
@@ -236,8 +274,7 @@ def serve(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     configure_threads(args.threads)
-    pipelines = load_pipelines(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
-    app = create_app(pipelines, settings, model_name=args.model)
+    app = load_app(args.model, settings, device=args.device, dtype=args.dtype, backend=args.backend)
     server = app.state.server
     logging.getLogger("vilt.serve").info(
         "serving %s, a %s (%s) on http://%s:%d/%s",

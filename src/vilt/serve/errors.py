@@ -1,6 +1,15 @@
-"""The one error type the server raises on purpose: an HTTP status and a message for the client."""
+"""The one error type the server raises on purpose: an HTTP status and a message for the client, and
+how a message quotes what the client sent."""
 
 from __future__ import annotations
+
+SHOWN_CHARACTERS = 40  # the most characters of anything the client sent that an error message repeats
+
+
+def shown(text: str, limit: int = SHOWN_CHARACTERS) -> str:
+    """``text`` quoted for an error message, cut to ``limit`` characters: a message never echoes more
+    than a short piece of the input, however large the input."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 class APIError(Exception):

@@ -10,7 +10,13 @@ Two steps, so that no hostile upload costs more than its header before it is adm
    RGB exactly as the pipelines load every image (:mod:`vilt.images`: ``exif_transpose`` and
    ``convert("RGB")``), and shrinks the result to the size the model reads. The processor then finds an
    image already at its target size, so the answer is the one the pipeline gives for the original file,
-   while a queued request holds kilobytes instead of a full decoded image.
+   while a queued request holds kilobytes instead of a full decoded image. The result carries no
+   metadata: it is upright RGB pixels, and the pipeline that reads it must find nothing to apply again
+   (a JPEG's unreadable EXIF, ignored when the file was loaded, would otherwise be read from the copy).
+
+Both take a ``step`` (the decode pool's :class:`.admission.DecodeStep`), called before every read of the
+file and between decoding, turning and shrinking: it stops the work once nobody waits for it, and shares
+the decoding cores between requests.
 """
 
 from __future__ import annotations
@@ -34,21 +40,24 @@ logger = logging.getLogger(__name__)
 
 _ONE_BYTE_MODES = frozenset({"1", "L", "P"})
 _BYTES_PER_RGB_PIXEL = 4  # Pillow stores RGB in 4 bytes a pixel
+_COEFFICIENT_BYTES = 2  # libjpeg keeps a progressive JPEG's DCT coefficients as 16-bit integers
+Step = Callable[[], None]
 
 
-def open_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
+def open_image(data: bytes, field: str, max_pixels: int, step: Step | None = None) -> Image.Image:
     """Read one uploaded image's header (nothing is decoded), or raise an :class:`APIError`.
 
     Args:
         data: the encoded file, as uploaded.
         field: the request field it came from, for the error message.
         max_pixels: the largest width * height accepted.
+        step: called before every read of the file, now and while it is decoded.
 
     Raises:
         APIError: 400 for empty or unreadable data; 413 for too many pixels.
     """
     try:
-        return open_untrusted_image(data, max_pixels, name=f"'{field}'")
+        return open_untrusted_image(data, max_pixels, name=f"'{field}'", step=step)
     except ImageTooLargeError as err:
         raise APIError(413, str(err)) from None
     except ViltInputError as err:
@@ -57,7 +66,8 @@ def open_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
 
 def decode_cost(image: Image.Image) -> int:
     """The bytes that decoding, turning and converting ``image`` (from :func:`open_image`) hold at their peak:
-    the decoded pixels plus one RGB copy (a conversion or an EXIF rotation makes a new image)."""
+    the decoded pixels plus one RGB copy (a conversion or an EXIF rotation makes a new image), plus, for a
+    progressive JPEG, the coefficients of every block that the decoder keeps until the last scan."""
     pixels = image.width * image.height
     if image.mode in _ONE_BYTE_MODES:
         decoded = 1
@@ -67,7 +77,8 @@ def decode_cost(image: Image.Image) -> int:
         decoded = 4
     upright_rgb = image.mode == "RGB" and exif_orientation(image, header_only=True) == 1
     copies = 0 if upright_rgb else 1
-    return pixels * (decoded + copies * _BYTES_PER_RGB_PIXEL)
+    coefficients = len(image.getbands()) * _COEFFICIENT_BYTES if image.info.get("progressive") else 0
+    return pixels * (decoded + copies * _BYTES_PER_RGB_PIXEL + coefficients)
 
 
 def held_bytes(image: Image.Image) -> int:
@@ -120,20 +131,31 @@ def model_size(image_processor: object) -> Fit | None:
     )
 
 
-def fit_image(image: Image.Image, field: str, fit: Fit | None) -> Image.Image:
+def fit_image(image: Image.Image, field: str, fit: Fit | None, step: Step | None = None) -> Image.Image:
     """Decode an opened image, turn and convert it as the pipelines do, and shrink it with ``fit``.
+
+    The result has no metadata (``info`` is empty): its pixels are upright RGB already.
 
     Raises:
         APIError: 400 when the data is truncated or corrupt, or the mode cannot be converted.
     """
+    step = step or _no_step
     try:
-        converted = to_rgb(load_pixels(image, name=f"'{field}'"), name=f"'{field}'")
+        upright = load_pixels(image, name=f"'{field}'")
+        step()
+        converted = to_rgb(upright, name=f"'{field}'")
     except ViltInputError as err:
         raise APIError(400, str(err)) from None
+    step()
     fitted = converted if fit is None else fit(converted)
     if fitted is not image:
         image.close()  # frees the full decoded pixels now, in this thread, whoever still refers to image
+    fitted.info = {}
     return fitted
+
+
+def _no_step() -> None:
+    pass
 
 
 # ----------------------------------------------------------------------------- returning memory

@@ -16,7 +16,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class ServerMetrics:
-    """Request counts and latencies per endpoint; batch sizes and queue depth per task."""
+    """Request counts and latencies per endpoint; batch sizes and queue depth per task; image decodes."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -46,6 +46,16 @@ class ServerMetrics:
             "vilt_queue_depth",
             "Requests waiting for a forward pass, by task",
             ("task",),
+            registry=self.registry,
+        )
+        self.decodes = Gauge(
+            "vilt_decodes_active",
+            "Images being decoded, on a core or waiting for one",
+            registry=self.registry,
+        )
+        self.decodes_stopped = Counter(
+            "vilt_decodes_stopped",
+            "Image decodes stopped because their request stopped waiting (its deadline, or the client left)",
             registry=self.registry,
         )
 

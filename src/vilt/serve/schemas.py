@@ -13,6 +13,9 @@ import binascii
 import functools
 import io
 import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 from PIL import Image
@@ -28,7 +31,7 @@ from pydantic import (
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from .errors import APIError
+from .errors import APIError, shown
 
 MAX_TEXT_CHARS = 512  # the model reads 40 tokens; longer texts are a mistake or an attack
 MAX_TOP_K = 100
@@ -181,13 +184,45 @@ class ModelCard(BaseModel):
 # ----------------------------------------------------------------------------- reading a body
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
+MAX_ERRORS_SHOWN = 5  # a body with more wrong fields gets the first ones and a count
+JSON_SEPARATORS = b",:[{"  # each value, key and container of a JSON text needs one of these
+
+
+@dataclass(frozen=True)
+class BodyShape:
+    """What the largest valid body of a request model holds, to refuse a larger one before parsing it.
+
+    Attributes:
+        fields: the field names.
+        list_fields: the fields that hold lists (a form field repeated once per value).
+        values: the most values of all fields together (a list field counts its longest length).
+        images: the most of those that are images (multipart file uploads).
+        separators: the most commas, colons, brackets and braces of its JSON text: two per value (its
+            key's colon or its list's comma, and a data URL's colon and comma), the braces and brackets,
+            and every character of its texts, which may all be separators.
+    """
+
+    fields: frozenset[str]
+    list_fields: frozenset[str]
+    values: int
+    images: int
+    separators: int
 
 
 @functools.cache
-def _list_fields(model: type[BaseModel]) -> frozenset[str]:
-    """The fields of ``model`` that hold lists (repeated form fields)."""
+def body_shape(model: type[BaseModel]) -> BodyShape:
+    """The :class:`BodyShape` of a request model, from its JSON schema."""
     properties = model.model_json_schema()["properties"]
-    return frozenset(name for name, prop in properties.items() if prop.get("type") == "array")
+    values = images = 0
+    separators = 2  # the braces
+    for prop in properties.values():
+        count = prop.get("maxItems", 1)
+        item = prop.get("items", prop)
+        values += count
+        images += count if item.get("contentEncoding") == "base64" else 0
+        separators += 2 + 2 * count + count * item.get("maxLength", 0)
+    lists = frozenset(name for name, prop in properties.items() if prop.get("type") == "array")
+    return BodyShape(frozenset(properties), lists, values, images, separators)
 
 
 def _as_upload(prop: dict[str, Any]) -> dict[str, Any]:
@@ -218,21 +253,29 @@ def request_body_openapi(model: type[BaseModel]) -> dict[str, Any]:
 
 
 async def read_request(request: Request, model: type[RequestT]) -> RequestT:
-    """Parse and validate a multipart or JSON body into ``model``.
+    """Parse and validate a multipart or JSON body into ``model``, refusing early what it cannot hold.
+
+    A form may have no more parts than the model has values (and files than it has images); a JSON text
+    no more separators than the model's largest body (:class:`BodyShape`), checked before it is parsed;
+    neither may name a field the model lacks. No error message repeats more than a few short pieces of
+    the body.
 
     Raises:
-        APIError: 415 for another content type, 400 for a body that cannot be parsed, 422 naming each
-            field that is missing, of the wrong type or out of range.
+        APIError: 415 for another content type, 400 for a body that cannot be parsed or holds more than
+            the model takes, 422 naming each field that is unknown, missing, of the wrong type or out of
+            range.
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    shape = body_shape(model)
     if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        data = await _form_fields(request, _list_fields(model))
+        data = await _form_fields(request, shape)
     elif content_type == "application/json":
-        data = _parse_json(await request.body())
+        data = _parse_json(b"".join([chunk async for chunk in request.stream()]), shape)
     else:
         raise APIError(
             415,
-            f"unsupported content type {content_type or '(none)'!r}; send multipart/form-data or application/json",
+            f"unsupported content type {shown(content_type or '(none)')}; send multipart/form-data or "
+            "application/json",
         )
     try:
         return model.model_validate(data)
@@ -240,15 +283,51 @@ async def read_request(request: Request, model: type[RequestT]) -> RequestT:
         raise APIError(422, describe_validation_errors(err.errors())) from None
 
 
-def _parse_json(body: bytes) -> Any:
-    """The JSON value of a body, or a 400 saying why it is not one (bad syntax or encoding, nesting too
-    deep for the parser, an integer with more digits than Python converts)."""
+def _parse_json(body: bytes, shape: BodyShape) -> Any:
+    """The JSON value of a body, or a 400 saying why it is not one (more separators than the model's
+    largest body, a key given twice, bad syntax or encoding, nesting too deep for the parser, an integer
+    with more digits than Python converts). The separators are counted before anything is parsed, so a
+    body of a million keys costs a few passes over its bytes, not a million objects."""
+    separators = sum(body.count(bytes([char])) for char in JSON_SEPARATORS)
+    if separators > shape.separators:
+        raise APIError(
+            400,
+            f"the JSON body holds more values than this endpoint takes ({separators} separators, at most "
+            f"{shape.separators}); send one object of the fields {_names(shape.fields)}",
+        )
     try:
-        return json.loads(body)
+        data = json.loads(body, object_pairs_hook=_no_repeated_keys)
     except RecursionError:
         raise APIError(400, "the JSON body is nested too deeply; send a flat object of the fields") from None
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, int() of too many digits
         raise APIError(400, f"the body is not valid JSON ({_first_line(err)})") from None
+    if isinstance(data, dict):
+        _known_fields(data.keys(), shape)
+    return data
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) < len(pairs):
+        repeated = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        raise APIError(400, f"the JSON body names {shown(repeated)} more than once; send each field once")
+    return data
+
+
+def _known_fields(names: Iterable[str], shape: BodyShape) -> None:
+    """A 422 naming (some of) the fields the model does not have, if any."""
+    unknown = [name for name in names if name not in shape.fields]
+    if unknown:
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        raise APIError(
+            422,
+            f"unknown field(s) {', '.join(shown(name) for name in unknown[:3])}{more}; this endpoint takes "
+            f"{_names(shape.fields)}",
+        )
+
+
+def _names(fields: frozenset[str]) -> str:
+    return ", ".join(sorted(fields))
 
 
 def _first_line(err: Exception) -> str:
@@ -256,23 +335,32 @@ def _first_line(err: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(err).__name__
 
 
-async def _form_fields(request: Request, list_fields: frozenset[str]) -> dict[str, Any]:
-    """The form's fields: uploads as bytes, repeated fields as lists."""
-    form = await request.form()
+async def _form_fields(request: Request, shape: BodyShape) -> dict[str, Any]:
+    """The form's fields: uploads as bytes, repeated fields as lists. Parsing stops at the first part
+    past the model's values or images (400); unknown names are refused before any upload is read."""
+    form = await request.form(max_files=shape.images, max_fields=shape.values)
+    _known_fields(form.keys(), shape)
     data: dict[str, Any] = {}
     for name in set(form.keys()):
         values = [
             await value.read() if isinstance(value, UploadFile) else value for value in form.getlist(name)
         ]
-        data[name] = values if name in list_fields or len(values) > 1 else values[0]
+        data[name] = values if name in shape.list_fields or len(values) > 1 else values[0]
     return data
 
 
 def describe_validation_errors(errors: list[Any]) -> str:
-    """One line naming each invalid field and what is wrong with it (pydantic's or FastAPI's errors)."""
+    """One line naming each invalid field and what is wrong with it (pydantic's or FastAPI's errors): the
+    first :data:`MAX_ERRORS_SHOWN`, and how many more; field names shortened as :func:`shown` does."""
     parts = []
-    for error in errors:
-        location = ".".join(str(part) for part in error["loc"] if part != "body") or "body"
+    for error in errors[:MAX_ERRORS_SHOWN]:
+        location = ".".join(_location(part) for part in error["loc"] if part != "body") or "body"
         message = str(error["msg"]).removeprefix("Value error, ")
         parts.append(f"'{location}' {message[0].lower()}{message[1:]}" if location != "body" else message)
+    if len(errors) > MAX_ERRORS_SHOWN:
+        parts.append(f"and {len(errors) - MAX_ERRORS_SHOWN} more errors")
     return "; ".join(parts)
+
+
+def _location(part: Any) -> str:
+    return shown(part)[1:-1] if isinstance(part, str) else str(part)

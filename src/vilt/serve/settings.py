@@ -26,13 +26,16 @@ class ServeSettings:
             queue and inference; 408 while the body is still arriving, else 504.
         body_timeout_s: the longest the body may take to arrive after the headers, else 408.
         max_body_bytes: the largest request body (all uploads together), else 413.
+        max_json_bytes: the largest JSON body, else 413. A JSON body is parsed whole, and held three
+            times over meanwhile (its bytes, its text, the values), which the memory budget is charged.
         max_image_pixels: the most pixels (width x height) per image, checked before decoding, else 413.
         memory_budget_bytes: the request bodies and decoded images all requests may hold at once. A request
             whose body or next image would pass it gets 503 with Retry-After before it is read or decoded;
             an eighth is kept for bodies and images of at most that size, so a burst of huge images never
             shuts out ordinary ones.
-        decode_threads: threads that decode images (smallest first) and shrink them to the size the model
-            reads; the model's own threads are set apart (``vilt serve --threads``).
+        decode_threads: image decodes running at once (the cores they may take), shared in slices, the
+            least-served first, and large ones in turns; besides them, a new image's first slice may run
+            on an express slot. The model's own threads are set apart (``vilt serve --threads``).
         allowed_hosts: the Host header values answered (a leading ``*.`` matches subdomains); others get
             400. None answers any host.
         api_key: when set, the ``X-API-Key`` every ``/v1`` and ``/metrics`` request must carry.
@@ -44,6 +47,7 @@ class ServeSettings:
     timeout_s: float = 30.0
     body_timeout_s: float = 20.0
     max_body_bytes: int = 16 * MIB
+    max_json_bytes: int = 8 * MIB
     max_image_pixels: int = 4096 * 4096
     memory_budget_bytes: int = 512 * MIB
     decode_threads: int = field(default_factory=default_decode_threads)
@@ -55,6 +59,7 @@ class ServeSettings:
             "max_batch_size",
             "max_queue",
             "max_body_bytes",
+            "max_json_bytes",
             "max_image_pixels",
             "memory_budget_bytes",
             "decode_threads",
@@ -79,7 +84,12 @@ class ConnectionLimits:
     """What the HTTP protocol enforces before a request reaches the app (see :mod:`.protocol`).
 
     Attributes:
-        max_connections: open connections; one more is answered 503 with Retry-After and closed.
+        max_connections: open connections. A new one past it takes the place of an idle kept-alive
+            connection, else of a connection still waiting for its headers of the client holding the most;
+            when there is none, it is answered 503 with Retry-After and closed.
+        max_connections_per_client: open connections of one client (an IPv4 address or an IPv6 /64); one
+            more takes the place of the client's idle kept-alive connection, else gets 503. 0: no cap (set
+            it so behind a reverse proxy, whose connections all come from one address).
         header_timeout_s: the request line and headers must arrive within this after the connection
             opens (or after the first byte of a following request), else 408 and the connection closes.
         max_header_bytes: the most bytes of request line and headers, else 431 and the connection closes.
@@ -89,6 +99,7 @@ class ConnectionLimits:
     """
 
     max_connections: int = 256
+    max_connections_per_client: int = 64
     header_timeout_s: float = 10.0
     max_header_bytes: int = 64 * 1024
     keep_alive_timeout_s: float = 5.0
@@ -99,6 +110,10 @@ class ConnectionLimits:
             raise ValueError(
                 "max_connections must be at least 1 and max_header_bytes at least 1024, got "
                 f"{self.max_connections} and {self.max_header_bytes}"
+            )
+        if self.max_connections_per_client < 0:
+            raise ValueError(
+                f"max_connections_per_client must be >= 0 (0: no cap), got {self.max_connections_per_client}"
             )
         for name in ("header_timeout_s", "keep_alive_timeout_s", "shutdown_timeout_s"):
             if not getattr(self, name) > 0:

@@ -16,6 +16,7 @@ import shlex
 import sys
 from typing import Any
 
+from .. import arguments as check
 from ..hub import BUNDLED
 
 # the options `vilt evaluate` takes (the others only matter for training)
@@ -70,7 +71,9 @@ def register(subparsers: Any) -> None:
         help="start from this model directory or hub id (default: a new model)",
     )
     _add_options(train, None, {})
-    train.set_defaults(handler=_train)
+    train.set_defaults(
+        handler=_train, checks=[check.device(), check.model("init"), check.input_file("config", "--config")]
+    )
     evaluate = subparsers.add_parser(
         "evaluate",
         help="evaluate a trained model on a validation or test split",
@@ -87,7 +90,10 @@ def register(subparsers: Any) -> None:
         help=f"model directory or hub id (default: {BUNDLED}, the easy-VQA model that ships with vilt)",
     )
     _add_options(evaluate, EVALUATE_OPTIONS, EVALUATE_DEFAULTS)
-    evaluate.set_defaults(handler=_evaluate)
+    evaluate.set_defaults(
+        handler=_evaluate,
+        checks=[check.device(), check.model("init"), check.input_file("config", "--config")],
+    )
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:

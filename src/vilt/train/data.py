@@ -21,10 +21,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,30 +30,11 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..tasks import task_names
+from .examples import Example, Item, Skipped
+from .metrics import normalize_answer
+from .tasks import TrainingTask, training_task
 
 # ----------------------------------------------------------------------------- examples and issues
-
-
-@dataclass
-class Example:
-    """One training or evaluation example, independent of the on-disk format.
-
-    Attributes:
-        images: image file paths (one; two for NLVR2).
-        text: the question, statement or caption.
-        answer_scores: VQA soft targets, answer string -> score in [0, 1].
-        answers: the raw annotator answers (VQAv2: 10), for the official VQA accuracy.
-        label: class id (NLVR2: 1 = True).
-        group: the image identity (retrieval and pretraining: which captions belong to which image).
-    """
-
-    images: tuple[str, ...]
-    text: str
-    answer_scores: dict[str, float] = field(default_factory=dict)
-    answers: tuple[str, ...] = ()
-    label: int | None = None
-    group: str = ""
 
 
 class DataError(ValueError):
@@ -88,84 +67,6 @@ class DataIssues:
 
 
 # ----------------------------------------------------------------------------- VQA answers
-
-
-_PUNCTUATION = [
-    ";",
-    "/",
-    "[",
-    "]",
-    '"',
-    "{",
-    "}",
-    "(",
-    ")",
-    "=",
-    "+",
-    "\\",
-    "_",
-    "-",
-    ">",
-    "<",
-    "@",
-    "`",
-    ",",
-    "?",
-    "!",
-]
-_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
-_NUMBER_WORDS = {
-    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
-}  # fmt: skip
-_ARTICLES = {"a", "an", "the"}
-# the official evaluation maps every apostrophe-less spelling of these to the spelling shown
-_CONTRACTED = (
-    "ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't "
-    "haven't he'd he'd've he's how'd how'll how's i'd've i'm i've isn't it'd it'd've it'll let's ma'am "
-    "mightn't mightn't've might've mustn't must've needn't not've o'clock oughtn't 'ow's'at shan't she'd've "
-    "she's should've shouldn't shouldn't've somebody'd somebody'd've somebody'll somebody's someone'd "
-    "someone'd've someone'll someone's something'd something'd've something'll that's there'd there'd've "
-    "there're there's they'd they'd've they'll they're they've twas wasn't we'd've we've weren't what'll "
-    "what're what's what've when's where'd where's where've who'd who'd've who'll who's who've why'll "
-    "why're why's won't would've wouldn't wouldn't've y'all y'all'll y'all'd've you'd you'd've you'll "
-    "you're you've"
-).split()
-
-
-def _contraction_table() -> dict[str, str]:
-    """Every spelling with some apostrophes dropped -> the full contraction (the official table)."""
-    table: dict[str, str] = {}
-    for word in _CONTRACTED:
-        pieces = word.split("'")
-        for mask in range(2 ** (len(pieces) - 1) - 1):  # which apostrophes to keep; not all of them
-            spelled = pieces[0]
-            for i, piece in enumerate(pieces[1:]):
-                spelled += ("'" if mask >> i & 1 else "") + piece
-            table[spelled] = word
-    return table
-
-
-_CONTRACTIONS = _contraction_table()
-
-
-def normalize_answer(answer: str) -> str:
-    """The official VQA answer normalisation: punctuation, number words, articles, contractions.
-
-    Args:
-        answer: a raw answer string, e.g. "Two dogs." -> "2 dogs".
-    """
-    text = answer.replace("\n", " ").replace("\t", " ").strip()
-    for p in _PUNCTUATION:
-        if (p + " " in text or " " + p in text) or _COMMA_STRIP.search(text) is not None:
-            text = text.replace(p, "")
-        else:
-            text = text.replace(p, " ")
-    text = _PERIOD_STRIP.sub("", text)
-    words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
-    words = [_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES]
-    return " ".join(words)
 
 
 def soft_score(count: int) -> float:
@@ -517,79 +418,59 @@ class ImageLoader:
 # ----------------------------------------------------------------------------- datasets
 
 
-TASKS = task_names("train")
-
-
-@dataclass
-class Item:
-    """One dataset item, ready for :class:`Collator`."""
-
-    images: list[torch.Tensor]  # (C, H, W) each; the true image first
-    texts: list[str]  # the text first; retrieval: then the negative texts
-    target: torch.Tensor | int | None
-    index: int
-
-
-@dataclass
-class Skipped:
-    """An item that could not be read (the collator drops it and counts ``reason``)."""
-
-    reason: str
-
-
 class ViltDataset(Dataset):
-    """Examples -> items for one task.
+    """Examples -> items for one task; the task (:mod:`vilt.train.tasks`) says what an item reads and
+    what its target is:
 
     * vqa: target = (num_labels,) soft scores over ``answers`` (the label vocabulary);
     * nlvr2: target = the class id, two images;
     * retrieval: the true caption then ``negatives`` random captions of other images, target 0;
     * pretrain: the image, its caption, and a random other image for ITM negatives.
 
-    Examples with an empty text, no in-vocabulary answer or no label are dropped at construction
-    and counted in ``issues``; so are those whose images failed to preload (:meth:`drop_unreadable`).
+    Examples with an empty text, or that the task cannot use (vqa: no in-vocabulary answer; nlvr2: no
+    label), are dropped at construction and counted in ``issues``; so are those whose images failed to
+    preload (:meth:`drop_unreadable`).
     Other images that cannot be read are reported by :meth:`__getitem__` as :class:`Skipped` (counted
     by the collator).
 
     Args:
         examples: from a reader.
-        task: one of :data:`TASKS`.
+        task: a trainable task, or its name (:data:`vilt.train.tasks.TRAINING_TASKS`).
         images: the :class:`ImageLoader`.
         issues: where skipped examples are counted.
         answers: the answer vocabulary (vqa).
-        negatives: random negative captions per image (retrieval training; 0 for evaluation).
+        negatives: random negative captions per image, for tasks that rank captions (retrieval
+            training; 0 for evaluation).
         seed: seed of the per-item randomness (negatives, augmentation), combined with the epoch.
     """
 
     def __init__(
         self,
         examples: Sequence[Example],
-        task: str,
+        task: str | TrainingTask,
         images: ImageLoader,
         issues: DataIssues,
         answers: Sequence[str] | None = None,
         negatives: int = 0,
         seed: int = 0,
     ) -> None:
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-        self.task, self.images, self.issues, self.negatives, self.seed = task, images, issues, negatives, seed
+        self.task = training_task(task) if isinstance(task, str) else task
+        self.images, self.issues, self.negatives, self.seed = images, issues, negatives, seed
         self.answer_ids = {a: i for i, a in enumerate(answers or [])}
-        if task == "vqa" and not self.answer_ids:
-            raise ValueError("the vqa task needs an answer vocabulary")
+        if self.task.needs_answers and not self.answer_ids:
+            raise ValueError(f"the {self.task.name} task needs an answer vocabulary")
         self.examples = [ex for ex in examples if self._usable(ex)]
         if not self.examples:
-            raise ValueError(f"no usable examples for task {task!r} (skipped: {issues.summary()})")
+            raise ValueError(f"no usable examples for task {self.task.name!r} (skipped: {issues.summary()})")
         self.epoch = 0
 
     def _usable(self, ex: Example) -> bool:
         if not ex.text.strip():
             self.issues.skip("empty text", f"example with images {list(ex.images)}")
             return False
-        if self.task == "vqa" and not any(a in self.answer_ids for a in ex.answer_scores):
-            self.issues.skip("answer not in vocabulary", f"{ex.text!r} -> {sorted(ex.answer_scores)}")
-            return False
-        if self.task == "nlvr2" and ex.label is None:
-            self.issues.skip("missing label", f"{ex.text!r}")
+        problem = self.task.unusable(ex, self.answer_ids)
+        if problem is not None:
+            self.issues.skip(*problem)
             return False
         return True
 
@@ -615,20 +496,12 @@ class ViltDataset(Dataset):
         self.examples = kept
         if not kept:
             raise ValueError(
-                f"no readable examples for task {self.task!r} (skipped: {self.issues.summary()})"
+                f"no readable examples for task {self.task.name!r} (skipped: {self.issues.summary()})"
             )
 
     def target(self, ex: Example) -> torch.Tensor | int | None:
         """The training target of ``ex`` for this task (vqa: soft scores over the answer vocabulary)."""
-        if self.task == "vqa":
-            scores = torch.zeros(len(self.answer_ids))
-            for answer, score in ex.answer_scores.items():
-                if answer in self.answer_ids:
-                    scores[self.answer_ids[answer]] = score
-            return scores
-        if self.task == "nlvr2":
-            return ex.label
-        return 0 if self.task == "retrieval" else None
+        return self.task.target(ex, self.answer_ids)
 
     def _other(self, rng: random.Random, ex: Example) -> Example:
         """A random example of another image (for negatives)."""
@@ -641,12 +514,7 @@ class ViltDataset(Dataset):
     def __getitem__(self, index: int) -> Item | Skipped:
         ex = self.examples[index]
         rng = random.Random(f"{self.seed}-{self.epoch}-{index}")
-        texts = [ex.text]
-        paths = list(ex.images)
-        if self.task == "retrieval":
-            texts += [self._other(rng, ex).text for _ in range(self.negatives)]
-        if self.task == "pretrain":
-            paths.append(self._other(rng, ex).images[0])  # the false image of ITM
+        texts, paths = self.task.item(ex, rng, lambda rng: self._other(rng, ex), self.negatives)
         try:
             images = [self.images.load(p, rng) for p in paths]
         except (OSError, ValueError) as err:
@@ -678,7 +546,7 @@ def pad_images(images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
 class Collator:
     """Items -> a batch dict of model inputs (unreadable items dropped and counted in ``skipped``).
 
-    Batch layouts per task:
+    Batch layouts per task (each task's :meth:`~vilt.train.tasks.TrainingTask.collate`):
 
     * vqa: inputs + ``labels`` (B, num_labels);
     * nlvr2: ``pixel_values`` (B, 2, C, H, W), ``pixel_mask`` (B, 2, H, W), ``labels`` (B,);
@@ -687,12 +555,13 @@ class Collator:
 
     Args:
         tokenizer: a :class:`vilt.tokenization.ViltTokenizer`.
-        task: one of :data:`TASKS`.
+        task: a trainable task, or its name (:data:`vilt.train.tasks.TRAINING_TASKS`).
         max_text_length: truncate texts to this many tokens.
     """
 
-    def __init__(self, tokenizer: Any, task: str, max_text_length: int = 40) -> None:
-        self.tokenizer, self.task, self.max_text_length = tokenizer, task, max_text_length
+    def __init__(self, tokenizer: Any, task: str | TrainingTask, max_text_length: int = 40) -> None:
+        self.tokenizer, self.max_text_length = tokenizer, max_text_length
+        self.task = training_task(task) if isinstance(task, str) else task
 
     def __call__(self, items: Sequence[Item | Skipped]) -> dict[str, Any]:
         skipped = Counter(it.reason for it in items if isinstance(it, Skipped))
@@ -714,18 +583,5 @@ class Collator:
         pixel_values, pixel_mask = pad_images([im for it in good for im in it.images])  # (B * n, C, H, W)
         pixel_values = pixel_values.view(len(good), n_images, *pixel_values.shape[1:])  # (B, n, C, H, W)
         pixel_mask = pixel_mask.view(len(good), n_images, *pixel_mask.shape[1:])  # (B, n, H, W)
-        if self.task == "nlvr2":
-            batch["pixel_values"], batch["pixel_mask"] = pixel_values, pixel_mask
-        elif self.task == "retrieval":
-            k = len(good[0].texts)
-            batch["pixel_values"] = pixel_values[:, 0].repeat_interleave(k, dim=0)  # (B * k, C, H, W)
-            batch["pixel_mask"] = pixel_mask[:, 0].repeat_interleave(k, dim=0)  # (B * k, H, W)
-        else:
-            batch["pixel_values"], batch["pixel_mask"] = pixel_values[:, 0], pixel_mask[:, 0]
-        if self.task == "pretrain":
-            batch["false_pixel_values"], batch["false_pixel_mask"] = pixel_values[:, 1], pixel_mask[:, 1]
-        elif self.task == "vqa":
-            batch["labels"] = torch.stack([it.target for it in good])  # (B, num_labels)
-        else:
-            batch["labels"] = torch.tensor([it.target for it in good])  # (B,)
+        self.task.collate(batch, good, pixel_values, pixel_mask)
         return batch

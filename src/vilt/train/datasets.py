@@ -14,6 +14,7 @@ from ..errors import ViltInputError
 from ..processing import ViltProcessor
 from . import data as D
 from .settings import DataSource
+from .tasks import TrainingTask, training_task
 
 
 def _files(spec: str) -> list[str]:
@@ -33,7 +34,7 @@ def read_split(source: DataSource, split: str) -> list[D.Example]:
         else:
             train, val = D.split_holdout(D.read_easy_vqa("train"), source.val_fraction, source.seed)
             examples = train if split == "train" else val
-        return D.easy_vqa_captions(examples) if source.task == "pretrain" else examples
+        return D.easy_vqa_captions(examples) if training_task(source.task).reads_captions else examples
     spec = {"train": source.train_data, "val": source.val_data, "test": source.test_data}[split]
     if split == "val" and not spec:
         _, val = D.split_holdout(read_split(source, "train"), source.val_fraction, source.seed)
@@ -84,7 +85,7 @@ def randaugment(magnitude: int, operations: str) -> Callable[[Any, random.Random
 
 def build_dataset(
     examples: list[D.Example],
-    task: str,
+    task: str | TrainingTask,
     processor: ViltProcessor,
     answers: list[str] | None,
     issues: D.DataIssues,
@@ -98,13 +99,13 @@ def build_dataset(
 
     Args:
         examples: from :func:`read_split` or :func:`training_examples`.
-        task: the training task.
+        task: the training task (or its name).
         processor: the model's processor (images and texts).
         answers: the answer vocabulary (vqa).
         issues: where skipped examples are counted.
         cache_images: keep every image in memory, preprocessed once.
         augment: the training augmentation, None for none.
-        negatives: random negative captions per image (retrieval training).
+        negatives: random negative captions per image, for tasks that rank captions (retrieval training).
         seed: seed of the per-item randomness.
     """
     loader = D.ImageLoader(processor.image_processor, cache=cache_images, augment=augment)

@@ -1,4 +1,5 @@
-"""This process's place in a ``torchrun`` job, and the few collectives the loop needs.
+"""This process's place in a ``torchrun`` job, the few collectives the loop needs, and moving work to
+the process's device (:func:`to_device`, :func:`autocast`).
 
 Outside ``torchrun`` the job is one process and every collective returns its own value.
 """
@@ -6,6 +7,7 @@ Outside ``torchrun`` the job is one process and every collective returns its own
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,3 +75,13 @@ def barrier(env: Dist) -> None:
     """Wait until every process gets here."""
     if env.world > 1:
         dist.barrier()
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch with its tensors on ``device``."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def autocast(device: torch.device, enabled: bool) -> Any:
+    """bfloat16 autocast on ``device`` when ``enabled``."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()

@@ -45,14 +45,15 @@ from .checkpoints import (
     training_state,
 )
 from .datasets import answer_vocab, build_dataset, randaugment, read_split, training_examples
-from .distributed import Dist, any_process, barrier, gather, setup_distributed
-from .evaluation import Evaluator, autocast, selection_metric, to_device
+from .distributed import Dist, any_process, autocast, barrier, gather, setup_distributed, to_device
+from .evaluation import Evaluator
 from .interrupts import StopSignals, TrainingInterrupted, ignore_interrupts
 from .logs import RunLog, format_metrics, setup_logging, through_progress_bars
 from .models import build_model, load_processor, set_attention
-from .objectives import MaskingSpec, model_inputs
+from .objectives import MaskingSpec
 from .optimization import build_optimizer, linear_schedule, warmup_steps
 from .settings import TrainArgs, training_data_record
+from .tasks import TrainingTask, training_task
 
 log = logging.getLogger(__name__)
 
@@ -82,32 +83,33 @@ def train(args: TrainArgs) -> dict[str, float]:
 
     with through_progress_bars():
         # --- data ---
+        task = training_task(args.task)
         source = args.data_source()
         issues = D.DataIssues(args.strict)
         train_examples = training_examples(source, args.train_fraction)
-        answers = answer_vocab(source, args.answers, train_examples) if args.task == "vqa" else None
+        answers = answer_vocab(source, args.answers, train_examples) if task.needs_answers else None
         processor = load_processor(args.init, args.shortest_edge, args.patch_size)
-        collator = D.Collator(processor.tokenizer, args.task, args.max_text_length)
+        collator = D.Collator(processor.tokenizer, task, args.max_text_length)
         train_set = build_dataset(
-            train_examples, args.task, processor, answers, issues, cache_images=args.cache_images,
+            train_examples, task, processor, answers, issues, cache_images=args.cache_images,
             augment=randaugment(args.randaugment_magnitude, args.randaugment_ops) if args.randaugment else None,
-            negatives=args.negatives if args.task == "retrieval" else 0, seed=args.seed,
+            negatives=args.negatives, seed=args.seed,
         )  # fmt: skip
         val_set = build_dataset(
-            read_split(source, "val"), args.task, processor, answers, issues,
+            read_split(source, "val"), task, processor, answers, issues,
             cache_images=args.cache_images, seed=args.seed,
         )  # fmt: skip
-        spec = MaskingSpec.from_tokenizer(processor.tokenizer) if args.task == "pretrain" else None
+        spec = task.masking(processor.tokenizer)
         evaluator = Evaluator(
-            val_set, collator, args.task, args.eval_batch_size, args.num_workers, args.bf16, args.seed, env, spec
+            val_set, collator, task, args.eval_batch_size, args.num_workers, args.bf16, args.seed, env, spec
         )  # fmt: skip
         log.info(
             "data: %d train, %d val examples; skipped: %s", len(train_set), len(val_set), issues.summary()
         )
 
         # --- model, optimizer, schedule ---
-        model = build_model(args.task, answers, args.init, args.new_model_config()).to(env.device)
-        set_attention(model, args.attention, env.device)
+        model = build_model(task, answers, args.init, args.new_model_config()).to(env.device)
+        set_attention(model, args.attention)
         model.set_grad_checkpointing(args.grad_checkpointing)
         optimizer = build_optimizer(
             model, args.lr, args.weight_decay, args.beta2, args.head_lr_multiplier(), env.device
@@ -147,6 +149,7 @@ def train(args: TrainArgs) -> dict[str, float]:
             clock=Clock(progress.elapsed),
             env=env,
             args=args,
+            task=task,
             spec=spec,
             evaluator=evaluator,
             processor=processor,
@@ -274,6 +277,7 @@ class Run:
     clock: Clock
     env: Dist
     args: TrainArgs
+    task: TrainingTask  # what the batches feed and the validation selects by
     spec: MaskingSpec | None  # pretraining's masking
     evaluator: Evaluator  # on the validation split
     processor: ViltProcessor  # saved with the best model
@@ -293,9 +297,7 @@ class Run:
                 if "input_ids" not in batch:  # every example of this micro-batch was unreadable
                     continue
                 with autocast(device, self.args.bf16):
-                    loss = self.step_model(
-                        **to_device(model_inputs(self.args.task, batch, self.spec), device)
-                    ).loss
+                    loss = self.step_model(**to_device(self.task.model_inputs(batch, self.spec), device)).loss
                 (loss / accum).backward()
             total += loss.item() / accum
         if self.args.max_grad_norm:
@@ -321,7 +323,7 @@ class Run:
         step = self.progress.step
         self.run_log.write(self.clock.elapsed(), step, epoch, "val", metrics)
         log.info("step %d epoch %.2f val %s", step, epoch, format_metrics(metrics))
-        score = selection_metric(self.args.task, metrics)
+        score = self.task.selection_metric(metrics)
         if score <= self.progress.best:
             return
         self.progress.best = score

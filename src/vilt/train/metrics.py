@@ -1,14 +1,93 @@
-"""Evaluation metrics: the official VQA accuracy, accuracy, and retrieval recall@K by exhaustive re-ranking."""
+"""Evaluation metrics: the official VQA answer normalisation and accuracy, accuracy, and retrieval recall@K
+by exhaustive re-ranking."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from .data import normalize_answer
+# ----------------------------------------------------------------------------- VQA answers
+
+_PUNCTUATION = [
+    ";",
+    "/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+]
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+_NUMBER_WORDS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}  # fmt: skip
+_ARTICLES = {"a", "an", "the"}
+# the official evaluation maps every apostrophe-less spelling of these to the spelling shown
+_CONTRACTED = (
+    "ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't "
+    "haven't he'd he'd've he's how'd how'll how's i'd've i'm i've isn't it'd it'd've it'll let's ma'am "
+    "mightn't mightn't've might've mustn't must've needn't not've o'clock oughtn't 'ow's'at shan't she'd've "
+    "she's should've shouldn't shouldn't've somebody'd somebody'd've somebody'll somebody's someone'd "
+    "someone'd've someone'll someone's something'd something'd've something'll that's there'd there'd've "
+    "there're there's they'd they'd've they'll they're they've twas wasn't we'd've we've weren't what'll "
+    "what're what's what've when's where'd where's where've who'd who'd've who'll who's who've why'll "
+    "why're why's won't would've wouldn't wouldn't've y'all y'all'll y'all'd've you'd you'd've you'll "
+    "you're you've"
+).split()
+
+
+def _contraction_table() -> dict[str, str]:
+    """Every spelling with some apostrophes dropped -> the full contraction (the official table)."""
+    table: dict[str, str] = {}
+    for word in _CONTRACTED:
+        pieces = word.split("'")
+        for mask in range(2 ** (len(pieces) - 1) - 1):  # which apostrophes to keep; not all of them
+            spelled = pieces[0]
+            for i, piece in enumerate(pieces[1:]):
+                spelled += ("'" if mask >> i & 1 else "") + piece
+            table[spelled] = word
+    return table
+
+
+_CONTRACTIONS = _contraction_table()
+
+
+def normalize_answer(answer: str) -> str:
+    """The official VQA answer normalisation: punctuation, number words, articles, contractions.
+
+    Args:
+        answer: a raw answer string, e.g. "Two dogs." -> "2 dogs".
+    """
+    text = answer.replace("\n", " ").replace("\t", " ").strip()
+    for p in _PUNCTUATION:
+        if (p + " " in text or " " + p in text) or _COMMA_STRIP.search(text) is not None:
+            text = text.replace(p, "")
+        else:
+            text = text.replace(p, " ")
+    text = _PERIOD_STRIP.sub("", text)
+    words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    words = [_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES]
+    return " ".join(words)
 
 
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:

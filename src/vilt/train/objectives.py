@@ -143,23 +143,3 @@ def pretraining_inputs(
         "pixel_values": batch["pixel_values"],
         "pixel_mask": batch["pixel_mask"],
     }
-
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "pixel_mask", "labels")
-
-
-def model_inputs(
-    task: str, batch: dict[str, Any], spec: MaskingSpec | None = None
-) -> dict[str, torch.Tensor]:
-    """The keyword arguments of the task model's forward for one collated batch (loss included).
-
-    Args:
-        task: "vqa", "nlvr2", "retrieval" or "pretrain".
-        batch: from :class:`vilt.train.data.Collator`.
-        spec: the masking spec (pretrain only).
-    """
-    if task == "pretrain":
-        if spec is None:
-            raise ValueError("pretraining needs a MaskingSpec for whole-word masking")
-        return pretraining_inputs(batch, spec)
-    return {k: batch[k] for k in MODEL_INPUTS if k in batch}

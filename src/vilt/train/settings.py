@@ -121,7 +121,8 @@ class TrainArgs:
     negatives: int = _opt(15, "retrieval: random negative captions per image")
     wpa: bool = _opt(True, "pretrain: add the word-patch alignment loss")
     attention: str = _opt(
-        "auto", "auto | eager | sdpa (auto: eager on CPU, where its bf16 backward is faster)"
+        "auto",
+        "auto | eager | sdpa (auto: sdpa, whose CPU backward takes the explicit softmax, faster there)",
     )
     # --- bookkeeping ---
     eval_every: int = _opt(0, "validate every this many steps (0: once per epoch)")
@@ -182,7 +183,9 @@ class TrainArgs:
 
     def head_lr_multiplier(self) -> float:
         """The head's learning-rate multiplier: the option, or the task's default (10 for vqa, else 1)."""
-        return self.head_lr_mult or (10.0 if self.task == "vqa" else 1.0)
+        from .tasks import training_task
+
+        return self.head_lr_mult or training_task(self.task).head_lr_mult
 
 
 def args_from_dict(values: dict[str, Any]) -> TrainArgs:

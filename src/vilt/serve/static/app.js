@@ -6,7 +6,10 @@ const $ = (id) => document.getElementById(id);
 const IMAGE_TYPES = ["image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "image/tiff"];
 // `question` counts the questions asked: an answer that arrives for an older question, or for an image
 // no longer chosen, is dropped, so a heatmap never lands on an image it was not made for.
-const state = { file: null, previewUrl: null, question: 0, tasks: [], maxBytes: Infinity, keyRequired: false };
+const state = {
+  file: null, previewUrl: null, question: 0, tasks: [], maxBytes: Infinity, keyRequired: false,
+  examples: [], nextExample: 0,
+};
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -55,6 +58,7 @@ async function connect() {
       $("heatmap-note").textContent = "Heatmaps are unavailable on this server.";
     }
     updateAskButton();
+    await loadExamples();
   } catch (err) {
     $("model").textContent = "";
     setStatus(`Cannot reach the server: ${err.message}`, true);
@@ -199,6 +203,39 @@ async function ask(event) {
   }
 }
 
+// The samples the server ships (/samples/examples.json): each click of "Try an example" chooses the next
+// one's image, types its question and asks it.
+async function loadExamples() {
+  try {
+    const response = await fetch("/samples/examples.json");
+    if (!response.ok) return;
+    state.examples = await response.json();
+    $("try-example").disabled = state.examples.length === 0;
+  } catch (err) {
+    state.examples = [];  // no samples: the button stays disabled
+  }
+}
+
+async function tryExample() {
+  const example = state.examples[state.nextExample % state.examples.length];
+  state.nextExample += 1;
+  $("try-example").disabled = true;
+  try {
+    const response = await fetch(`/samples/${encodeURIComponent(example.image)}`);
+    if (!response.ok) throw new Error(`the server answered ${response.status}`);
+    const blob = await response.blob();
+    chooseFile(new File([blob], example.image, { type: blob.type }));
+    $("question").value = example.question;
+    updateAskButton();
+    $("ask-form").requestSubmit();
+  } catch (err) {
+    setStatus(`Cannot load the example ${example.image}: ${err.message}`, true);
+  } finally {
+    $("try-example").disabled = false;
+  }
+}
+
+$("try-example").addEventListener("click", tryExample);
 $("file").addEventListener("change", (event) => chooseFile(event.target.files[0]));
 $("drop").addEventListener("dragover", (event) => {
   event.preventDefault();
