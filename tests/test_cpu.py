@@ -357,3 +357,8 @@ def test_int8_for_a_model_instance_the_server_and_the_command(
 def test_int8_on_an_exported_backend_points_to_the_export(vqa_dir: str) -> None:
     with pytest.raises(ValueError, match="vilt export --quantize int8"):
         vilt.pipeline("vqa", model=vqa_dir, dtype="int8", backend="onnxruntime")
+    pytest.importorskip("openvino")
+    from vilt.export import OpenVinoModel
+
+    with pytest.raises(ValueError, match="vilt export --quantize int8"):  # before any file is read
+        OpenVinoModel.from_file(f"{vqa_dir}/model.onnx", vilt.ViltConfig(), dtype="int8")
