@@ -3,6 +3,7 @@ model_inputs.py, saved tiny models in tiny_models.py and toy training data in tr
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -34,3 +35,18 @@ def packed_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(PackedProduct, "__call__", counted)
     return calls
+
+
+@pytest.fixture
+def connections(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """The addresses of every TCP connection this process opens (or tries to) during the test, in order.
+    httpx (images, huggingface_hub) and the hub probe all connect through ``socket.create_connection``."""
+    tried: list[tuple[str, int]] = []
+    create_connection = socket.create_connection
+
+    def counted(address, *args, **kwargs):
+        tried.append((address[0], address[1]))
+        return create_connection(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", counted)
+    return tried

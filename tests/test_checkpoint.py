@@ -9,7 +9,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -450,29 +449,47 @@ def test_offline_hub_without_cache_says_how_to_work_offline(tmp_path, monkeypatc
         MODEL_CLASSES["ViltForMaskedLM"].from_pretrained(REPO, cache_dir=tmp_path)
 
 
-def test_unreachable_hub_fails_with_how_to_work_offline(tmp_path, monkeypatch):
+def test_unreachable_hub_fails_with_how_to_work_offline(tmp_path, monkeypatch, connections):
     """No HF_HUB_OFFLINE and no network: one refused connection, then the cache, then our one-line fix."""
     import huggingface_hub.constants
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port
-    start = time.monotonic()
     with pytest.raises(OSError, match=r"cannot be reached and it is not in the cache.*Fix:.*hf download"):
         MODEL_CLASSES["ViltForMaskedLM"].from_pretrained(REPO, cache_dir=tmp_path)
-    assert time.monotonic() - start < 10
+    assert connections == [("127.0.0.1", 9)]  # one attempt: no retry, and nothing else asked of the hub
+
+
+# In the fresh process, every connection attempt is counted and printed when the load fails.
+_COUNTING_LOAD = """
+import socket
+tried = []
+create_connection = socket.create_connection
+def counted(address, *args, **kwargs):
+    tried.append(address)
+    return create_connection(address, *args, **kwargs)
+socket.create_connection = counted
+from vilt import ViltForMaskedLM
+try:
+    ViltForMaskedLM.from_pretrained({repo!r})
+finally:
+    print("connections:", len(tried))
+"""
 
 
 def test_unreachable_hub_fails_once_and_fast_in_a_fresh_process(tmp_path):
-    """The same with the real environment variables: one attempt, one message, a few seconds at most."""
+    """The same with the real environment variables: one attempt, one message."""
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path)}
     env.pop("HF_HUB_OFFLINE", None)
-    code = f"from vilt import ViltForMaskedLM; ViltForMaskedLM.from_pretrained({REPO!r})"
-    start = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _COUNTING_LOAD.format(repo=REPO)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert time.monotonic() - start < 20  # the interpreter and torch start-up included
     assert result.returncode != 0
+    assert "connections: 1" in result.stdout
     assert result.stderr.count("cannot be reached") == 1 and "Retry" not in result.stderr
     assert "hf download dandelin/vilt-b32-mlm" in result.stderr
 
@@ -526,12 +543,10 @@ def test_index_naming_a_shard_outside_the_directory_is_refused_unopened(shard, t
     _sharded_bin(model_dir, marker)
     MODEL_CLASSES["ViltModel"].from_pretrained(model_dir)  # loads before the index is changed
     _point_index_at(model_dir, shard.format(parent=tmp_path))
-    start = time.monotonic()
     with pytest.raises(
         ViltInputError, match=r"pytorch_model\.bin\.index\.json names the shard .*plain \*\.bin"
     ):
         MODEL_CLASSES["ViltModel"].from_pretrained(model_dir)
-    assert time.monotonic() - start < 1
     assert not marker.exists()
 
 
@@ -738,18 +753,20 @@ def test_weights_near_the_float32_limit_are_finite(tmp_path):
         ({"num_hidden_layers": True}, "num_hidden_layers"),
     ],
 )
-def test_absurd_config_is_refused_before_anything_is_allocated(changes, field, tmp_path):
-    """Within a second, naming the field, and without reading the weights (a pickle that would run code
-    sits where they are). 100000 layers of ViLT-B/32 would take 2.6 TB."""
+def test_absurd_config_is_refused_before_anything_is_allocated(changes, field, tmp_path, monkeypatch):
+    """Naming the field, before any module is built, and without reading the weights (a pickle that would
+    run code sits where they are). 100000 layers of ViLT-B/32 would take 2.6 TB."""
     from vilt.errors import ViltInputError
+
+    def no_module(*args, **kwargs):
+        raise AssertionError("a module was built before the config was refused")
 
     marker = tmp_path / "pwned.txt"
     config = ViltConfig().to_dict()  # ViLT-B/32's sizes
     del config["id2label"], config["label2id"]  # (which would set num_labels)
     (tmp_path / "config.json").write_text(json.dumps({**config, **changes}))
     torch.save({"payload": WritesAFile(marker)}, tmp_path / "pytorch_model.bin")
-    start = time.monotonic()
+    monkeypatch.setattr(torch.nn.Module, "__init__", no_module)
     with pytest.raises(ViltInputError, match=field):
         MODEL_CLASSES["ViltModel"].from_pretrained(tmp_path)
-    assert time.monotonic() - start < 1
     assert not marker.exists()

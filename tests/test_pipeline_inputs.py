@@ -9,7 +9,6 @@ import io
 import logging
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,15 +111,14 @@ def test_a_missing_url_names_the_url_and_the_status(
         make("vqa", dirs["vqa"])([random_image(32, 32, seed=1), f"{base}/nothing.png"], "what?")
 
 
-def test_an_unreachable_url_fails_at_once_naming_it(dirs: dict[str, str]) -> None:
+def test_an_unreachable_url_fails_at_once_naming_it(dirs: dict[str, str], connections) -> None:
     with socket.socket() as probe:  # a port nothing listens on: the connection is refused
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}/photo.jpg"
-    start = time.perf_counter()
-    with pytest.raises(ViltInputError, match=rf"image URL '{url}' could not be fetched"):
+    with pytest.raises(ViltInputError, match=rf"image URL '{url}' could not be fetched .*refused"):
         make("vqa", dirs["vqa"])(url, "what?", timeout=30)
-    assert time.perf_counter() - start < 10  # refused, not waited for: far below the 30 s timeout
+    assert connections == [("127.0.0.1", port)]  # refused once, not retried until the 30 s timeout
 
 
 def test_a_silent_server_fails_after_the_timeout_of_the_call_or_the_pipeline(dirs: dict[str, str]) -> None:

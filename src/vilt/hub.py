@@ -217,12 +217,12 @@ def _hub_file(
     unreachable = not offline and not hub_reachable(_endpoint())
     if unreachable:
         logger.info("the hub (%s) cannot be reached; reading %s from the cache", _endpoint(), repo_id)
+    if offline or unreachable:
+        return _cached_file(repo_id, filename, options, offline, required)
     try:
-        return hf_hub_download(repo_id, filename, local_files_only=offline or unreachable, **options)
+        return hf_hub_download(repo_id, filename, **options)
     except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError: test it first)
-        if not required and _revision_cached(repo_id, options["revision"], options["cache_dir"]):
-            return None  # the revision is in the cache without this optional file
-        raise _not_cached(repo_id, filename, offline, options["cache_dir"], options["revision"]) from None
+        return _cached_file(repo_id, filename, options, offline, required)  # the connection failed meanwhile
     except EntryNotFoundError:
         if required:
             raise FileNotFoundError(f"the hub repository {repo_id!r} has no file {filename!r}") from None
@@ -238,6 +238,27 @@ def _hub_file(
             f"the hub repository {repo_id!r} (revision {revision}) was not found or is not accessible "
             f"({type(err).__name__}); check the name, or log in with `hf auth login` for a private or gated one"
         ) from None
+
+
+def _cached_file(
+    repo_id: str, filename: str, options: dict[str, Any], offline: bool, required: bool
+) -> str | None:
+    """``filename`` of ``repo_id`` from the cache alone, with no request at all (``hf_hub_download`` with
+    ``local_files_only`` may still ask the endpoint for its user-agent registry, a second wait when the hub
+    cannot be reached); None when it is not required and its revision is cached without it.
+
+    Raises:
+        OSError: not in the cache; the message says how to fix it.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    name = f"{options['subfolder']}/{filename}" if options["subfolder"] else filename
+    found = try_to_load_from_cache(repo_id, name, cache_dir=options["cache_dir"], revision=options["revision"])
+    if isinstance(found, str):
+        return found
+    if not required and _revision_cached(repo_id, options["revision"], options["cache_dir"]):
+        return None  # the revision is in the cache without this optional file
+    raise _not_cached(repo_id, filename, offline, options["cache_dir"], options["revision"])
 
 
 def _revision_cached(repo_id: str, revision: str | None, cache_dir: str | None) -> bool:
