@@ -1,11 +1,17 @@
 """Benchmark 7: the model forward on every backend, side by side with the reference, in one process.
 
 ViLT-B/32 VQA (3129 answers, random weights saved by transformers), 384x384 images, 40 tokens, batch 1
-and 8, float32 and bfloat16. Contestants, all alternating within every repetition:
+and 8, float32 and (where oneDNN runs it on this CPU) bfloat16. Contestants, all alternating within
+every repetition:
 
 * the reference: transformers' ``ViltForQuestionAnswering`` in the dtype;
 * vilt as loaded: ``ViltForQuestionAnswering.from_pretrained(dir, torch_dtype=dtype)`` under
-  ``torch.inference_mode()``, no other call (the fast path is the default);
+  ``torch.inference_mode()``, no other call (the fast path is the default, where its probes find it
+  faster);
+* vilt, plain path: the same with ``set_fast_path(False)``: the plain layers, which the fast path must
+  never be slower than;
+* vilt int8 (float32 rows): ``dtype="int8"`` as the pipelines load it: the float32 model with int8
+  encoder weights (``vilt.layers.quantize_int8``), ``optimize_for_inference()``;
 * onnxruntime: the float32 ONNX export (float32 rows only: onnxruntime's CPU kernels have no bfloat16),
   and its int8 dynamic quantization;
 * OpenVINO: the OpenVINO export computed in the dtype, and its int8 weights (NNCF) computed in the dtype.
@@ -42,15 +48,19 @@ from common import (
     table,
 )
 
+from vilt.devices import cpu_features
 from vilt.export import OnnxModel, OpenVinoModel, export_model
+from vilt.layers import quantize_int8
 
 BATCHES = (1, 8)
-DTYPES = (torch.float32, torch.bfloat16)
+# bfloat16 where oneDNN runs it here: without AVX512 or ARM bf16 it is emulated, ~20x slower than float32
+DTYPES = (torch.float32, torch.bfloat16) if cpu_features().supports(torch.bfloat16) else (torch.float32,)
 HEIGHT = WIDTH = 384
 ACCURACY_FILE = Path(__file__).resolve().parent.parent / "results" / "eval_backends.txt"
 PRECISIONS = (  # (dtype, contestant here, its row in eval_backends.txt) for the speed-and-accuracy table
     ("float32", "vilt (as loaded)", "PyTorch float32"),
     ("bfloat16", "vilt (as loaded)", "PyTorch bfloat16"),
+    ("float32", "vilt int8", "PyTorch int8"),
     ("float32", "onnxruntime", "onnxruntime float32"),
     ("float32", "onnxruntime int8", "onnxruntime int8"),
     ("float32", "OpenVINO", "OpenVINO float32"),
@@ -117,6 +127,8 @@ def speed_and_accuracy(speeds: dict[tuple[str, int, str], list[str]]) -> str:
     found = accuracies(ACCURACY_FILE.read_text(encoding="utf-8")) if ACCURACY_FILE.exists() else {}
     rows = []
     for dtype, label, backend in PRECISIONS:
+        if (dtype, BATCHES[0], label) not in speeds:  # a precision this CPU did not run
+            continue
         measured = [cell for batch in BATCHES for cell in speeds[(dtype, batch, label)]]
         rows.append([backend, *measured, *found.get(backend, ["not measured"] * 3)])
     header = [
@@ -141,8 +153,15 @@ def run(repetitions: int = 5) -> Section:
         for dtype in DTYPES:
             name = str(dtype).removeprefix("torch.")
             ours, reference = load_models(directory, dtype)
-            contestants = {"reference": torch_call(reference), "vilt (as loaded)": torch_call(ours)}
+            plain, _ = load_models(directory, dtype)
+            contestants = {
+                "reference": torch_call(reference),
+                "vilt (as loaded)": torch_call(ours),
+                "vilt (plain path)": torch_call(plain.set_fast_path(False)),
+            }
             if dtype == torch.float32:
+                int8 = quantize_int8(load_models(directory, dtype)[0]).optimize_for_inference()
+                contestants["vilt int8"] = torch_call(int8)
                 contestants["onnxruntime"] = onnx_call(exports["onnx-float32"], threads)
             contestants["onnxruntime int8"] = onnx_call(exports["onnx-int8"], threads)
             contestants["OpenVINO"] = openvino_call(exports["openvino-float32"], dtype, threads)
@@ -172,18 +191,27 @@ def run(repetitions: int = 5) -> Section:
                 figures[f"{name} batch {batch}: vilt / OpenVINO"] = timings.median(
                     "OpenVINO"
                 ) / timings.median("vilt (as loaded)")
-            del ours, reference
+                figures[f"{name} batch {batch}: vilt as loaded / plain path"] = timings.median(
+                    "vilt (plain path)"
+                ) / timings.median("vilt (as loaded)")
+            del ours, reference, plain
     header = ["dtype", "batch", "backend", "ms/example", "vs reference", "% of peak", "max abs logit diff"]
     lines = [
         "## 7. Backends: PyTorch, onnxruntime and OpenVINO (VQA head, ViLT-B/32, 384x384, 40 tokens)",
         "",
         table(header, rows),
         "",
-        f"Medians of {repetitions} alternating repetitions (after an accuracy check that warms every "
-        "contestant up). int8 rows run int8 weights (onnxruntime: dynamic quantization, computing in "
-        "float32 and int8; OpenVINO: NNCF weight compression, computing in the row's dtype). The logit "
-        "difference is against the reference in the row's dtype. Accuracy of each backend on real data: "
-        "`examples/eval_backends.py` ([results/eval_backends.txt](../results/eval_backends.txt)).",
+        f"CPU: {cpu_features().describe()}. Medians of {repetitions} alternating repetitions (after an "
+        "accuracy check that warms every contestant up, and in which vilt's probes decide). int8 rows run "
+        "int8 weights (vilt int8 and onnxruntime: dynamic quantization, computing in float32 and int8; "
+        "OpenVINO: NNCF weight compression, computing in the row's dtype). The logit difference is against "
+        "the reference in the row's dtype. Accuracy of each backend on real data: "
+        "`examples/eval_backends.py` ([results/eval_backends.txt](../results/eval_backends.txt))."
+        + (
+            ""
+            if torch.bfloat16 in DTYPES
+            else " No bfloat16 rows: oneDNN has no bfloat16 products on this CPU."
+        ),
         "",
         "Our default path against OpenVINO (OpenVINO's time / ours; above 1 means ours is faster): "
         + ", ".join(
@@ -196,8 +224,8 @@ def run(repetitions: int = 5) -> Section:
         "",
         "Accuracy columns: `examples/eval_backends.py` as committed in "
         "[results/eval_backends.txt](../results/eval_backends.txt) (easy-VQA test split, 9673 questions, for "
-        "the bundled model; 128 questions on 16 photographs for ViLT-B/32). The int8 rows are onnxruntime's "
-        "dynamic quantization and OpenVINO's NNCF int8 weights.",
+        "the bundled model; 128 questions on 16 photographs for ViLT-B/32). The int8 rows are vilt's "
+        "`dtype=\"int8\"` and onnxruntime's dynamic quantization, and OpenVINO's NNCF int8 weights.",
         "",
     ]
     return Section("\n".join(lines), figures)

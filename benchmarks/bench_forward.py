@@ -7,7 +7,9 @@ Contestants, alternating within every repetition:
 * ``reference``: ``transformers.ViltForQuestionAnswering``;
 * ``ours``: ``vilt.ViltForQuestionAnswering`` as loaded (eval), which takes the fast path by default;
 * ``ours optimized``: the same after ``model.optimize_for_inference()`` (the explicit form: its caches
-  are built before the first call).
+  are built before the first call);
+* ``ours plain``: the same with ``set_fast_path(False)``, the plain layers (the fast path keeps a piece
+  only where its probe finds the layer faster than this).
 
 All run under ``torch.inference_mode()``. FLOPs per example are counted on the reference forward;
 "% of peak" divides the achieved FLOP/s by the measured ``torch.mm`` peak for the dtype, timed as one
@@ -115,14 +117,16 @@ def run(quick: bool = False) -> Section:
         )
     lines.append("")
     header = [
-        "dtype", "batch", "image", "GFLOP/example", "reference ms", "ours ms", "ours optimized ms",
-        "ours / ref", "optimized / ref", "optimized TFLOP/s", "peak TFLOP/s", "% of peak", "max abs logit diff vs ref",
+        "dtype", "batch", "image", "GFLOP/example", "reference ms", "ours ms", "ours optimized ms", "ours plain ms",
+        "ours / ref", "optimized / ref", "ours / plain", "optimized TFLOP/s", "peak TFLOP/s", "% of peak",
+        "max abs logit diff vs ref",
     ]  # fmt: skip
     rows, figures = [], {}
     for dtype in DTYPES:
         ours, reference = load_models(directory, dtype)
         optimized, _ = load_models(directory, dtype)
         optimized.optimize_for_inference()
+        plain = load_models(directory, dtype)[0].set_fast_path(False)
         for height, width in IMAGE_SIZES:
             flops = count_flops(reference, forward_inputs(1, height, width, dtype))
             for batch in BATCHES:
@@ -131,21 +135,25 @@ def run(quick: bool = False) -> Section:
                     "reference": forward_call(reference, inputs),
                     "ours": forward_call(ours, inputs),
                     "ours optimized": forward_call(optimized, inputs),
+                    "ours plain": forward_call(plain, inputs),
                     "matmul peak": probes[dtype],
                 }
                 expected = calls["reference"]().float()
                 diff = max(
                     (calls[name]().float() - expected).abs().max().item()
-                    for name in ("ours", "ours optimized")
+                    for name in ("ours", "ours optimized", "ours plain")
                 )
                 timings = alternate(calls, repetitions_for(batch, quick), warmup=0)  # warmed up above
-                ref_s, ours_s, opt_s = (timings.median(n) for n in ("reference", "ours", "ours optimized"))
+                ref_s, ours_s, opt_s, plain_s = (
+                    timings.median(n) for n in ("reference", "ours", "ours optimized", "ours plain")
+                )
                 achieved = flops * batch / opt_s
                 peak = probes[dtype].flops / min(timings.seconds["matmul peak"])  # a peak: its best round
                 row = [
                     str(dtype).removeprefix("torch."), str(batch), f"{height}x{width}", f"{flops / 1e9:.1f}",
-                    f"{1e3 * ref_s:.1f}", f"{1e3 * ours_s:.1f}", f"{1e3 * opt_s:.1f}",
-                    f"{ref_s / ours_s:.2f}x", f"{ref_s / opt_s:.2f}x", f"{achieved / 1e12:.2f}", f"{peak / 1e12:.2f}",
+                    f"{1e3 * ref_s:.1f}", f"{1e3 * ours_s:.1f}", f"{1e3 * opt_s:.1f}", f"{1e3 * plain_s:.1f}",
+                    f"{ref_s / ours_s:.2f}x", f"{ref_s / opt_s:.2f}x", f"{plain_s / ours_s:.2f}x",
+                    f"{achieved / 1e12:.2f}", f"{peak / 1e12:.2f}",
                     f"{100 * achieved / peak:.0f}%", f"{diff:.1e}",
                 ]  # fmt: skip
                 print(" | ".join(row), flush=True)
@@ -155,14 +163,15 @@ def run(quick: bool = False) -> Section:
                 figures[f"{key}: optimized / reference"] = ref_s / opt_s
                 figures[f"{key}: optimized % of peak"] = 100 * achieved / peak
                 figures[f"{key}: as loaded / optimized"] = opt_s / ours_s
-        del ours, reference, optimized
+                figures[f"{key}: as loaded / plain"] = plain_s / ours_s
+        del ours, reference, optimized, plain
     lines.append(table(header, rows))
     lines += [
         "",
         "Medians over alternating repetitions (batch 1, 8, 32: "
         + ", ".join(str(repetitions_for(b, quick)) for b in BATCHES)
         + "; the accuracy check before them is the warm-up).",
-        "The logit difference is the largest of ours and ours optimized against the reference, same dtype. "
+        "The logit difference is the largest of ours (as loaded, optimized, plain) against the reference, same dtype. "
         "The peak is the matmul probe's fastest round in the same alternation as the models (same load).",
     ]
     headline_lines, headline_figures = headline_runs(directory, 2 if quick else HEADLINE_RUNS, quick)

@@ -3,7 +3,7 @@
 1. **Attention at ViLT's sequence lengths**: ``F.scaled_dot_product_attention`` (PyTorch's CPU flash
    kernel) at length L against the same attention padded to the next multiple of 32 with the padded keys
    masked, which the fast path does when the padding is small and its probe finds a layer faster padded
-   (``ViltEncoder.attention_length``).
+   (``vilt.layers.attention_length``).
 2. **Patch embedding**: the reference's strided convolution against the same sum as one matrix product
    over flattened patches (``ViltPatchEmbeddings.patch_product``), plain and on the prepacked weight of
    the fast path (``vilt.layers.PatchProjection``).
@@ -15,7 +15,8 @@
    with one prepacked weight reused (it stays in cache) against 24 different weights in turn, as a
    forward reads 12 layers' weights once each. The gap is what streaming the weights costs at batch 1.
 5. **Encoder passes**: the bfloat16 model at batch 16 and 32 (384x384) with its encoder in one pass over
-   the batch or in two pieces (``ViltEncoder.batch_pieces``).
+   the batch or in two pieces (``vilt.layers.batch_pieces``). Sections 3 to 5 run in bfloat16 where the
+   CPU multiplies it natively, else in float32.
 
 Then the choices the fast path's probes made in this process (``vilt.tuning.decisions``), which are
 those a model makes on this machine. Contestants alternate within every repetition
@@ -33,9 +34,23 @@ import torch
 import torch.nn.functional as F
 from common import Section, alternate, forward_inputs, load_models, model_dir, set_threads, table
 
-from vilt import ViltConfig, tuning
-from vilt.layers import ATTENTION_ROW_MULTIPLE, one_row_layout_pays, padded_bias
+from vilt import ViltConfig, modeling, tuning
+from vilt.devices import cpu_features
+from vilt.layers import (
+    ATTENTION_ROW_MULTIPLE,
+    attention_length,
+    batch_pieces,
+    one_row_layout_pays,
+    padded_bias,
+)
 from vilt.modeling import ViltEncoder, ViltPatchEmbeddings
+
+# The precisions measured: bfloat16 only where oneDNN runs it (without AVX512 or ARM bf16 it has no
+# bfloat16 products); the sections about the fast path's reduced precision (layouts, streaming, passes)
+# use LOW: bfloat16 where the CPU multiplies it natively, else float32.
+DTYPES = (torch.float32, torch.bfloat16) if cpu_features().supports(torch.bfloat16) else (torch.float32,)
+LOW = torch.bfloat16 if cpu_features().native_bf16 else torch.float32
+LOW_NAME = str(LOW).removeprefix("torch.")
 
 HEADS, HEAD_DIM = 12, 64
 HIDDEN = HEADS * HEAD_DIM
@@ -82,7 +97,8 @@ def attention_rows(encoder: ViltEncoder, dtype: torch.dtype, batch: int, repetit
     for length in LENGTHS:
         padded = -(-length // ATTENTION_ROW_MULTIPLE) * ATTENTION_ROW_MULTIPLE
         plain, pad = attention_pair(dtype, batch, length, padded, repetitions)
-        chosen = encoder.attention_length(torch.empty(batch, length, HIDDEN, dtype=dtype))
+        sequence = torch.empty(batch, length, HIDDEN, dtype=dtype)
+        chosen = attention_length(sequence, encoder._probe_layer, *encoder.layer_sizes)
         rows.append(
             [
                 str(dtype).removeprefix("torch."), str(batch), str(length), str(padded),
@@ -109,7 +125,7 @@ def patch_times(dtype: torch.dtype, batch: int, repetitions: int) -> list[float]
 
 def patch_rows(repetitions: int) -> list[list[str]]:
     rows = []
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in DTYPES:
         for batch in (1, 8):
             convolution, product, packed = patch_times(dtype, batch, repetitions)
             rows.append(
@@ -120,13 +136,13 @@ def patch_rows(repetitions: int) -> list[list[str]]:
 
 
 def layout_pair(k: int, n: int, post_op: str, rows: int, repetitions: int) -> list[float]:
-    """ms per bfloat16 (rows x k) @ (k x n) product with its post-op ("gelu" or the residual "add"),
+    """ms per (rows x k) @ (k x n) product in LOW with its post-op ("gelu" or the residual "add"),
     the weight packed in oneDNN's default layout, then in its layout for 1 row."""
     linear = torch.ops.mkldnn._linear_pointwise
-    weight = torch.randn(n, k, dtype=torch.bfloat16) * 0.02
-    bias = torch.zeros(n, dtype=torch.bfloat16)
-    x = torch.randn(rows, k, dtype=torch.bfloat16)
-    residual = torch.randn(rows, n, dtype=torch.bfloat16)
+    weight = torch.randn(n, k, dtype=LOW) * 0.02
+    bias = torch.zeros(n, dtype=LOW)
+    x = torch.randn(rows, k, dtype=LOW)
+    residual = torch.randn(rows, n, dtype=LOW)
 
     def product(packed: torch.Tensor) -> Callable[[], torch.Tensor]:
         if post_op == "gelu":
@@ -142,7 +158,7 @@ def layout_rows(repetitions: int) -> list[list[str]]:
     """Both layouts of both MLP products by row count; the down-projection's layout is the probe's choice
     (the up-projection always takes the default)."""
     rows = []
-    down = one_row_layout_pays(torch.zeros(HIDDEN, 4 * HIDDEN, dtype=torch.bfloat16))
+    down = one_row_layout_pays(torch.zeros(HIDDEN, 4 * HIDDEN, dtype=LOW))
     for name, k, n, post_op in (
         ("up + GELU", HIDDEN, 4 * HIDDEN, "gelu"),
         ("down + add", 4 * HIDDEN, HIDDEN, "add"),
@@ -164,9 +180,9 @@ def streaming_pair(
 ) -> list[float]:
     """ms per (rows x k) @ (k x n) product: one weight reused, then ``weights`` different ones in turn."""
     linear = torch.ops.mkldnn._linear_pointwise
-    x = torch.randn(rows, k, dtype=torch.bfloat16)
-    bias = torch.zeros(n, dtype=torch.bfloat16)
-    sources = [torch.randn(n, k, dtype=torch.bfloat16) * 0.02 for _ in range(weights)]
+    x = torch.randn(rows, k, dtype=LOW)
+    bias = torch.zeros(n, dtype=LOW)
+    sources = [torch.randn(n, k, dtype=LOW) * 0.02 for _ in range(weights)]
     packed = [
         torch.ops.mkldnn._reorder_linear_weight(w)
         if packed_rows is None
@@ -188,7 +204,7 @@ def streaming_pair(
 def streaming_rows(repetitions: int, rows: int = 192, weights: int = 24) -> list[list[str]]:
     """The encoder's products at batch 1 (192 rows: 185 padded), with the layouts the encoder packs."""
     table_rows = []
-    down = 1 if one_row_layout_pays(torch.zeros(HIDDEN, 4 * HIDDEN, dtype=torch.bfloat16)) else None
+    down = 1 if one_row_layout_pays(torch.zeros(HIDDEN, 4 * HIDDEN, dtype=LOW)) else None
     for name, k, n, packed_rows in (
         ("QKV", HIDDEN, 3 * HIDDEN, None),
         ("MLP up", HIDDEN, 4 * HIDDEN, None),
@@ -205,24 +221,25 @@ def streaming_rows(repetitions: int, rows: int = 192, weights: int = 24) -> list
 
 
 def passes_rows(model: torch.nn.Module, repetitions: int) -> list[list[str]]:
-    """ms per forward of the bfloat16 model with its encoder in one pass or two."""
+    """ms per forward of the LOW model with its encoder in one pass or two."""
     encoder = model.vilt.encoder
-    chosen = encoder.batch_pieces
 
     def forward(inputs: dict[str, torch.Tensor], passes: int) -> Callable[[], torch.Tensor]:
         def call() -> torch.Tensor:
-            encoder.batch_pieces = lambda x: passes  # this instance only
+            chosen = modeling.batch_pieces
+            modeling.batch_pieces = lambda *_: passes
             try:
                 return model(**inputs).logits
             finally:
-                del encoder.batch_pieces
+                modeling.batch_pieces = chosen
 
         return call
 
     rows = []
     for batch in (16, 32):
-        inputs = forward_inputs(batch, 384, 384, torch.bfloat16)
-        picked = chosen(torch.empty(batch, 185, HIDDEN, dtype=torch.bfloat16))  # probes at batch 32
+        inputs = forward_inputs(batch, 384, 384, LOW)
+        sequence = torch.empty(batch, 185, HIDDEN, dtype=LOW)
+        picked = batch_pieces(sequence, encoder._probe_layer, *encoder.layer_sizes)  # probes at batch 32
         timings = alternate({"one": forward(inputs, 1), "two": forward(inputs, 2)}, max(3, repetitions // 3))
         one, two = (1e3 * timings.median(name) for name in ("one", "two"))
         rows.append([str(batch), f"{one:.0f}", f"{two:.0f}", f"{one / two:.2f}x", str(picked)])
@@ -241,14 +258,14 @@ def run(quick: bool = False) -> Section:
     """The five measurements and the probes' choices as one Markdown section."""
     set_threads()
     repetitions = 5 if quick else 15
-    models = {dtype: load_models(model_dir(), dtype)[0] for dtype in (torch.bfloat16, torch.float32)}
+    models = {dtype: load_models(model_dir(), dtype)[0] for dtype in DTYPES}
     with torch.inference_mode():
-        attention = [row for dtype in (torch.bfloat16, torch.float32) for batch in (1, 8)
+        attention = [row for dtype in DTYPES for batch in (1, 8)
                      for row in attention_rows(models[dtype].vilt.encoder, dtype, batch, repetitions)]  # fmt: skip
         patches = patch_rows(repetitions)
         layouts = layout_rows(repetitions)
         streaming = streaming_rows(repetitions)
-        passes = passes_rows(models[torch.bfloat16], repetitions)
+        passes = passes_rows(models[LOW], repetitions)
     lines = [
         "## Kernel measurements behind the fast path (`python benchmarks/bench_kernels.py`)",
         "",
@@ -256,7 +273,7 @@ def run(quick: bool = False) -> Section:
         "",
         "### Attention: plain length against padded to a multiple of 32 (padded keys masked)",
         "",
-        "The last column is the length ViLT-B/32's fast path runs at (`ViltEncoder.attention_length`).",
+        "The last column is the length ViLT-B/32's fast path runs at (`vilt.layers.attention_length`).",
         "",
         table(
             ["dtype", "batch", "L", "padded", "plain ms", "padded ms", "plain / padded", "vilt runs"],
@@ -278,7 +295,7 @@ def run(quick: bool = False) -> Section:
             patches,
         ),  # fmt: skip
         "",
-        "### MLP products (bfloat16, with their fused post-ops): oneDNN weight layout by row count",
+        f"### MLP products ({LOW_NAME}, with their fused post-ops): oneDNN weight layout by row count",
         "",
         table(
             [
@@ -295,7 +312,7 @@ def run(quick: bool = False) -> Section:
             layouts,
         ),  # fmt: skip
         "",
-        "### Batch 1: bfloat16 matrix products with the weight in cache, or streamed like a forward's",
+        f"### Batch 1: {LOW_NAME} matrix products with the weight in cache, or streamed like a forward's",
         "",
         table(
             [
@@ -311,7 +328,7 @@ def run(quick: bool = False) -> Section:
             streaming,
         ),
         "",
-        "### Encoder passes: the bfloat16 model, 384x384, the batch in one pass or two pieces",
+        f"### Encoder passes: the {LOW_NAME} model, 384x384, the batch in one pass or two pieces",
         "",
         table(
             ["batch", "one pass ms", "two pieces ms", "speed-up of two pieces", "passes vilt runs"], passes

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from vilt.devices import cpu_features
+
 NUM_LABELS = 3129
 TEXT_LENGTH = 40
 BENCH_DIR = Path(os.environ.get("VILT_BENCH_DIR", "/tmp/vilt-bench"))
@@ -154,7 +156,7 @@ class PeakProbe:
     def _candidates(m: int, k: int, n: int, dtype: torch.dtype) -> list[tuple[str, Callable[[], Any]]]:
         a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
         candidates: list[tuple[str, Callable[[], Any]]] = [("`torch.mm`", lambda: torch.mm(a, b))]
-        if torch.backends.mkldnn.is_available():
+        if cpu_features().supports(dtype):  # oneDNN runs this dtype here
             packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous())  # (N, K) prepacked
             linear = torch.ops.mkldnn._linear_pointwise
             candidates.append(("oneDNN prepacked", lambda: linear(a, packed, None, "none", [], "")))
@@ -180,28 +182,16 @@ def peak_rss_mib() -> float:
         return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-
-
 def machine_info() -> dict[str, str]:
     """The facts a reader needs to reproduce a number."""
     import transformers
 
     import vilt
 
-    flags = ""
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            line = next((line for line in fh if line.startswith("flags")), "")
-        flags = " ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in line.split())
+    features = cpu_features()
     load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     return {
-        "cpu": f"{cpu_name()}, {os.cpu_count()} cores ({flags})",
+        "cpu": f"{features.name}, {os.cpu_count()} cores ({features.describe().removeprefix(features.name + ' (')}",
         "threads": str(torch.get_num_threads()),
         "python": platform.python_version(),
         "torch": torch.__version__,

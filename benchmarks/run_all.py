@@ -10,7 +10,7 @@ dynamic quantization against the default fast path (bench_options.py), 7. every 
 onnxruntime, OpenVINO, int8) side by side (bench_backends.py), 8. the forward and end-to-end VQA with
 the cores shared with a background load (bench_contention.py), then a profile of where our remaining
 forward time goes (``torch.profiler``, bfloat16, batch 8 and 1), the kernel measurements behind the fast
-path's choices (bench_kernels.py) and a summary against the targets of issues 7 and 18. Timings are
+path's choices (bench_kernels.py) and a summary against the targets of issues 7, 18 and 22. Timings are
 medians of alternating repetitions; the machine's load average is recorded at the start and at the end.
 
 The CPU model changes between machines, so each run also keeps its report in
@@ -62,6 +62,12 @@ TARGETS = (
     ("issue 18: bf16 forward, batch 1: ours vs OpenVINO bf16", 7, "bfloat16 batch 1: vilt / OpenVINO", 1.0),
     ("issue 18: bf16 batch 1 under contention: our ratio to the reference, loaded / quiet (>= 0.8: within 20%)", 8, "bf16 forward, batch 1: vilt (as loaded) loaded / quiet ratio", 0.8),
     ("issue 18: end-to-end VQA under contention: our ratio to the reference, loaded / quiet (>= 0.8)", 8, "end-to-end VQA, 64 photographs: vilt pipeline loaded / quiet ratio", 0.8),
+    ("issue 22: fp32 forward, batch 1: ours as loaded vs our plain path (>= 0.97: never slower)", 7, "float32 batch 1: vilt as loaded / plain path", 0.97),
+    ("issue 22: fp32 forward, batch 8: ours as loaded vs our plain path (>= 0.97: never slower)", 7, "float32 batch 8: vilt as loaded / plain path", 0.97),
+    ("issue 22: fp32 forward, batch 1: ours as loaded vs reference", 7, "float32 batch 1: vilt (as loaded) / reference", 1.0),
+    ("issue 22: fp32 forward, batch 8: ours as loaded vs reference", 7, "float32 batch 8: vilt (as loaded) / reference", 1.0),
+    ("issue 22: int8 (dtype='int8') forward, batch 1: vs reference float32", 7, "float32 batch 1: vilt int8 / reference", 2.0),
+    ("issue 22: int8 (dtype='int8') forward, batch 8: vs reference float32", 7, "float32 batch 8: vilt int8 / reference", 2.0),
 )  # fmt: skip
 
 
@@ -174,7 +180,7 @@ def summary(sections: dict[int, Section]) -> str:
         summary_row(what, sections[n].figures[figure], figure, floor) for what, n, figure, floor in TARGETS
     ]
     header = table(["figure", "measured", "target", "met"], [])
-    return "## Summary against the targets (issues 7 and 18)\n\n" + header + "\n" + "\n".join(rows) + "\n"
+    return "## Summary against the targets (issues 7, 18 and 22)\n\n" + header + "\n" + "\n".join(rows) + "\n"
 
 
 def update_sections(numbers: list[int], quick: bool) -> None:
@@ -236,12 +242,15 @@ def update_other_results() -> None:
 
 def machine_slug() -> str:
     """The file name of this CPU model's report, e.g. ``amd-epyc-avx512-bf16``, ``intel-xeon-amx``."""
-    from vilt.devices import cpu_flags, cpu_name
+    from vilt.devices import cpu_features
 
-    words = re.sub(r"\(r\)|\(tm\)|processor|cpu|@.*", " ", cpu_name().lower()).split()
-    feature = (
-        "amx" if "amx_bf16" in cpu_flags() else "avx512-bf16" if "avx512_bf16" in cpu_flags() else "no-bf16"
-    )
+    features = cpu_features()
+    words = re.sub(r"\(r\)|\(tm\)|processor|cpu|@.*", " ", features.name.lower()).split()
+    feature = next(
+        (name for name, present in (("amx", features.amx), ("avx512-bf16", features.avx512_bf16),
+         ("avx512", features.avx512), ("avx2", features.avx2), ("arm-bf16", features.arm_bf16)) if present),
+        "baseline",
+    )  # fmt: skip
     return "-".join(re.sub(r"[^a-z0-9]+", "-", " ".join(words[:3])).strip("-").split("-") + [feature])
 
 

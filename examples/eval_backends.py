@@ -4,7 +4,8 @@ Part 1, the bundled easy-VQA model (or ``--model``) on the easy-VQA test split (
 it to ONNX (float32, int8) and OpenVINO (float32 weights, int8 weights) and answers every question with
 pipelines built by ``vilt.pipeline``:
 
-* PyTorch float32 and bfloat16 (the torch backend's default on CPUs with native bfloat16);
+* PyTorch float32 and bfloat16 (the torch backend's default on CPUs with native bfloat16), and int8
+  (``dtype="int8"``: int8 encoder weights, dynamic quantization);
 * onnxruntime float32 and int8 (dynamic quantization);
 * OpenVINO float32 and bfloat16 (the same IR computed in each precision), and int8 weights
   (NNCF weight compression) computed in bfloat16 where the CPU has it, else float32.
@@ -38,7 +39,7 @@ import torch
 from PIL import Image
 
 import vilt
-from vilt.devices import cpu_name, cpu_supports_bf16
+from vilt.devices import cpu_features, cpu_supports_bf16
 from vilt.export import export_model
 from vilt.hub import BUNDLED_MODEL_DIR
 
@@ -78,6 +79,7 @@ def backends(source: Path, scratch: Path, task: str) -> dict[str, tuple[Callable
     return {
         "PyTorch float32": (make(source, dtype="float32"), checkpoint),
         "PyTorch bfloat16": (make(source, dtype="bfloat16"), checkpoint),
+        "PyTorch int8": (make(source, dtype="int8"), checkpoint),
         "onnxruntime float32": (make(onnx[None].path.parent, backend="onnxruntime"), onnx[None].size_bytes),
         "onnxruntime int8": (make(onnx["int8"].path.parent, backend="onnxruntime"), onnx["int8"].size_bytes),
         "OpenVINO float32": (
@@ -180,7 +182,7 @@ def main() -> None:
     import openvino
 
     lines = [
-        f"CPU: {cpu_name()}, {os.cpu_count()} cores, native bfloat16: {cpu_supports_bf16()}; torch "
+        f"CPU: {cpu_features().describe()}, {os.cpu_count()} cores, native bfloat16: {cpu_supports_bf16()}; torch "
         f"{torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__}, "
         f"vilt {vilt.__version__}",
         "",

@@ -22,6 +22,22 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture
+def packed_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts calls of the fast path's cached products (``vilt.layers.PackedProduct``; one entry per call)."""
+    from vilt.layers import PackedProduct
+
+    calls: list[int] = []
+    original = PackedProduct.__call__
+
+    def counted(self: PackedProduct, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PackedProduct, "__call__", counted)
+    return calls
+
+
+@pytest.fixture
 def connections(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """The addresses of every TCP connection this process opens (or tries to) during the test, in order.
     httpx (images, huggingface_hub) and the hub probe all connect through ``socket.create_connection``."""

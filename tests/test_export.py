@@ -306,7 +306,10 @@ def test_int8_is_smaller_and_close(tmp_path: Path) -> None:
     fp32 = export_onnx(source, tmp_path / "fp32")
     int8 = export_onnx(source, tmp_path / "int8", quantize="int8")
     assert int8.quantize == "int8" and int8.size_bytes < 0.5 * fp32.size_bytes
-    assert 0 < int8.max_abs_diff < 0.1  # quantized, but still the same model
+    # quantized, but still the same model: 7-bit weights per channel and 8-bit activations round each
+    # product by ~1%, and the tiny model's logits (within about +-3) move by ~0.09. The integer sums
+    # cannot saturate (reduce_range), so that holds on every CPU class; 0.15 leaves room for rounding order
+    assert 0 < int8.max_abs_diff < 0.15
 
 
 @pytest.mark.slow
@@ -316,6 +319,8 @@ def test_openvino_int8_is_smaller_and_close(tmp_path: Path) -> None:
     fp32 = export_model(source, tmp_path / "fp32", format="openvino")
     int8 = export_model(source, tmp_path / "int8", format="openvino", quantize="int8")
     assert int8.quantize == "int8" and int8.size_bytes < 0.5 * fp32.size_bytes
+    # int8 weights (asymmetric, per channel) decompressed to float: ~0.4% per weight, the tiny model's
+    # logits move by ~0.06; the computation is float, the same on every CPU class up to rounding order
     assert fp32.max_abs_diff <= TOLERANCE and 0 < int8.max_abs_diff < 0.1
 
 

@@ -46,6 +46,12 @@ from .tasks import find_task
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".eps", ".ps", ".tif", ".tiff", ".webp")
 IMAGE_HELP = "image file, folder of images, http(s) URL, or - (an image on standard input)"
 ONE_IMAGE_HELP = "image file, http(s) URL, or - (an image on standard input)"
+# --dtype of the commands and of `vilt serve`: vilt.devices.PRECISION_NAMES (named here: help imports no torch)
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "int8")
+DTYPE_HELP = (
+    "default auto: bfloat16 on CUDA and on CPUs with bfloat16 hardware (AVX512-BF16, AMX, ARM bf16), else "
+    "float32; int8: int8 weights on the CPU, the fast choice where bfloat16 hardware is missing"
+)
 BUNDLED_MODEL_HELP = (
     "hub id (e.g. dandelin/vilt-b32-finetuned-vqa), model directory, or 'bundled' (the default)"
 )
@@ -75,12 +81,7 @@ def _options(model_help: str, *, batched: bool = True, images: bool = True) -> a
     group.add_argument(
         "--device", default="auto", help="cpu, cuda or cuda:N (default: auto, CUDA when present)"
     )
-    group.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="default auto: bfloat16 on CUDA and on CPUs with AVX512-BF16/AMX, else float32",
-    )
+    group.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP)
     group.add_argument("--json", action="store_true", help="print JSON instead of text")
     if batched:
         group.add_argument(

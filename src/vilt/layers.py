@@ -17,13 +17,25 @@ in-place update, ``load_state_dict``, replacing it), and dropped by ``.train()``
 other ``_apply``), ``copy.deepcopy`` and pickling; the next fast call rebuilds it. ``VILT_FAST_PATH=0``
 in the environment turns the switch off in models built afterwards (:func:`fast_path_default`).
 
-This module imports nothing of ``vilt`` but :mod:`vilt.tuning`.
+Every choice that depends on the CPU asks :func:`vilt.devices.cpu_features`: a dtype oneDNN cannot run here
+is never packed for it (bfloat16 without AVX512 or ARM bf16), and a weight that oneDNN still refuses to
+pack falls back to the plain product with one log line. Whether the fast path pays at all is probed on
+this machine (:func:`fast_layer_pays`, :func:`fast_patches_pay`), as are its finer choices (weight
+layouts, padding, batch pieces): each stays on only where it measured faster than the plain way.
+
+:func:`quantize_int8` gives a model int8 weights (``dtype="int8"``): the encoder's Linear layers become
+dynamically quantized ones, which the blocks call as they are.
+
+This module imports nothing of ``vilt`` but :mod:`vilt.tuning` and :mod:`vilt.devices`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -31,6 +43,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import tuning
+from .devices import cpu_features
+
+logger = logging.getLogger(__name__)
 
 
 def fast_path_default() -> bool:
@@ -56,12 +71,32 @@ def inference_only(module: nn.Module, *inputs: torch.Tensor | None) -> bool:
 
 
 def onednn_applies(weight: torch.Tensor) -> bool:
-    """Whether oneDNN's prepacked Linear kernels serve this weight (CPU, float32 or bfloat16)."""
-    return (
-        weight.device.type == "cpu"
-        and weight.dtype in (torch.float32, torch.bfloat16)
-        and torch.backends.mkldnn.is_available()
-    )
+    """Whether oneDNN's prepacked Linear kernels serve this weight: on the CPU, in a dtype oneDNN runs
+    here (float32; bfloat16 where :meth:`vilt.devices.CpuFeatures.supports` it)."""
+    return weight.device.type == "cpu" and cpu_features().supports(weight.dtype)
+
+
+_refused: set[torch.dtype] = set()  # the dtypes oneDNN refused to pack here (each logged once)
+
+
+def onednn_pack(weight: torch.Tensor, packed_rows: int | None) -> torch.Tensor | None:
+    """``weight`` in oneDNN's blocked layout for ``packed_rows`` rows (its default if None), or None if
+    oneDNN refuses it here: the caller runs the plain product, and the first refusal of each dtype is
+    logged (one line)."""
+    try:
+        if packed_rows is None:
+            return torch.ops.mkldnn._reorder_linear_weight(weight)
+        return torch.ops.mkldnn._reorder_linear_weight(weight, packed_rows)
+    except RuntimeError as err:
+        if weight.dtype not in _refused:
+            _refused.add(weight.dtype)
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            logger.warning(
+                "oneDNN cannot pack %s weights on this CPU (%s); those products run the plain way",
+                str(weight.dtype).removeprefix("torch."),
+                reason,
+            )
+        return None
 
 
 def onednn_post_op(activation: nn.Module) -> tuple[str, str] | None:
@@ -96,13 +131,9 @@ class PackedProduct:
         self, weight: torch.Tensor, bias: torch.Tensor | None, packed_rows: int | None = None
     ) -> None:
         self.bias, self.packed_rows = bias, packed_rows
-        self.onednn = onednn_applies(weight)
-        if not self.onednn:
-            self.weight = weight
-        elif packed_rows is None:
-            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight)
-        else:
-            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, packed_rows)
+        packed = onednn_pack(weight, packed_rows) if onednn_applies(weight) else None
+        self.onednn = packed is not None
+        self.weight = weight if packed is None else packed
 
     def __call__(
         self, x: torch.Tensor, residual: torch.Tensor | None = None, activation: nn.Module | None = None
@@ -122,6 +153,55 @@ class PackedProduct:
         if activation is not None:
             y = activation(y)
         return y if residual is None else residual + y
+
+
+def int8_linears(linears: Sequence[nn.Module]) -> bool:
+    """Whether every one of ``linears`` is a dynamically quantized int8 Linear (:func:`quantize_int8`)."""
+    quantized = torch.ao.nn.quantized.dynamic.Linear
+    return all(isinstance(m, quantized) and m._packed_params.dtype == torch.qint8 for m in linears)
+
+
+class Int8Product:
+    """The products of int8 Linears (dynamically quantized: :func:`quantize_int8`) that share their input,
+    as one: their int8 weights and scales concatenated along the outputs and packed once, the input
+    quantized once per call. The same sums as calling each Linear (each quantizes the same input alike).
+
+    Args:
+        linears: dynamically quantized Linears with one input size.
+    """
+
+    def __init__(self, linears: Sequence[nn.Module]) -> None:
+        weights, biases = zip(*(linear._packed_params._weight_bias() for linear in linears))
+        per_channel = [_per_channel(weight) for weight in weights]
+        weight = torch._make_per_channel_quantized_tensor(
+            torch.cat([w.int_repr() for w in per_channel]),  # (sum N, K) int8
+            torch.cat([w.q_per_channel_scales() for w in per_channel]),  # (sum N,)
+            torch.cat([w.q_per_channel_zero_points() for w in per_channel]),  # (sum N,)
+            0,
+        )
+        bias = None if biases[0] is None else torch.cat(biases)  # (sum N,)
+        with quantized_engine():
+            self.packed = torch.ops.quantized.linear_prepack(weight, bias)
+
+    def __call__(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, activation: nn.Module | None = None
+    ) -> torch.Tensor:
+        """``residual + activation(x @ weight.T + bias)``, each part optional, as the int8 Linears compute
+        it (inputs quantized to 7 bits on x86, where fbgemm would otherwise risk saturating sums)."""
+        y = torch.ops.quantized.linear_dynamic(x, self.packed, reduce_range=True)
+        if activation is not None:
+            y = activation(y)
+        return y if residual is None else residual + y
+
+
+def _per_channel(weight: torch.Tensor) -> torch.Tensor:
+    """A quantized (N, K) weight with one scale per output channel (a per-tensor one's scale repeated)."""
+    if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        return weight
+    n = weight.shape[0]
+    scales = torch.full((n,), weight.q_scale(), dtype=torch.float64)
+    zero_points = torch.full((n,), weight.q_zero_point(), dtype=torch.long)
+    return torch._make_per_channel_quantized_tensor(weight.int_repr(), scales, zero_points, 0)
 
 
 def parameter_signature(parameters: Iterable[torch.Tensor | None]) -> list[tuple[int, int, int]]:
@@ -155,9 +235,13 @@ class CachedProduct(nn.Module):
         Linear, whose ``weight`` is a method, or a LoRA wrapper); such a block runs through that module."""
         return True
 
+    def signature(self) -> list[tuple[int, int, int]]:
+        """What identifies the current values of the product's sources (:func:`parameter_signature`)."""
+        return parameter_signature(self.sources())
+
     def packed(self) -> PackedProduct:
         """The cached product, rebuilt first if a parameter changed since it was built."""
-        signature = parameter_signature(self.sources())
+        signature = self.signature()
         if self._product is None or signature != self._signature:
             with torch.no_grad():
                 self._product = self.build_product()
@@ -287,30 +371,44 @@ class QKVProjection(CachedProduct):
         self.value = nn.Linear(hidden_size, hidden_size, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
+    def projections(self) -> list[nn.Module]:
+        return [self.query, self.key, self.value]
+
     def sources(self) -> list[torch.Tensor | None]:
-        return [p for linear in (self.query, self.key, self.value) for p in (linear.weight, linear.bias)]
+        return [p for linear in self.projections() for p in (linear.weight, linear.bias)]
+
+    def signature(self) -> list[tuple[int, int, int]]:
+        if int8_linears(self.projections()):  # their packed weights, replaced whole when changed
+            return [(id(linear._packed_params._packed_params), 0, 0) for linear in self.projections()]
+        return super().signature()
 
     def packable(self) -> bool:
-        return all(type(linear) is nn.Linear for linear in (self.query, self.key, self.value))
+        """Plain Linears (a product on their concatenated weights), or int8 ones (one int8 product)."""
+        plain = all(type(linear) is nn.Linear for linear in self.projections())
+        return plain or int8_linears(self.projections())
 
-    def build_product(self) -> PackedProduct:
-        weight, bias = concatenated_linear([self.query, self.key, self.value])  # (3D, D), (3D,)
+    def build_product(self) -> PackedProduct | Int8Product:
+        if int8_linears(self.projections()):
+            return Int8Product(self.projections())
+        weight, bias = concatenated_linear(self.projections())  # (3D, D), (3D,)
         return PackedProduct(weight.detach(), None if bias is None else bias.detach())
 
     def forward(self, x: torch.Tensor, fast: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, L, D) -> query, key, value, each (B, H, L, Dh).
 
-        One product on the concatenated weights when ``fast`` (cached) or when a backward follows (one
-        wide product, one autocast cast of ``x`` and one gradient for it instead of three); otherwise,
-        or when another module took a projection's place (:meth:`packable`), three calls, as the reference.
+        One product on the concatenated weights when ``fast`` (cached; int8 weights too) or when a
+        backward follows (one wide product, one autocast cast of ``x`` and one gradient for it instead of
+        three); otherwise, or when another module took a projection's place (:meth:`packable`), three
+        calls, as the reference.
         """
         b, length, _ = x.shape
-        if not self.packable() or not (fast or (torch.is_grad_enabled() and x.requires_grad)):
-            return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        if fast:
+        plain = all(type(linear) is nn.Linear for linear in self.projections())
+        if fast and self.packable():
             fused = self.packed()(x)  # (B, L, 3D)
+        elif plain and torch.is_grad_enabled() and x.requires_grad:
+            fused = F.linear(x, *concatenated_linear(self.projections()))  # (B, L, 3D)
         else:
-            fused = F.linear(x, *concatenated_linear([self.query, self.key, self.value]))  # (B, L, 3D)
+            return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         fused = fused.view(b, length, 3, self.num_heads, self.head_dim)  # (B, L, 3, H, Dh)
         q, k, v = fused.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh), strided views
         return q, k, v
@@ -346,7 +444,58 @@ class PatchProjection(CachedProduct, nn.Conv2d):
         return F.linear(patches, self.flat_weight(), self.bias)
 
 
+# ----------------------------------------------------------------------------- does the fast path pay?
+
+# A block's fast way runs a call (B, L) on (B x L) rows; its speed against the plain way depends on the row
+# count, so each power-of-two range of rows is probed once (on the first call that falls in it).
+FastCall = Callable[[torch.Tensor, bool], object]  # run(x, fast): the block on x, the fast way or the plain
+# The whole fast path rests on these probes, so each takes three rounds at least and up to a second, and
+# compares the two ways' fastest rounds: on a shared machine, bursts of other work can slow several
+# rounds of one way (a median of three once kept ViLT-B/32 at batch 8 on the plain layers, 1.24x slower).
+FAST_PROBE_BUDGET_S = 1.0
+
+
+def rows_bucket(rows: int) -> int:
+    """The power of two at or above ``rows``: calls within one bucket share a probe's answer."""
+    return 1 << max(0, rows - 1).bit_length()
+
+
+def fast_pays(kind: str, x: torch.Tensor, rows: int, run: FastCall, *sizes: int) -> bool:
+    """Whether the fast way of a block beats its plain way on this machine for inputs like ``x``: probed
+    once per process for each ``kind``, dtype, ``sizes`` (the block's) and bucket of ``rows``
+    (:func:`rows_bucket`), by timing ``run(sample, False)`` against ``run(sample, True)`` on a random
+    sample shaped like ``x``. Off the CPU (no probe: CUDA timing needs synchronising) the fast way is
+    taken. The fast way changes outputs by rounding only, so either answer is correct."""
+    if x.device.type != "cpu":
+        return True
+
+    def probe() -> dict[str, float]:
+        sample = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(x)
+        contestants = {"plain": lambda: run(sample, False), "candidate": lambda: run(sample, True)}
+        return tuning.median_seconds(contestants, budget_s=FAST_PROBE_BUDGET_S, least=3, statistic=min)
+
+    return tuning.decide((kind, str(x.dtype), *sizes, rows_bucket(rows)), probe)
+
+
+def fast_layer_pays(x: torch.Tensor, run: FastCall, *sizes: int) -> bool:
+    """Whether a transformer layer (``run``: the encoder's first, sizes D, H, 4D) runs faster on its cached
+    products than plainly on a (B, L, D) batch like ``x``: the whole layer is timed, both ways, at this
+    batch's row count (:func:`fast_pays`). On some CPUs (AVX2 without AVX512) oneDNN's prepacked
+    products are slower than PyTorch's plain ones; there the encoder runs the plain layers."""
+    b, length, _ = x.shape
+    return fast_pays("fast layer", x, b * length, run, *sizes)
+
+
+def fast_patches_pay(pixel_values: torch.Tensor, patch_size: int, run: FastCall, *sizes: int) -> bool:
+    """Whether the patch embedding runs faster on its prepacked product than plainly (the strided
+    convolution in float32, the unpacked product otherwise) on (B, C, H, W) pixels like these."""
+    b, _, h, w = pixel_values.shape
+    return fast_pays("fast patches", pixel_values, b * (h // patch_size) * (w // patch_size), run, *sizes)
+
+
 # ----------------------------------------------------------------------------- padding and pieces
+
+LayerCall = Callable[[torch.Tensor, torch.Tensor | None], object]  # run(x, bias): a layer, fast, on x
 
 # PyTorch's CPU flash attention runs its products in blocks, and on some CPUs a sequence whose length is
 # a multiple of 32 runs markedly faster (ViLT-B/32's 185 rows for a 384x384 image and 40 tokens padded to
@@ -383,3 +532,102 @@ def pieces_candidate(batch: int, length: int) -> int:
     """How many equal pieces a (batch, length) sequence batch may run in: enough to keep each piece
     within ``MAX_ROWS_PER_PASS`` rows (1 for a batch within it)."""
     return min(batch, -(-batch * length // MAX_ROWS_PER_PASS))
+
+
+def attention_length(x: torch.Tensor, run: LayerCall, *sizes: int) -> int:
+    """The length the fast path runs a (B, L, D) CPU sequence at: L, or :func:`padding_candidate` (the
+    next multiple of 32 when that adds few rows) when a probe found a layer faster padded.
+
+    The probe (once per process, dtype and layer ``sizes``) times ``run``, the first layer on the fast
+    path with an additive key mask, at batch 1 on the first candidate length seen, plain and padded. The
+    padded rows are masked as keys and dropped at the end, so outputs change only by rounding.
+    """
+    length = x.shape[1]
+    padded = padding_candidate(length)
+    if padded == length or x.device.type != "cpu":
+        return length
+
+    def probe() -> dict[str, float]:
+        sample = torch.randn(1, length, x.shape[-1], generator=torch.Generator().manual_seed(0)).to(x)
+        bias = padded_bias(None, sample, padded)
+        wide = F.pad(sample, (0, 0, 0, padded - length))  # (1, padded, D)
+        return tuning.median_seconds(
+            {"plain": lambda: run(sample, None), "candidate": lambda: run(wide, bias)}
+        )
+
+    return padded if tuning.decide(("padded attention", str(x.dtype), *sizes), probe) else length
+
+
+def batch_pieces(x: torch.Tensor, run: LayerCall, *sizes: int) -> int:
+    """How many equal pieces the fast path runs a (B, L, D) CPU batch in: 1, or enough to keep each
+    within :data:`MAX_ROWS_PER_PASS` rows when a probe found that faster. The probe (once per process,
+    dtype and layer ``sizes``, at the first batch large enough) times ``run``, the first layer on the fast
+    path, on this batch's row count whole and in those pieces."""
+    b, length, d = x.shape
+    passes = pieces_candidate(b, length)
+    if passes == 1 or x.device.type != "cpu":
+        return 1
+
+    def probe() -> dict[str, float]:
+        sample = torch.randn(b, length, d, generator=torch.Generator().manual_seed(0)).to(x)
+        pieces = sample.tensor_split(passes)
+        return tuning.median_seconds(
+            {"plain": lambda: run(sample, None), "candidate": lambda: [run(piece, None) for piece in pieces]}
+        )
+
+    return passes if tuning.decide(("batch pieces", str(x.dtype), *sizes), probe) else 1
+
+
+# ----------------------------------------------------------------------------- int8 weights
+
+
+@contextlib.contextmanager
+def quantized_engine() -> Iterator[str]:
+    """PyTorch's quantized engine for int8 products on this CPU, set while int8 weights are packed (packed
+    weights keep the engine they were packed for): fbgemm's x86 kernels where there is AVX2 (with VNNI
+    where present), else QNNPACK (ARM, and x86 CPUs without AVX2, where oneDNN's int8 products stop on
+    an illegal instruction)."""
+    engines = torch.backends.quantized.supported_engines
+    preferred = ("x86", "fbgemm") if cpu_features().avx2 else ("qnnpack",)
+    engine = next((name for name in preferred if name in engines), torch.backends.quantized.engine)
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        yield engine
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Give ``model``'s blocks (:class:`Dense`, :class:`QKVProjection`: every product of the encoder) int8
+    weights, in place; returns the model.
+
+    PyTorch's dynamic quantization with one scale per output channel: each Linear inside a block becomes
+    a quantized one holding int8 weights (a quarter of float32's memory), and each call quantizes its
+    input on the fly, multiplies in int8 and returns float32. The blocks call such Linears as they are
+    (:meth:`CachedProduct.packable`). The embeddings, the patch projection and the heads stay float32:
+    they are a few percent of the work and most of the sensitivity. The model must be float32.
+    """
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    names = {
+        f"{block_name}.{child_name}"
+        for block_name, block in model.named_modules()
+        if isinstance(block, (Dense, QKVProjection))
+        for child_name, child in block.named_children()
+        if type(child) is nn.Linear
+    }
+    if not names:
+        return model
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        raise ValueError("int8 weights are made from a float32 model; cast it with .float() first")
+    with quantized_engine(), warnings.catch_warnings():
+        # torch.ao.quantization's notices (moving to torchao), not the caller's concern with torch pinned
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", "torch.quantize_per_tensor, torch.quantize_per_channel", UserWarning
+        )
+        quantize_dynamic(
+            model, dict.fromkeys(names, per_channel_dynamic_qconfig), dtype=torch.qint8, inplace=True
+        )
+    return model

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import tuning
 from .configuration import ViltConfig
+from .devices import warn_if_slow
 from .errors import ViltInputError
 from .inputs import check_pixels, check_same_batch, check_text
 from .layers import (
@@ -45,11 +45,13 @@ from .layers import (
     Dense,
     PatchProjection,
     QKVProjection,
+    attention_length,
+    batch_pieces,
+    fast_layer_pays,
+    fast_patches_pay,
     fast_path_default,
     inference_only,
     padded_bias,
-    padding_candidate,
-    pieces_candidate,
 )
 
 # ----------------------------------------------------------------------------- outputs
@@ -198,9 +200,15 @@ class ViltPatchEmbeddings(nn.Module):
         self.projection = PatchProjection(config.num_channels, config.hidden_size, config.patch_size)
 
     def forward(self, pixel_values: torch.Tensor, fast: bool = False) -> torch.Tensor:
-        """(B, C, H, W) pixels -> (B, Hp, Wp, D) patch embeddings, Hp = H // P and Wp = W // P."""
+        """(B, C, H, W) pixels -> (B, Hp, Wp, D) patch embeddings, Hp = H // P and Wp = W // P; ``fast``
+        where a probe found the prepacked product faster here (:func:`vilt.layers.fast_patches_pay`)."""
         weight = self.projection.weight  # (D, C, P, P)
         pixel_values = pixel_values.to(dtype=weight.dtype)
+        fast = fast and fast_patches_pay(pixel_values, self.patch_size, self._embed, *weight.shape)
+        return self._embed(pixel_values, fast)
+
+    def _embed(self, pixel_values: torch.Tensor, fast: bool) -> torch.Tensor:
+        weight = self.projection.weight  # (D, C, P, P)
         float32 = weight.dtype == torch.float32 and not torch.is_autocast_enabled(weight.device.type)
         if float32 and not fast:
             return self.projection(pixel_values).permute(0, 2, 3, 1)  # (B, Hp, Wp, D)
@@ -629,8 +637,10 @@ class ViltLayer(nn.Module):
 
 class ViltEncoder(nn.Module):
     """The stack of layers. On the fast path (``fast``, decided by :class:`ViltModel`) the layers run on
-    cached products, and on CPU the batch may run in pieces and each sequence padded to a multiple of
-    32, where probes found that faster on this machine (:meth:`batch_pieces`, :meth:`attention_length`)."""
+    cached products where a probe found that faster on this machine, and on CPU the batch may run in
+    pieces and each sequence padded to a multiple of 32, where probes found those faster (the probes are
+    :mod:`vilt.layers`'): :func:`~vilt.layers.fast_layer_pays`, :func:`~vilt.layers.batch_pieces`,
+    :func:`~vilt.layers.attention_length`."""
 
     def __init__(self, config: ViltConfig) -> None:
         super().__init__()
@@ -660,7 +670,12 @@ class ViltEncoder(nn.Module):
             (output (B, L, D), hidden states or None, attention probabilities or None).
         """
         eager = eager or output_attentions
-        if fast:
+        warn_if_slow(x.dtype, x.device)
+        if (
+            fast
+            and self.layer
+            and fast_layer_pays(x, lambda s, f: self._probe_layer(s, None, f), *self.layer_sizes)
+        ):
             x, states = self._fast(x, mask.additive, output_hidden_states)
             return x, states, None
         hidden_states: list[torch.Tensor] = []
@@ -687,9 +702,9 @@ class ViltEncoder(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """Every layer on cached products; ``bias`` is the (B, 1, 1, L) additive key mask or None.
 
-        A batch runs in :meth:`batch_pieces` pieces, whose results are concatenated.
+        A batch runs in :func:`vilt.layers.batch_pieces` pieces, whose results are concatenated.
         """
-        passes = self.batch_pieces(x)
+        passes = batch_pieces(x, self._probe_layer, *self.layer_sizes)
         if passes == 1:
             return self._fast_pass(x, bias, output_hidden_states)
         biases = [None] * passes if bias is None else bias.tensor_split(passes)
@@ -705,9 +720,9 @@ class ViltEncoder(nn.Module):
     def _fast_pass(
         self, x: torch.Tensor, bias: torch.Tensor | None, output_hidden_states: bool
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """Every layer on x (B, L, D) in one pass, run at :meth:`attention_length` rows."""
+        """Every layer on x (B, L, D) in one pass, run at :func:`vilt.layers.attention_length` rows."""
         length = x.shape[1]
-        padded = self.attention_length(x)
+        padded = attention_length(x, self._probe_layer, *self.layer_sizes)
         if padded > length:
             bias = padded_bias(bias, x, padded)  # (B, 1, 1, padded), the padded keys masked
             x = F.pad(x, (0, 0, 0, padded - length))  # (B, padded, D), zero rows at the end
@@ -722,58 +737,9 @@ class ViltEncoder(nn.Module):
             hidden_states.append(x)
         return x, tuple(hidden_states) if output_hidden_states else None
 
-    def _shape_key(self, x: torch.Tensor) -> tuple[Any, ...]:
-        """What a probe's answer depends on besides the machine: dtype and the layers' sizes."""
-        return (str(x.dtype), *self.layer_sizes)
-
-    def attention_length(self, x: torch.Tensor) -> int:
-        """The length the fast path runs a (B, L, D) CPU sequence at: L, or
-        :func:`vilt.layers.padding_candidate` (the next multiple of 32 when that adds few rows) when a
-        probe found a layer faster padded. The probe (once per process, dtype and layer size) times the
-        first layer at batch 1 on the first candidate length seen, plain and padded. The padded rows are
-        masked as keys and dropped at the end, so outputs change only by rounding."""
-        length = x.shape[1]
-        padded = padding_candidate(length)
-        if padded == length or x.device.type != "cpu" or not self.layer:
-            return length
-
-        def probe() -> dict[str, float]:
-            sample = torch.randn(1, length, x.shape[-1], generator=torch.Generator().manual_seed(0)).to(x)
-            plain = AttentionMask.additive_only(None)
-            padding = AttentionMask.additive_only(padded_bias(None, sample, padded))
-            wide = F.pad(sample, (0, 0, 0, padded - length))  # (1, padded, D)
-            layer = self.layer[0]
-            return tuning.median_seconds(
-                {
-                    "plain": lambda: layer(sample, plain, fast=True),
-                    "candidate": lambda: layer(wide, padding, fast=True),
-                }
-            )
-
-        return padded if tuning.decide(("padded attention", *self._shape_key(x)), probe) else length
-
-    def batch_pieces(self, x: torch.Tensor) -> int:
-        """How many equal pieces the fast path runs a (B, L, D) CPU batch in: 1, or enough to keep each
-        within :data:`vilt.layers.MAX_ROWS_PER_PASS` rows when a probe found that faster. The probe
-        (once per process, dtype and layer size, at the first batch large enough) times the first layer
-        on this batch's row count whole and in those pieces."""
-        b, length, d = x.shape
-        passes = pieces_candidate(b, length)
-        if passes == 1 or x.device.type != "cpu":
-            return 1
-
-        def probe() -> dict[str, float]:
-            sample = torch.randn(b, length, d, generator=torch.Generator().manual_seed(0)).to(x)
-            pieces = sample.tensor_split(passes)
-            layer, mask = self.layer[0], AttentionMask.additive_only(None)
-            return tuning.median_seconds(
-                {
-                    "plain": lambda: layer(sample, mask, fast=True),
-                    "candidate": lambda: [layer(piece, mask, fast=True) for piece in pieces],
-                }
-            )
-
-        return passes if tuning.decide(("batch pieces", *self._shape_key(x)), probe) else 1
+    def _probe_layer(self, x: torch.Tensor, bias: torch.Tensor | None, fast: bool = True) -> torch.Tensor:
+        """The first layer on x (B, L, D) with an additive key mask: what the fast path's probes time."""
+        return self.layer[0](x, AttentionMask.additive_only(bias), fast=fast)[0]
 
 
 class ViltPooler(nn.Module):

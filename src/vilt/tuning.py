@@ -2,18 +2,18 @@
 
 Some kernels' speed depends on the CPU more than on anything the code can know in advance: oneDNN's
 blocked weight layouts, PyTorch's CPU flash attention at lengths that are not multiples of 32, matrix
-products over thousands of rows. The fast path makes each such choice (see :mod:`vilt.layers` and
-``ViltEncoder``) the first time it needs it, by timing the plain way against the candidate way, and
-keeps the answer for the rest of the process under a key naming the choice, dtype and shapes
-(:func:`decisions` lists them). A choice only changes how the same sums are computed: outputs change
-by rounding at most, never otherwise.
+products over thousands of rows; even whether the fast path beats the plain layers at all. The fast path
+makes each such choice (see :mod:`vilt.layers`) the first time it needs it, by timing the plain way
+against the candidate way, and keeps the answer for the rest of the process under a key naming the
+choice, dtype and shapes (:func:`decisions` lists them). A choice only changes how the same sums are
+computed: outputs change by rounding at most, never otherwise.
 
 A probe times the two ways in alternation, the order rotating every round, after one warm-up call of
 each, and compares medians (:func:`median_seconds`). The candidate is chosen only when it is faster by
-more than ``MARGIN`` (:func:`faster`): a close call keeps the plain way, so the noise of a shared
-machine seldom flips a choice that matters. A probe stops repeating once ``PROBE_BUDGET_S`` has passed
-(after two rounds at least). The decision is a pure function of the measured times: tests replace
-:data:`timer` or :func:`median_seconds` to script them.
+more than ``MARGIN`` (:func:`faster`): a close call keeps the plain way, so the noise of a shared machine
+seldom flips a choice that matters. A probe stops repeating once its budget (``PROBE_BUDGET_S`` unless it
+sets another) has passed, after two rounds at least (or the number it asks for). The decision is a pure
+function of the measured times: tests replace :data:`timer` or :func:`median_seconds` to script them.
 """
 
 from __future__ import annotations
@@ -40,9 +40,14 @@ def median_seconds(
     contestants: dict[str, Callable[[], object]],
     repetitions: int = PROBE_REPETITIONS,
     budget_s: float = PROBE_BUDGET_S,
+    least: int = 2,
+    statistic: Callable[[list[float]], float] = statistics.median,
 ) -> dict[str, float]:
     """Median seconds per call of each contestant: one warm-up call each, then up to ``repetitions``
-    alternating rounds (the order rotates), stopping early once ``budget_s`` has passed after two rounds."""
+    alternating rounds (the order rotates), stopping early once ``budget_s`` has passed after ``least``
+    rounds. ``statistic=min`` gives each contestant's fastest round instead: other work on the machine
+    only ever adds time, so the fastest rounds compare the two ways even when bursts of it hit several
+    rounds of one."""
     names = list(contestants)
     for call in contestants.values():
         call()
@@ -54,9 +59,9 @@ def median_seconds(
             began = timer()
             contestants[name]()
             seconds[name].append(timer() - began)
-        if round_index >= 1 and timer() - start > budget_s:
+        if round_index + 1 >= least and timer() - start > budget_s:
             break
-    return {name: statistics.median(values) for name, values in seconds.items()}
+    return {name: statistic(values) for name, values in seconds.items()}
 
 
 def faster(plain_s: float, candidate_s: float) -> bool:

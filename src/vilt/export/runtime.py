@@ -272,6 +272,10 @@ class OpenVinoModel(ExportedModel):
         import openvino as ov
 
         device, precision = select_device_and_dtype(device or "cpu", dtype)
+        if precision == torch.qint8:
+            raise ViltInputError(
+                "OpenVINO computes in float32 or bfloat16; int8 weights come from `vilt export --quantize int8`"
+            )
         if device.type != "cpu":
             raise ViltInputError(f"the openvino backend runs on the CPU here, not {device}; use device='cpu'")
         properties: dict[str, Any] = {

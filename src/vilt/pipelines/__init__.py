@@ -48,8 +48,10 @@ many tokens were dropped.
 preprocessed in a background thread while the model runs, and returned in input order.
 
 **Device and dtype** (:func:`vilt.devices.select_device_and_dtype`): CUDA with bfloat16 when a GPU is
-present, else the CPU with bfloat16 when it has AVX512-BF16 or AMX (bf16 matmuls several times faster),
-else float32. A model instance stays where and as it is unless ``device``/``dtype`` are given.
+present, else the CPU with bfloat16 when it multiplies bfloat16 in hardware (AVX512-BF16, AMX, ARM bf16:
+several times faster), else float32; never a precision the CPU has no hardware for. ``dtype="int8"``
+gives the encoder int8 weights (float32 elsewhere): the fast choice on CPUs without bfloat16 hardware.
+A model instance stays where and as it is unless ``device``/``dtype`` are given.
 
 **The model contract.** A pipeline only needs ``pipeline.model``, a callable taking keyword tensors
 ``input_ids, attention_mask, token_type_ids, pixel_values, pixel_mask`` (as the processor makes them) and
@@ -132,7 +134,8 @@ def pipeline(
         model: a hub id, a local directory, ``"bundled"``, or a model instance; None = the bundled
             easy-VQA model (VQA only).
         device: "cpu", "cuda", "cuda:N"; None/"auto" picks (see :func:`select_device_and_dtype`).
-        dtype: "float32", "bfloat16", "float16" or a torch dtype; None/"auto" picks.
+        dtype: "float32", "bfloat16", "float16", "int8" (int8 weights, on the CPU) or a torch dtype;
+            None/"auto" picks.
         processor: a :class:`vilt.ViltProcessor`; default: the one saved with the model (or the default one).
         backend: "torch"; or, for a directory written by ``vilt export``, "onnxruntime" (float32, or its
             int8 weights) or "openvino" (computing in ``dtype``: bfloat16 by default on CPUs that have it).

@@ -4,6 +4,10 @@ A model is named as :mod:`vilt.hub` names it (a directory, a hub id, ``bundled``
 instance. ``model=None`` means the bundled easy-VQA model, for the tasks it does (visual question
 answering) only. The class loaded is the checkpoint's own (``config.architectures``), which must have
 the task's head; the backend is PyTorch, or an exported graph on onnxruntime or OpenVINO.
+
+The device and precision are resolved here, once per model (:func:`vilt.devices.select_device_and_dtype`):
+``dtype="int8"`` loads the model in float32 and gives its encoder int8 weights
+(:func:`vilt.layers.quantize_int8`); its pipeline feeds it float32 inputs.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from ..export.graph import BACKEND_OF_FORMAT
 from ..export.runtime import ExportedModel, load_exported
 from ..heads import MODEL_CLASSES
 from ..hub import BUNDLED, model_source, resolve_file
+from ..layers import quantize_int8
 from ..tasks import BASE_ARCHITECTURE, TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -57,7 +62,7 @@ def load_model(
 
     Args:
         model: a hub id or a directory; None or ``"bundled"`` = the bundled easy-VQA model.
-        device, dtype: as for :func:`vilt.devices.select_device_and_dtype`.
+        device, dtype: as for :func:`vilt.devices.select_device_and_dtype` ("int8": int8 weights).
 
     Returns:
         (the model in eval mode, its processor).
@@ -82,7 +87,9 @@ def load_runner(
         spec: the task.
         model: a hub id, a directory, ``bundled``, a model instance, or None (the bundled model, for the
             tasks it does).
-        device, dtype: None/"auto" picks; a model instance moves only when one is given.
+        device, dtype: None/"auto" picks; a model instance moves (or is quantized, for "int8") only when
+            one is given. "int8" is for the torch backend: an exported model has int8 weights when it was
+            exported with them (``vilt export --quantize int8``).
         backend: one of :data:`BACKENDS`.
 
     Returns:
@@ -113,8 +120,14 @@ def load_runner(
     if backend == "torch":
         device, dtype = select_device_and_dtype(device, dtype)
         architecture = _architecture(read_model_config(source), spec, name)
-        return _load_torch(source, architecture, device, dtype), device, dtype, source
+        loaded = _load_torch(source, architecture, device, dtype)
+        return loaded, device, loaded.dtype, source
     device, dtype = select_device_and_dtype(device or "cpu", dtype)
+    if dtype == torch.qint8:
+        raise ViltInputError(
+            f"int8 on the {backend} backend comes from the export: run `vilt export --quantize int8` and load "
+            "that directory with dtype float32 (or bfloat16 on openvino), or use the torch backend with int8"
+        )
     exported = _load_exported(source, backend, device, dtype)
     _architecture(exported.config, spec, name)
     return exported, device, exported.dtype, source  # exported graphs take float32 inputs
@@ -150,8 +163,11 @@ def _architecture(config: ViltConfig, spec: TaskSpec, name: str) -> str:
 
 
 def _load_torch(source: str, architecture: str, device: torch.device, dtype: torch.dtype) -> Any:
+    """The model in ``dtype`` on ``device`` (torch.qint8: float32 with int8 weights), ready for inference."""
     model_class = MODEL_CLASSES[architecture]
-    return model_class.from_pretrained(source, torch_dtype=dtype, device=device).optimize_for_inference()
+    int8 = dtype == torch.qint8
+    model = model_class.from_pretrained(source, torch_dtype=torch.float32 if int8 else dtype, device=device)
+    return (quantize_int8(model) if int8 else model).optimize_for_inference()
 
 
 def _load_exported(source: str, backend: str, device: torch.device, dtype: torch.dtype) -> Any:
@@ -163,12 +179,15 @@ def _load_exported(source: str, backend: str, device: torch.device, dtype: torch
 def _prepare_instance(
     model: torch.nn.Module, spec: TaskSpec, device: str | torch.device | None, dtype: str | torch.dtype | None
 ) -> tuple[Any, torch.device, torch.dtype]:
-    """A model instance: check its head; move it only when device or dtype were given."""
+    """A model instance: check its head; move it (int8: quantize it) only when device or dtype were given."""
     name = type(model).__name__
     if name not in spec.architectures:
         raise _no_head_error(spec, "the model passed", name)
     if device is not None or dtype is not None:
         device, dtype = select_device_and_dtype(device or model.device, dtype or model.dtype)  # type: ignore[arg-type]
-        model.to(device=device, dtype=dtype)
+        if dtype == torch.qint8:
+            quantize_int8(model.to(device=device, dtype=torch.float32))
+        else:
+            model.to(device=device, dtype=dtype)
     model.eval()
     return model, model.device, model.dtype  # type: ignore[return-value]

@@ -9,7 +9,7 @@ import argparse
 import json
 from typing import Any
 
-from ..commands import _positive
+from ..commands import DTYPE_CHOICES, DTYPE_HELP, _positive
 from ..errors import ViltInputError
 from ..tasks import find_task
 
@@ -25,9 +25,7 @@ def _common(parent: argparse.ArgumentParser) -> None:
     )
     model = parent.add_argument_group("model")
     model.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
-    model.add_argument(
-        "--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"], help="default: auto"
-    )
+    model.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help=DTYPE_HELP)
     model.add_argument(
         "--timeout", type=_positive(float), default=10.0, metavar="SECONDS", help="wait for an image URL"
     )

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 
+from ..commands import DTYPE_CHOICES, DTYPE_HELP
 from ..export.graph import BACKEND_OF_FORMAT
 from .settings import MIB, ConnectionLimits, ServeSettings
 
@@ -45,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"(default: {','.join(LOOPBACK_NAMES)} when --host is a loopback address, else any)",
     )
     add("--device", default=None, help="cpu, cuda or cuda:N (default: the fastest available)")
-    add("--dtype", default=None, help="float32, bfloat16 or float16 (default: the fastest exact one)")
+    add("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP)
     add(
         "--backend",
         default="torch",

@@ -238,23 +238,20 @@ def load_pipelines(
         ValueError: the model has none of the heads the server serves (or a bad device/dtype).
         FileNotFoundError / OSError: the model cannot be found.
     """
-    from vilt.pipelines import pipeline, select_device_and_dtype
+    from vilt.pipelines import pipeline
 
-    resolved_device, resolved_dtype = select_device_and_dtype(device, dtype)
     loaded: dict[str, Any] = {}
     reasons = []
     for task in SERVED_PIPELINES:
         first = next(iter(loaded.values()), None)
         try:
             if first is None:
-                loaded[task] = pipeline(
-                    task, model=model, device=resolved_device, dtype=resolved_dtype, backend=backend
-                )
+                loaded[task] = pipeline(task, model=model, device=device, dtype=dtype, backend=backend)
             else:
                 loaded[task] = pipeline(task, model=first.model, processor=first.processor)
         except ValueError as err:
             reasons.append(str(err))
             logger.info("not serving %s: %s", task, err)
     if not loaded:
-        raise ValueError(f"nothing to serve: {' | '.join(reasons)}")
+        raise ValueError(f"nothing to serve: {' | '.join(dict.fromkeys(reasons))}")  # each reason once
     return loaded
