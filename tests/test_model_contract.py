@@ -100,6 +100,7 @@ def caches(model: torch.nn.Module) -> list[bool]:
     return [module.cached for module in model.modules() if isinstance(module, CachedProduct)]
 
 
+@pytest.mark.usefixtures("fast_path_pays")
 @pytest.mark.parametrize("class_name", list(CLASSES))
 def test_model_contract(class_name: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     model = tiny_model(class_name)
@@ -108,7 +109,7 @@ def test_model_contract(class_name: str, tmp_path) -> None:  # type: ignore[no-u
     # pretraining's forward has no output flags; the other classes return every hidden state
     flags = {} if class_name == PRETRAINING else {"output_hidden_states": True}
 
-    # the documented fields, and eval is deterministic (the default fast path, taken: caches are built)
+    # the documented fields, and eval is deterministic (the fast path, taken: caches are built)
     with torch.no_grad():
         output, again = model(**inputs, **flags), model(**inputs, **flags)
     fields = expected_fields(class_name, output, inputs["input_ids"].shape[1])
