@@ -4,7 +4,7 @@
 #   Haswell  AVX2 and FMA, no AVX512 (most laptops and desktops, older AMD EPYC): no hardware bfloat16,
 #            and oneDNN has no bfloat16 products at all
 #   Nehalem  SSE4.2, no AVX (PyTorch's DEFAULT kernels; int8 without fbgemm)
-# Correctness only: emulated time means nothing. Each CPU takes a few minutes (torch imports in ~45 s).
+# Correctness only: emulated time means nothing. Each CPU takes well under a minute on the CI machine.
 # Usage: tools/cpu-matrix/x86.sh [PYTHON] [CPU...]   (default: .venv/bin/python, Haswell Nehalem)
 # Needs qemu-user-static (Debian: apt-get install -y qemu-user-static); without it, warns and exits 0
 # unless CPU_MATRIX_REQUIRED=1.
