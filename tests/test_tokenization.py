@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from vilt import ViltTokenizer
+from vilt.errors import ViltInputError
 
 VOCAB_FILE = resources.files("vilt") / "data" / "vocab.txt"
 
@@ -241,6 +242,19 @@ def test_special_token_ids_are_the_vocabulary_lines(tokenizer):
         assert lines[getattr(tokenizer, f"{name}_token_id")] == getattr(tokenizer, f"{name}_token")
     assert tokenizer.model_max_length == 40
     assert tokenizer.vocab_size == len(lines) - 1  # the file ends with a newline
+
+
+def test_a_special_token_outside_the_vocabulary_has_the_unk_id_as_in_the_reference():
+    tokenizer = ViltTokenizer()
+    tokenizer.pad_token = "not-a-token"
+    assert tokenizer.pad_token_id == tokenizer.unk_token_id
+    assert tokenizer("hi", padding="max_length", max_length=6)["input_ids"][-1] == tokenizer.unk_token_id
+
+
+def test_an_id_outside_the_vocabulary_raises(tokenizer):
+    for bad in (len(tokenizer), -1):
+        with pytest.raises(ViltInputError, match="outside the vocabulary"):
+            tokenizer.convert_ids_to_tokens([5, bad])
 
 
 def test_truncation_defaults_to_model_max_length(tokenizer):

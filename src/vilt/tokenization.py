@@ -214,27 +214,27 @@ class ViltTokenizer:
 
     @property
     def all_special_ids(self) -> list[int]:
-        return [self._backend.token_to_id(token) for token in self.all_special_tokens]
+        return [self._token_id(token) for token in self.all_special_tokens]
 
     @property
     def pad_token_id(self) -> int:
-        return self._backend.token_to_id(self.pad_token)
+        return self._token_id(self.pad_token)
 
     @property
     def unk_token_id(self) -> int:
-        return self._backend.token_to_id(self.unk_token)
+        return self._token_id(self.unk_token)
 
     @property
     def cls_token_id(self) -> int:
-        return self._backend.token_to_id(self.cls_token)
+        return self._token_id(self.cls_token)
 
     @property
     def sep_token_id(self) -> int:
-        return self._backend.token_to_id(self.sep_token)
+        return self._token_id(self.sep_token)
 
     @property
     def mask_token_id(self) -> int:
-        return self._backend.token_to_id(self.mask_token)
+        return self._token_id(self.mask_token)
 
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
         """The id of a token, or the ids of a list of tokens; unknown tokens give ``unk_token_id``.
@@ -243,9 +243,19 @@ class ViltTokenizer:
             tokens: A token or a list of tokens.
         """
         if isinstance(tokens, str):
-            token_id = self._backend.token_to_id(tokens)
-            return self.unk_token_id if token_id is None else token_id
-        return [self.convert_tokens_to_ids(token) for token in tokens]
+            return self._token_id(tokens)
+        return [self._token_id(token) for token in tokens]
+
+    def _token_id(self, token: str) -> int:
+        """A token's id; a token outside the vocabulary has the id of ``unk_token``, as in the reference."""
+        token_id = self._backend.token_to_id(token)
+        if token_id is None:
+            token_id = self._backend.token_to_id(self.unk_token)
+        if token_id is None:
+            raise ViltInputError(
+                f"unk_token {self.unk_token!r} is not in the vocabulary; use one of its tokens."
+            )
+        return token_id
 
     def convert_ids_to_tokens(
         self, ids: int | Sequence[int], skip_special_tokens: bool = False
@@ -257,9 +267,16 @@ class ViltTokenizer:
             skip_special_tokens: Leave the special tokens out of a list.
         """
         if isinstance(ids, (int, np.integer)):
-            return self._backend.id_to_token(int(ids))
+            return self._id_token(int(ids))
         skipped = set(self.all_special_ids) if skip_special_tokens else set()
-        return [self._backend.id_to_token(int(i)) for i in ids if int(i) not in skipped]
+        return [self._id_token(int(i)) for i in ids if int(i) not in skipped]
+
+    def _id_token(self, token_id: int) -> str:
+        """An id's token; an id outside the vocabulary raises instead of giving None."""
+        token = self._backend.id_to_token(token_id) if token_id >= 0 else None
+        if token is None:
+            raise ViltInputError(f"token id {token_id} is outside the vocabulary (0 to {len(self) - 1}).")
+        return token
 
     # -- encoding --------------------------------------------------------------------------------------
 
@@ -314,7 +331,7 @@ class ViltTokenizer:
         encodings = self._encode(
             batch, add_special_tokens, padding_mode, truncation_mode, max_length, pad_to_multiple_of
         )
-        columns = {"input_ids": [encoding.ids for encoding in encodings]}
+        columns: dict[str, list[Any]] = {"input_ids": [encoding.ids for encoding in encodings]}
         if return_token_type_ids is None or return_token_type_ids:
             columns["token_type_ids"] = [encoding.type_ids for encoding in encodings]
         if return_attention_mask is None or return_attention_mask:
@@ -385,6 +402,7 @@ class ViltTokenizer:
             if truncation_mode is None:
                 self._backend.no_truncation()
             else:
+                assert max_length is not None  # _strategies gives a length with every truncation mode
                 self._backend.enable_truncation(
                     max_length, strategy=truncation_mode, direction=self.truncation_side
                 )
@@ -467,7 +485,9 @@ class ViltTokenizer:
             (staging / SPECIAL_TOKENS_MAP_FILE).write_text(
                 json.dumps(self.special_tokens_map, indent=2) + "\n"
             )
-            (staging / VOCAB_FILE).write_text("".join(token + "\n" for token in sorted(vocab, key=vocab.get)))
+            (staging / VOCAB_FILE).write_text(
+                "".join(token + "\n" for token in sorted(vocab, key=vocab.__getitem__))
+            )
             with self._lock:  # save without the padding and truncation of the last call
                 self._backend.no_truncation()
                 self._backend.no_padding()
@@ -501,7 +521,7 @@ class ViltTokenizer:
 
         config = _read_json(find(TOKENIZER_CONFIG_FILE))
         special_tokens = {**config, **_read_json(find(SPECIAL_TOKENS_MAP_FILE))}
-        settings = {
+        settings: dict[str, Any] = {
             key: _token_content(special_tokens[key]) for key in _SPECIAL_TOKENS if key in special_tokens
         }
         settings.update({key: config[key] for key in names - set(_SPECIAL_TOKENS) if key in config})
