@@ -68,7 +68,7 @@ _IGNORED_KEYS = re.compile(r"(^|\.)embeddings\.text_embeddings\.(position_ids|to
 # ----------------------------------------------------------------------------- locating files
 
 
-def find_weight_files(path_or_repo_id: str | os.PathLike[str], **hub: Any) -> list[str]:
+def find_weight_files(path_or_repo_id: str | os.PathLike[str] | None, **hub: Any) -> list[str]:
     """The weight files of a checkpoint: one file, or every shard named in an index.
 
     Files are checked before any is opened: the weight file or index, and each shard, a plain file name

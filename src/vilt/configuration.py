@@ -498,6 +498,7 @@ class ViltConfig:
         hub, overrides = split_hub_options(kwargs)
         return_unused = overrides.pop("return_unused_kwargs", False)
         config_file = resolve_file(path, CONFIG_NAME, **hub)
+        assert config_file is not None  # resolve_file raises for a missing required file
         config = cls.from_json_file(config_file)
         if overrides:
             config = config.replace(**overrides)

@@ -122,7 +122,9 @@ class _HeadModel(ViltPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        text_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        text = input_ids if input_ids is not None else inputs_embeds
+        assert text is not None  # self.vilt raised unless exactly one was given
+        text_length = text.shape[1]
         logits, loss = self.head(out, labels, text_length)
         output = self.output_class(loss, logits, out.hidden_states, out.attentions)  # type: ignore[call-arg]
         return output if return_dict else output.to_tuple()
@@ -213,6 +215,7 @@ class ViltForMaskedLM(_HeadModel):
         self, out: ViltModelOutput, labels: torch.Tensor | None, text_length: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``labels``: (B, Lt) token ids to predict, -100 where there is nothing to predict."""
+        assert out.last_hidden_state is not None  # ViltModel always returns it
         logits = self.mlm_score(out.last_hidden_state[:, :text_length])  # (B, Lt, vocab)
         if labels is None:
             return logits, None

@@ -114,9 +114,9 @@ def get_resize_output_image_size(
     longest_edge = int(_MAX_LONGER_EDGE / _MAX_SHORTER_EDGE * shortest_edge)
     scale = shortest_edge / min(height, width)
     if height < width:
-        new_height, new_width = shortest_edge, scale * width
+        new_height, new_width = float(shortest_edge), scale * width
     else:
-        new_height, new_width = scale * height, shortest_edge
+        new_height, new_width = scale * height, float(shortest_edge)
     if max(new_height, new_width) > longest_edge:
         scale = longest_edge / max(new_height, new_width)
         new_height, new_width = scale * new_height, scale * new_width
@@ -299,8 +299,8 @@ class ViltImageProcessor:
     do_rescale: bool | None = True
     rescale_factor = 1 / 255
     do_normalize: bool | None = True
-    image_mean = (0.5, 0.5, 0.5)
-    image_std = (0.5, 0.5, 0.5)
+    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
     do_pad: bool | None = True
     do_convert_rgb: bool | None = None
 
@@ -598,6 +598,7 @@ class ViltImageProcessor:
         hub, overrides = split_hub_options(kwargs)
         source = pretrained_model_name_or_path
         config_file = resolve_file(source, PREPROCESSOR_CONFIG_FILE, required=False, **hub)
+        config: dict[str, Any] | None
         if config_file is not None:
             config = read_json(config_file)
         else:
@@ -677,7 +678,7 @@ def _package(
     pixel_values: np.ndarray,
     pixel_mask: np.ndarray,
     group_size: int | None,
-    do_pad: bool,
+    do_pad: bool | None,
     data_format: str,
     return_tensors: str | None,
 ) -> BatchFeature:
@@ -702,7 +703,7 @@ def _package(
     else:
         outputs = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
     if return_tensors == "pt":
-        outputs = {key: torch.from_numpy(value) for key, value in outputs.items()}
+        return BatchFeature({key: torch.from_numpy(value) for key, value in outputs.items()})
     return BatchFeature(outputs)
 
 

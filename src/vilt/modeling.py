@@ -29,7 +29,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -134,7 +134,7 @@ class ViltModelOutput(ModelOutput):
 
 # ----------------------------------------------------------------------------- activations
 
-_ACTIVATIONS = {
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,
     "gelu_new": lambda: nn.GELU(approximate="tanh"),
     "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
@@ -154,6 +154,9 @@ def activation(name: str) -> nn.Module:
 
 class TextEmbeddings(nn.Module):
     """BERT embeddings: LayerNorm(word + segment + position), then dropout."""
+
+    position_ids: torch.Tensor  # buffers, (1, max_position_embeddings)
+    token_type_ids: torch.Tensor
 
     def __init__(self, config: ViltConfig) -> None:
         super().__init__()
@@ -451,6 +454,7 @@ class ViltEmbeddings(nn.Module):
         """Returns (embeddings (B, L, D), mask (B, L), image tokens); ``fast`` as :meth:`visual_embed`."""
         text = self.text_embeddings(input_ids, token_type_ids, inputs_embeds)  # (B, Lt, D)
         if image_embeds is None:
+            assert pixel_values is not None  # ViltModel checked: exactly one of pixel_values, image_embeds
             image = self.visual_embed(pixel_values, pixel_mask, self.config.max_image_length, generator, fast)
         else:  # precomputed image tokens: the caller included CLS and position embeddings
             b, li = image_embeds.shape[:2]
@@ -680,7 +684,7 @@ class ViltEncoder(nn.Module):
             return x, states, None
         hidden_states: list[torch.Tensor] = []
         attentions: list[torch.Tensor] = []
-        for layer, layer_head_mask in zip(self.layer, head_mask):
+        for layer, layer_head_mask in zip(cast(Sequence[ViltLayer], self.layer), head_mask):
             if output_hidden_states:
                 hidden_states.append(x)
             if layer.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -811,7 +815,8 @@ class ViltPreTrainedModel(nn.Module):
             for module in self.modules():
                 if not getattr(module, "_is_hf_initialized", False):
                     self._init_weights(module)
-                    module._is_hf_initialized = True
+                    # torch types Module.__setattr__ for tensors and modules only; any value is allowed
+                    module._is_hf_initialized = True  # type: ignore[assignment]
         self.tie_weights()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -1129,7 +1134,7 @@ def _check_vocab_size(rows: Any) -> None:
 
 
 def _resized_parameter(
-    old: nn.Parameter, rows: int, mean_resizing: bool, init: Callable[..., Any]
+    old: torch.Tensor, rows: int, mean_resizing: bool, init: Callable[..., Any]
 ) -> nn.Parameter:
     """``old`` (N, ...) with ``rows`` rows: its first ones kept, added ones the mean of the old rows
     (``mean_resizing``) or initialised by ``init`` (given a module holding them, or the tensor)."""
@@ -1205,6 +1210,7 @@ class ViltModel(ViltPreTrainedModel):
         if pixel_values is not None:
             images = self._check_pixels(pixel_values, pixel_mask)
         else:
+            assert image_embeds is not None  # checked above: exactly one of pixel_values, image_embeds
             images = image_embeds.shape[0]
             if image_embeds.dim() != 3 or image_embeds.shape[-1] != cfg.hidden_size:
                 raise ViltInputError(
@@ -1346,7 +1352,9 @@ class ViltModel(ViltPreTrainedModel):
         batch, length = self._check_inputs(
             input_ids, inputs_embeds, attention_mask, token_type_ids, pixel_values, pixel_mask, image_embeds
         )
-        device = (input_ids if input_ids is not None else inputs_embeds).device
+        text = input_ids if input_ids is not None else inputs_embeds
+        assert text is not None  # _check_inputs raised unless exactly one was given
+        device = text.device
         if attention_mask is None:
             attention_mask = torch.ones(batch, length, dtype=torch.long, device=device)
         probabilities_needed = output_attentions or head_mask is not None
