@@ -36,7 +36,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import torch
 import torch.nn.functional as F
@@ -155,10 +155,15 @@ class PackedProduct:
         return y if residual is None else residual + y
 
 
-def int8_linears(linears: Sequence[nn.Module]) -> bool:
+def int8_linears(linears: Sequence[nn.Module]) -> TypeGuard[Sequence[torch.ao.nn.quantized.dynamic.Linear]]:
     """Whether every one of ``linears`` is a dynamically quantized int8 Linear (:func:`quantize_int8`)."""
     quantized = torch.ao.nn.quantized.dynamic.Linear
     return all(isinstance(m, quantized) and m._packed_params.dtype == torch.qint8 for m in linears)
+
+
+def plain_linears(linears: Sequence[nn.Module]) -> TypeGuard[Sequence[nn.Linear]]:
+    """Whether every one of ``linears`` is a plain ``nn.Linear`` (no other module put in its place)."""
+    return all(type(m) is nn.Linear for m in linears)
 
 
 class Int8Product:
@@ -170,7 +175,7 @@ class Int8Product:
         linears: dynamically quantized Linears with one input size.
     """
 
-    def __init__(self, linears: Sequence[nn.Module]) -> None:
+    def __init__(self, linears: Sequence[torch.ao.nn.quantized.dynamic.Linear]) -> None:
         weights, biases = zip(*(linear._packed_params._weight_bias() for linear in linears))
         per_channel = [_per_channel(weight) for weight in weights]
         weight = torch._make_per_channel_quantized_tensor(
@@ -218,6 +223,9 @@ class CachedProduct(nn.Module):
     :meth:`build_product`), kept while they stay unchanged; mixed in before the ``nn.Module`` subclass it
     extends."""
 
+    _product: PackedProduct | Int8Product | None
+    _signature: list[tuple[int, int, int]]
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.release()
@@ -226,7 +234,7 @@ class CachedProduct(nn.Module):
         """The parameters the product is made from."""
         raise NotImplementedError
 
-    def build_product(self) -> PackedProduct:
+    def build_product(self) -> PackedProduct | Int8Product:
         raise NotImplementedError
 
     def packable(self) -> bool:
@@ -239,7 +247,7 @@ class CachedProduct(nn.Module):
         """What identifies the current values of the product's sources (:func:`parameter_signature`)."""
         return parameter_signature(self.sources())
 
-    def packed(self) -> PackedProduct:
+    def packed(self) -> PackedProduct | Int8Product:
         """The cached product, rebuilt first if a parameter changed since it was built."""
         signature = self.signature()
         if self._product is None or signature != self._signature:
@@ -255,8 +263,8 @@ class CachedProduct(nn.Module):
 
     def release(self) -> None:
         """Drop the cached product (its memory is freed once no call uses it)."""
-        self._product: PackedProduct | None = None
-        self._signature: list[tuple[int, int, int]] = []
+        self._product = None
+        self._signature = []
 
     def train(self, mode: bool = True) -> CachedProduct:
         if mode:
@@ -375,22 +383,25 @@ class QKVProjection(CachedProduct):
         return [self.query, self.key, self.value]
 
     def sources(self) -> list[torch.Tensor | None]:
-        return [p for linear in self.projections() for p in (linear.weight, linear.bias)]
+        linears = cast(list[nn.Linear], self.projections())  # plain ones where the product is made
+        return [p for linear in linears for p in (linear.weight, linear.bias)]
 
     def signature(self) -> list[tuple[int, int, int]]:
-        if int8_linears(self.projections()):  # their packed weights, replaced whole when changed
-            return [(id(linear._packed_params._packed_params), 0, 0) for linear in self.projections()]
+        projections = self.projections()
+        if int8_linears(projections):  # their packed weights, replaced whole when changed
+            return [(id(linear._packed_params._packed_params), 0, 0) for linear in projections]
         return super().signature()
 
     def packable(self) -> bool:
         """Plain Linears (a product on their concatenated weights), or int8 ones (one int8 product)."""
-        plain = all(type(linear) is nn.Linear for linear in self.projections())
-        return plain or int8_linears(self.projections())
+        return plain_linears(self.projections()) or int8_linears(self.projections())
 
     def build_product(self) -> PackedProduct | Int8Product:
-        if int8_linears(self.projections()):
-            return Int8Product(self.projections())
-        weight, bias = concatenated_linear(self.projections())  # (3D, D), (3D,)
+        projections = self.projections()
+        if int8_linears(projections):
+            return Int8Product(projections)
+        assert plain_linears(projections)  # packed() is only called where packable() said so
+        weight, bias = concatenated_linear(projections)  # (3D, D), (3D,)
         return PackedProduct(weight.detach(), None if bias is None else bias.detach())
 
     def forward(self, x: torch.Tensor, fast: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -402,11 +413,11 @@ class QKVProjection(CachedProduct):
         calls, as the reference.
         """
         b, length, _ = x.shape
-        plain = all(type(linear) is nn.Linear for linear in self.projections())
+        projections = self.projections()
         if fast and self.packable():
             fused = self.packed()(x)  # (B, L, 3D)
-        elif plain and torch.is_grad_enabled() and x.requires_grad:
-            fused = F.linear(x, *concatenated_linear(self.projections()))  # (B, L, 3D)
+        elif plain_linears(projections) and torch.is_grad_enabled() and x.requires_grad:
+            fused = F.linear(x, *concatenated_linear(projections))  # (B, L, 3D)
         else:
             return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         fused = fused.view(b, length, 3, self.num_heads, self.head_dim)  # (B, L, 3, H, Dh)
