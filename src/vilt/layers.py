@@ -36,7 +36,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeGuard, cast
+from typing import Any, TypeGuard, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -609,7 +609,10 @@ def quantized_engine() -> Iterator[str]:
         torch.backends.quantized.engine = previous
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
+_Model = TypeVar("_Model", bound=nn.Module)
+
+
+def quantize_int8(model: _Model) -> _Model:
     """Give ``model``'s blocks (:class:`Dense`, :class:`QKVProjection`: every product of the encoder) int8
     weights, in place; returns the model.
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -242,7 +243,7 @@ class ImageTokens:
     patch_index: torch.Tensor | None  # (B, Li, 2) (row, col) on the patch grid
     grid_size: tuple[int, int] | None  # (Hp, Wp)
 
-    def select(self, index: torch.Tensor | Sequence[int] | slice) -> ImageTokens:
+    def select(self, index: torch.Tensor | np.ndarray | Sequence[int] | slice) -> ImageTokens:
         """The tokens of the images at ``index`` (repeats allowed), e.g. one row per (image, text) pair."""
         if not isinstance(index, (torch.Tensor, slice)):
             index = torch.as_tensor(index, dtype=torch.long, device=self.mask.device)

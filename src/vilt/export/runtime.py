@@ -84,7 +84,10 @@ class ExportedModel:
         )
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], config: ViltConfig, **options: Any) -> ExportedModel:
+    def from_file(
+        cls, path: str | os.PathLike[str], config: ViltConfig, *args: Any, **options: Any
+    ) -> ExportedModel:
+        """Open one graph file; the other arguments are the engine's options (each subclass names them)."""
         raise NotImplementedError
 
     def _infer(self, feed: dict[str, np.ndarray]) -> np.ndarray:
