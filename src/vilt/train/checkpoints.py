@@ -44,6 +44,7 @@ import torch
 from ..devices import parse_dtype
 from ..errors import ViltInputError
 from ..files import atomic_directory, atomic_write
+from ..modeling import ViltPreTrainedModel
 from ..processing import ViltProcessor
 from .distributed import Dist, from_main
 from .settings import TRAINING_DATA_FILE
@@ -341,7 +342,7 @@ def restore(
 
 
 def save_model_dir(
-    model: torch.nn.Module,
+    model: ViltPreTrainedModel,
     processor: ViltProcessor,
     directory: Path,
     metrics: dict[str, float],
