@@ -108,3 +108,17 @@ def test_no_usable_checkpoint_is_one_clear_line(tmp_path, capsys):
     last_line = err.strip().splitlines()[-1]
     assert last_line.startswith("vilt train: error: no usable training checkpoint")
     assert str(out / "last.pt") in last_line and "--output-dir" in last_line
+
+
+def test_rng_state_says_when_numpy_global_generator_is_not_mt19937():
+    import numpy as np
+
+    from vilt.train.checkpoints import rng_state
+
+    previous = np.random.get_bit_generator()
+    np.random.set_bit_generator(np.random.PCG64(0))
+    try:
+        with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="global generator is a PCG64"):
+            rng_state()
+    finally:
+        np.random.set_bit_generator(previous)

@@ -227,6 +227,17 @@ def test_randaugment_is_reproducible_and_keeps_the_background(tmp_path):
         RandAugment(operations=["Invert"])
 
 
+def test_randaugment_solarizes_at_the_original_threshold():
+    from PIL import Image
+
+    from vilt.train.randaugment import RandAugment
+
+    image = Image.new("RGB", (2, 1))
+    image.putdata([(76, 76, 76), (77, 77, 77)])
+    solarized = RandAugment(n=1, m=9, operations=["Solarize"])(image, random.Random(0))  # threshold 76.8
+    assert [solarized.getpixel((x, 0)) for x in (0, 1)] == [(76, 76, 76), (178, 178, 178)]  # 77 inverted
+
+
 def test_augmented_images_are_redrawn_each_epoch(tmp_path):
     from vilt.train.randaugment import RandAugment
 

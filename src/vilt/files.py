@@ -102,7 +102,7 @@ def _fsync_directory(directory: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> None:
     """Write a file all or nothing: ``write(tmp)`` writes a temporary file, which then replaces ``path``.
 
     The file gets the permissions of any new file (some writers, e.g. safetensors, make it owner-only).

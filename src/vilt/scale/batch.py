@@ -453,7 +453,7 @@ def _commit(
 
 def _output_row(row: dict[str, Any], task: str) -> dict[str, Any]:
     """One output row: ids, error, the result as JSON and the task's summary columns."""
-    out = {"row_id": int(row["row_id"])}
+    out: dict[str, Any] = {"row_id": int(row["row_id"])}
     if "id" in row:
         out["id"] = row["id"].item() if isinstance(row["id"], np.generic) else row["id"]
     out["error"] = _text(row["error"])

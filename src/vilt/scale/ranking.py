@@ -108,7 +108,7 @@ def embed_images(
             tokens = pipe._embed(pixels)  # embeddings (1, 1 + Li, D), mask (1, 1 + Li)
             path.parent.mkdir(parents=True, exist_ok=True)
             tensors = {"embeddings": tokens.embeddings[0].contiguous(), "mask": tokens.mask[0].contiguous()}
-            atomic_write(path, lambda tmp, tensors=tensors: save_file(tensors, tmp))
+            atomic_write(path, functools.partial(save_file, tensors))
             done.append((key, None))
         except (ValueError, OSError, TypeError) as err:
             done.append((key, f"{type(err).__name__}: {err}"))
@@ -348,7 +348,7 @@ def rank(
             done, remaining = ray.wait(remaining, num_returns=1)
             path, pairs = blocks[done[0]]
             arrays = ray.get(done[0])
-            atomic_write(path, lambda tmp, arrays=arrays: _save_npz(tmp, arrays))
+            atomic_write(path, functools.partial(_save_npz, arrays=arrays))
             bar.update(pairs)
     scored = time.perf_counter()
 
@@ -407,7 +407,7 @@ def _score_block_top_k(
 
 def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
     with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, allow_pickle=False, **arrays)  # numbers only, as np.load reads them
 
 
 def _corpus_checksum(corpus: Corpus) -> str:
@@ -536,7 +536,7 @@ def _write_tables(
         ),
     ):
         data = table(*arrays)
-        atomic_write(output / f"{name}.parquet", lambda tmp, data=data: pq.write_table(data, tmp))
+        atomic_write(output / f"{name}.parquet", functools.partial(pq.write_table, data))
 
 
 def retrieval_model_from_itm(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> None:

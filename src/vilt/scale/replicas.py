@@ -215,7 +215,6 @@ def deployment(
         raise ValueError(f"--replicas must be a positive integer, got {replicas!r}")
     ongoing = max_ongoing or 4 * settings.max_batch_size
     model_replicas = serve.deployment(
-        ViltReplica,
         num_replicas=replicas,
         max_ongoing_requests=ongoing,
         max_queued_requests=settings.max_queue,
@@ -223,13 +222,12 @@ def deployment(
         graceful_shutdown_timeout_s=settings.timeout_s,
         health_check_period_s=2,
         health_check_timeout_s=30,
-    )
+    )(ViltReplica)
     gateway = serve.deployment(
-        serve.ingress()(ViltGateway),
         num_replicas=1,
         max_ongoing_requests=replicas * ongoing + settings.max_queue,
         ray_actor_options={"num_cpus": 0},
-    )
+    )(serve.ingress()(ViltGateway))
     if replica_gpus and device is None:
         device = "cuda"
     return gateway.bind(model_replicas.bind(model, settings, device, dtype, backend, threads), settings)

@@ -291,7 +291,8 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port,
         log_level=args.log_level,
         server_header=False,
-        http=functools.partial(GuardedHttpToolsProtocol, limits=connection_limits),
+        # uvicorn's annotations are narrower than what it takes: any protocol factory, float timeouts
+        http=functools.partial(GuardedHttpToolsProtocol, limits=connection_limits),  # type: ignore[arg-type]
         timeout_keep_alive=connection_limits.keep_alive_timeout_s,  # type: ignore[arg-type]
         timeout_graceful_shutdown=connection_limits.shutdown_timeout_s,  # type: ignore[arg-type]
     )

@@ -141,11 +141,12 @@ class Task:
     torch_only: bool = False
 
 
-def _served(task: str, *fields: Any, **named: Any) -> Task:
-    """The endpoint of a task of :data:`vilt.tasks.TASKS`: its endpoint name and pipeline from that table."""
+def _served(task: str, *fields: Any, endpoint: str | None = None, **named: Any) -> Task:
+    """An endpoint of a task of :data:`vilt.tasks.TASKS`: its pipeline and its endpoint name from that table
+    (``endpoint`` names another endpoint on the same pipeline, e.g. ``explain`` on VQA's)."""
     spec = find_task(task)
     assert spec.endpoint is not None and spec.pipeline is not None, f"{task} is not served"
-    return Task(spec.endpoint, spec.pipeline, *fields, **named)
+    return Task(endpoint or spec.endpoint, spec.pipeline, *fields, **named)
 
 
 _BODIES = (
@@ -160,9 +161,9 @@ TASKS = (
         description="The model's `top_k` most likely answers to a question about one image, best first, each "
         "with its sigmoid probability. Requests that arrive together share one forward pass." + _BODIES,
     ),
-    Task(
-        "explain", find_task("vqa").pipeline, schemas.ExplainRequest, schemas.ExplainResponse,
-        _run_explain, batched=False, fit="explain", input_errors=(), torch_only=True,
+    _served(
+        "vqa", schemas.ExplainRequest, schemas.ExplainResponse, _run_explain,
+        endpoint="explain", batched=False, fit="explain", input_errors=(), torch_only=True,
         summary="Where the model looks for each word of a question",
         description="One heatmap per word of the question, as a transparent PNG overlay (a `data:` URL) to "
         "draw over the image: attention `rollout` (the default) or the `ipot` word-patch alignment. Images "

@@ -44,6 +44,7 @@ import torch
 from ..devices import parse_dtype
 from ..errors import ViltInputError
 from ..files import atomic_directory, atomic_write
+from ..modeling import ViltPreTrainedModel
 from ..processing import ViltProcessor
 from .distributed import Dist, from_main
 from .settings import TRAINING_DATA_FILE
@@ -86,7 +87,13 @@ class Progress:
 
 def rng_state() -> dict[str, Any]:
     """This process's RNG states (Python, numpy, torch, CUDA) as tensors, numbers and tuples."""
-    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = np.random.get_state()
+    if isinstance(numpy_state, dict):  # np.random.set_bit_generator swapped out the legacy MT19937
+        raise RuntimeError(
+            f"numpy's global generator is a {numpy_state['bit_generator']}, but training checkpoints keep "
+            "the legacy MT19937 state: leave np.random's generator as it is (use np.random.default_rng())"
+        )
+    kind, keys, position, has_gauss, cached_gaussian = numpy_state
     state = {
         "python": random.getstate(),  # (version, a tuple of 625 ints, None or a float)
         "numpy": {
@@ -335,7 +342,7 @@ def restore(
 
 
 def save_model_dir(
-    model: torch.nn.Module,
+    model: ViltPreTrainedModel,
     processor: ViltProcessor,
     directory: Path,
     metrics: dict[str, float],

@@ -72,7 +72,7 @@ def answer_vocab(source: DataSource, answers_file: str, train: list[D.Example]) 
         annotations = [_files(s)[1] for s in (source.train_data, source.val_data) if len(_files(s)) > 1]
         return D.vqav2_answer_vocab(annotations)
     return D.build_answer_vocab(
-        [max(ex.answer_scores, key=ex.answer_scores.get) for ex in train if ex.answer_scores], 1
+        [max(ex.answer_scores, key=ex.answer_scores.__getitem__) for ex in train if ex.answer_scores], 1
     )
 
 

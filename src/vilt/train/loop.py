@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from ..errors import ViltInputError
+from ..modeling import ViltPreTrainedModel
 from ..processing import ViltProcessor
 from . import data as D
 from .checkpoints import (
@@ -133,7 +134,7 @@ def train(args: TrainArgs) -> dict[str, float]:
                 path, progress.step, progress.epoch, progress.batch_in_epoch,
             )  # fmt: skip
             del resumed, state
-        step_model = model
+        step_model: torch.nn.Module = model
         if env.world > 1:
             step_model = DistributedDataParallel(
                 model, device_ids=[env.device.index] if env.device.type == "cuda" else None
@@ -198,7 +199,7 @@ def train(args: TrainArgs) -> dict[str, float]:
                     progress.epoch += 1
                     progress.batch_in_epoch = 0
 
-        skipped = Counter()
+        skipped: Counter[str] = Counter()
         for part in gather(progress.skipped, env):
             skipped.update(part)
         issues.update(skipped)
@@ -235,7 +236,9 @@ def epoch_batches(
     start: int,
 ) -> Iterator[dict[str, Any]]:
     """This process's micro-batches of ``epoch`` from micro-batch ``start`` on (exact resume)."""
-    sampler = DistributedSampler(dataset, num_replicas=env.world, rank=env.rank, shuffle=True, seed=seed)
+    sampler: DistributedSampler[int] = DistributedSampler(
+        dataset, num_replicas=env.world, rank=env.rank, shuffle=True, seed=seed
+    )
     sampler.set_epoch(epoch)
     dataset.set_epoch(epoch)
     order = list(sampler)[start * batch_size :]
@@ -267,7 +270,7 @@ class Clock:
 class Run:
     """What the loop advances: the model, its optimizer and schedule, the progress, and where they go."""
 
-    model: torch.nn.Module  # the bare model: evaluated, saved and checkpointed
+    model: ViltPreTrainedModel  # the bare model: evaluated, saved and checkpointed
     step_model: torch.nn.Module  # what runs forward and backward: the DDP wrapper, or the model itself
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -292,8 +295,8 @@ class Run:
             self.progress.batch_in_epoch += 1
             self.progress.skipped.update(batch["skipped"])
             last = micro == accum - 1
-            ddp = isinstance(self.step_model, DistributedDataParallel)
-            with self.step_model.no_sync() if ddp and not last else nullcontext():
+            ddp = self.step_model if isinstance(self.step_model, DistributedDataParallel) else None
+            with ddp.no_sync() if ddp is not None and not last else nullcontext():
                 if "input_ids" not in batch:  # every example of this micro-batch was unreadable
                     continue
                 with autocast(device, self.args.bf16):
@@ -311,7 +314,7 @@ class Run:
     def log_training(self, losses: list[float], epoch: float) -> None:
         """Log the mean loss of the steps since the last log (over every process) and the learning rate."""
         mean_loss = sum(gather(sum(losses) / len(losses), self.env)) / self.env.world
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])  # a float, or a tensor where the optimizer's lr is one
         self.run_log.write(
             self.clock.elapsed(), self.progress.step, epoch, "train", {"loss": mean_loss, "lr": lr}
         )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from ..modeling import ViltPreTrainedModel
+
 
 def build_optimizer(
-    model: torch.nn.Module,
+    model: ViltPreTrainedModel,
     lr: float,
     weight_decay: float,
     beta2: float,

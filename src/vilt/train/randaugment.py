@@ -8,6 +8,7 @@ with the image's top-left pixel instead of black. Applied to the PIL image befor
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 
@@ -43,7 +44,7 @@ OPERATIONS: dict[str, tuple[Operation, float, float]] = {
     "Equalize": (lambda im, v, r: ImageOps.equalize(im), 0, 1),
     "Rotate": (lambda im, v, r: im.rotate(_signed(v, r), fillcolor=_border(im)), 0, 30),
     "Posterize": (lambda im, v, r: ImageOps.posterize(im, int(v)), 0, 4),
-    "Solarize": (lambda im, v, r: ImageOps.solarize(im, v), 0, 256),
+    "Solarize": (lambda im, v, r: ImageOps.solarize(im, math.ceil(v)), 0, 256),  # i < v iff i < ceil(v)
     "SolarizeAdd": (_solarize_add, 0, 110),
     "Color": (lambda im, v, r: ImageEnhance.Color(im).enhance(v), 0.1, 1.9),
     "Contrast": (lambda im, v, r: ImageEnhance.Contrast(im).enhance(v), 0.1, 1.9),

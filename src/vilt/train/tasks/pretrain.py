@@ -66,7 +66,7 @@ class PretrainingTask(TrainingTask):
                 mlm_loss=out.mlm_loss.item() * n,
                 itm_loss=out.itm_loss.item() * n,
                 mlm_hits=(out.mlm_logits.argmax(-1).cpu() == inputs["mlm_labels"])[masked].sum().item(),
-                masked=masked.sum().item(),
+                masked=int(masked.sum()),
                 itm_hits=(out.itm_logits.argmax(-1).cpu() == inputs["itm_labels"]).sum().item(),
             )
         total: Counter[str] = Counter()
